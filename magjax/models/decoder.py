@@ -1,0 +1,264 @@
+"""The decoder: a Flax NNX module whose math lives in pure functions over a params dict.
+
+Parameters are stored stacked along a leading ``layers`` axis and the layers run under
+``lax.scan``, so compile time does not grow with depth. The pure ``forward(config, params,
+...)`` is what jitted code (trainer, sampler) calls: params are arguments, never closed
+over, which is what makes swapping weights between decode chunks free. ``Decoder`` is
+the NNX face of the same thing: it owns the ``nnx.Param`` leaves, each annotated with its
+logical axes (``axes`` metadata, resolved by magjax.sharding).
+
+Conventions follow Hugging Face's Llama implementation (rotate-half rotary embedding,
+RMSNorm computed in float32, SwiGLU), so Hugging Face weights map without permutation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from magjax import sharding as shd
+from magjax.models.config import ModelConfig
+
+L, B, T = shd.LAYERS, shd.BATCH, shd.SEQUENCE
+
+
+def param_axes(config: ModelConfig) -> dict:
+    """Logical axes of every parameter, as a dict shaped like the params."""
+    layers = {
+        "attn_norm": (L, shd.NORM),
+        "wq": (L, shd.EMBED, shd.HEADS, shd.HEAD_DIM),
+        "wk": (L, shd.EMBED, shd.KV_HEADS, shd.HEAD_DIM),
+        "wv": (L, shd.EMBED, shd.KV_HEADS, shd.HEAD_DIM),
+        "wo": (L, shd.HEADS, shd.HEAD_DIM, shd.EMBED),
+        "mlp_norm": (L, shd.NORM),
+        "w_gate": (L, shd.EMBED, shd.MLP),
+        "w_up": (L, shd.EMBED, shd.MLP),
+        "w_down": (L, shd.MLP, shd.EMBED),
+    }
+    if config.qkv_bias:
+        layers |= {"bq": (L, shd.HEADS, shd.HEAD_DIM), "bk": (L, shd.KV_HEADS, shd.HEAD_DIM),
+                   "bv": (L, shd.KV_HEADS, shd.HEAD_DIM)}
+    if config.qk_norm:
+        layers |= {"q_norm": (L, shd.NORM), "k_norm": (L, shd.NORM)}
+    axes = {"embed": (shd.VOCAB, shd.EMBED), "layers": layers, "final_norm": (shd.NORM,)}
+    if not config.tie_embeddings:
+        axes["lm_head"] = (shd.EMBED, shd.VOCAB)
+    return axes
+
+
+def param_shapes(config: ModelConfig) -> dict:
+    """Shapes of every parameter, as a dict shaped like the params."""
+    c = config
+    n, d, h, k, e, f = c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size
+    layers = {
+        "attn_norm": (n, d), "wq": (n, d, h, e), "wk": (n, d, k, e), "wv": (n, d, k, e),
+        "wo": (n, h, e, d), "mlp_norm": (n, d), "w_gate": (n, d, f), "w_up": (n, d, f),
+        "w_down": (n, f, d),
+    }
+    if c.qkv_bias:
+        layers |= {"bq": (n, h, e), "bk": (n, k, e), "bv": (n, k, e)}
+    if c.qk_norm:
+        layers |= {"q_norm": (n, e), "k_norm": (n, e)}
+    shapes = {"embed": (c.vocab_size, d), "layers": layers, "final_norm": (d,)}
+    if not c.tie_embeddings:
+        shapes["lm_head"] = (d, c.vocab_size)
+    return shapes
+
+
+def _is_tuple(x) -> bool:
+    return isinstance(x, tuple)
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> dict:
+    """Random initial parameters: N(0, 0.02) matrices, unit norms, zero biases."""
+    axes = param_axes(config)
+    shapes = param_shapes(config)
+    leaves, treedef = jax.tree.flatten(axes, is_leaf=_is_tuple)
+    shape_leaves = jax.tree.leaves(shapes, is_leaf=_is_tuple)
+    keys = jax.random.split(key, len(leaves))
+    dtype = config.jnp_param_dtype
+    out = []
+    for ax, shape, k in zip(leaves, shape_leaves, keys):
+        if ax[-1] == shd.NORM:
+            out.append(jnp.ones(shape, dtype))
+        elif len(shape) == 3 and ax[1] in (shd.HEADS, shd.KV_HEADS):  # biases
+            out.append(jnp.zeros(shape, dtype))
+        else:
+            out.append((0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def param_shardings(config: ModelConfig, mesh) -> dict:
+    """NamedShardings of every parameter on ``mesh``, resolved through sharding.RULES."""
+    return shd.tree_shardings(param_axes(config), param_shapes(config), mesh)
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm in float32, cast back to the input dtype (as Hugging Face does)."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (weight.astype(jnp.float32) * x32).astype(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Rotary inverse frequencies [e/2], with Llama-3 frequency scaling when configured."""
+    e = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, e, 2, dtype=np.float64) / e))
+    s = config.rope_scaling
+    if s is not None:
+        # Llama 3.1: leave high frequencies alone, divide low ones by `factor`, and blend
+        # smoothly between the two wavelength thresholds.
+        low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+        high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+            s.high_freq_factor - s.low_freq_factor)
+        blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+        inv_freq = np.where(wavelen > low_wavelen, inv_freq / s.factor,
+                            np.where(wavelen < high_wavelen, inv_freq, blended))
+    return inv_freq.astype(np.float32)
+
+
+def apply_rope(x_bthe, positions_bt, inv_freq_e2):
+    """Rotate-half rotary embedding (Hugging Face convention), computed in float32."""
+    angles_bte2 = positions_bt[..., None].astype(jnp.float32) * inv_freq_e2
+    cos = jnp.cos(jnp.concatenate([angles_bte2, angles_bte2], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angles_bte2, angles_bte2], -1))[:, :, None, :]
+    x = x_bthe.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
+    return (x * cos + rotated * sin).astype(x_bthe.dtype)
+
+
+def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt):
+    """Query, key and value for one layer: [b,t,h,e], [b,t,k,e], [b,t,k,e], rotary applied."""
+    dt = x_btd.dtype
+    q = jnp.einsum("btd,dhe->bthe", x_btd, layer["wq"].astype(dt))
+    k = jnp.einsum("btd,dke->btke", x_btd, layer["wk"].astype(dt))
+    v = jnp.einsum("btd,dke->btke", x_btd, layer["wv"].astype(dt))
+    if config.qkv_bias:
+        q, k, v = q + layer["bq"].astype(dt), k + layer["bk"].astype(dt), v + layer["bv"].astype(dt)
+    if config.qk_norm:
+        q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
+        k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
+    inv_freq = rope_inv_freq(config)
+    return apply_rope(q, positions_bt, inv_freq), apply_rope(k, positions_bt, inv_freq), v
+
+
+def attend(q_bthe, k_bske, v_bske, mask_bts):
+    """Grouped-query attention: each key/value head serves h/k query heads.
+
+    Scores and softmax are float32 whatever the compute dtype.
+    """
+    b, t, h, e = q_bthe.shape
+    kv = k_bske.shape[2]
+    q_btkge = q_bthe.reshape(b, t, kv, h // kv, e)
+    scores_bkgts = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske,
+                              preferred_element_type=jnp.float32) / math.sqrt(e)
+    scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, -1e30)
+    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bske.dtype)
+    out_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts, v_bske)
+    return out_btkge.reshape(b, t, h, e)
+
+
+def attention_mask(config: ModelConfig, positions_bt, segment_ids_bt):
+    """Causal (by index), same-segment, and sliding-window (by position) mask [b,t,s]."""
+    t = positions_bt.shape[1]
+    idx = jnp.arange(t)
+    mask_bts = (idx[:, None] >= idx[None, :])[None]
+    mask_bts = mask_bts & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
+    if config.sliding_window is not None:
+        mask_bts = mask_bts & (positions_bt[:, :, None] - positions_bt[:, None, :] < config.sliding_window)
+    return mask_bts
+
+
+def mlp(layer: dict, x_btd):
+    dt = x_btd.dtype
+    gate = jnp.einsum("btd,df->btf", x_btd, layer["w_gate"].astype(dt))
+    up = jnp.einsum("btd,df->btf", x_btd, layer["w_up"].astype(dt))
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, layer["w_down"].astype(dt))
+
+
+def block(config: ModelConfig, layer: dict, x_btd, positions_bt, mask_bts, mesh=None):
+    """One pre-norm transformer layer over a whole sequence."""
+    h_btd = rms_norm(x_btd, layer["attn_norm"], config.rms_norm_eps)
+    q, k, v = project_qkv(config, layer, h_btd, positions_bt)
+    o_bthe = attend(q, k, v, mask_bts)
+    x_btd = x_btd + jnp.einsum("bthe,hed->btd", o_bthe, layer["wo"].astype(x_btd.dtype))
+    x_btd = shd.constrain(x_btd, (B, T, None), mesh)
+    h_btd = rms_norm(x_btd, layer["mlp_norm"], config.rms_norm_eps)
+    x_btd = x_btd + mlp(layer, h_btd)
+    return shd.constrain(x_btd, (B, T, None), mesh)
+
+
+def embed(config: ModelConfig, params: dict, tokens_bt):
+    return jnp.take(params["embed"], tokens_bt, axis=0).astype(config.jnp_dtype)
+
+
+def unembed(config: ModelConfig, params: dict, h_btd):
+    """Final norm and output projection: logits in the compute dtype."""
+    h_btd = rms_norm(h_btd, params["final_norm"], config.rms_norm_eps)
+    if config.tie_embeddings:
+        return jnp.einsum("btd,vd->btv", h_btd, params["embed"].astype(h_btd.dtype))
+    return jnp.einsum("btd,dv->btv", h_btd, params["lm_head"].astype(h_btd.dtype))
+
+
+def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=None,
+                  segment_ids_bt=None, *, mesh=None):
+    """The residual stream after the last layer (before the final norm): [b, t, d]."""
+    b, t = tokens_bt.shape
+    if positions_bt is None:
+        positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids_bt is None:
+        segment_ids_bt = jnp.zeros((b, t), jnp.int32)
+    mask_bts = attention_mask(config, positions_bt, segment_ids_bt)
+    x_btd = shd.constrain(embed(config, params, tokens_bt), (B, T, None), mesh)
+
+    def body(x_btd, layer):
+        return block(config, layer, x_btd, positions_bt, mask_bts, mesh), None
+
+    if config.remat:
+        body = jax.checkpoint(body, prevent_cse=False)
+    x_btd, _ = jax.lax.scan(body, x_btd, params["layers"])
+    return x_btd
+
+
+def forward(config: ModelConfig, params: dict, tokens_bt, positions_bt=None, segment_ids_bt=None,
+            *, mesh=None):
+    """Logits [b, t, v] (compute dtype). Segment ids keep packed sequences apart."""
+    h_btd = hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt, mesh=mesh)
+    return unembed(config, params, h_btd)
+
+
+# ----------------------------------------------------------------------------- NNX face
+
+
+class Decoder(nnx.Module):
+    """The NNX module: owns the parameters (with logical axes) and calls ``forward``."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs | None = None, params: dict | None = None):
+        if params is None:
+            rngs = rngs if rngs is not None else nnx.Rngs(0)
+            params = init_params(config, rngs.params())
+        self.config = config
+        axes = param_axes(config)
+        wrap = lambda value, ax: nnx.Param(value, axes=ax)  # noqa: E731
+        self.embed = wrap(params["embed"], axes["embed"])
+        self.final_norm = wrap(params["final_norm"], axes["final_norm"])
+        self.layers = nnx.Dict({n: wrap(params["layers"][n], axes["layers"][n]) for n in axes["layers"]})
+        if not config.tie_embeddings:
+            self.lm_head = wrap(params["lm_head"], axes["lm_head"])
+
+    def params(self) -> dict:
+        """The parameters as a plain dict of arrays (what the pure functions take)."""
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
+
+    def __call__(self, tokens_bt, positions_bt=None, segment_ids_bt=None, *, mesh=None):
+        return forward(self.config, self.params(), tokens_bt, positions_bt, segment_ids_bt, mesh=mesh)

@@ -1,0 +1,177 @@
+"""Tokenizers and chat formatting.
+
+Two implementations of one small protocol (``encode``, ``decode``, ``vocab_size`` and the
+special ids): ``HFTokenizer`` reads a local ``tokenizer.json`` through the ``tokenizers``
+package, and ``ByteTokenizer`` is the built-in one the CPU demo uses, UTF-8 bytes plus a
+few whole-word tokens for the response format, so any text encodes and the demo model's
+responses stay short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+    bos_id: int | None
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be loaded; the message names the file."""
+
+
+class ByteTokenizer:
+    """UTF-8 bytes, three specials and a few format tokens: 272 ids, no file needed."""
+
+    SPECIALS = ("<pad>", "<s>", "</s>")
+    # Whole tokens for the pieces every Magistral-format response contains.
+    WORDS = ("<think>", "</think>", "\\boxed{", "```python\n", "```cpp\n", "```\n", "```",
+             "\\frac{", "[INST]", "[/INST]", "[SYSTEM]", "[/SYSTEM]", "    ")
+    pad_id, bos_id, eos_id = 0, 1, 2
+    _BYTE0 = len(SPECIALS)
+
+    def __init__(self):
+        self._word0 = self._BYTE0 + 256
+        self.vocab_size = self._word0 + len(self.WORDS)
+        # Longest first, so "```python\n" wins over "```".
+        self._words = sorted(((w.encode(), self._word0 + i) for i, w in enumerate(self.WORDS)),
+                             key=lambda p: -len(p[0]))
+
+    def encode(self, text: str) -> list[int]:
+        data, ids, i = text.encode("utf-8"), [], 0
+        while i < len(data):
+            for word, wid in self._words:
+                if data.startswith(word, i):
+                    ids.append(wid)
+                    i += len(word)
+                    break
+            else:
+                ids.append(self._BYTE0 + data[i])
+                i += 1
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        out = bytearray()
+        for t in ids:
+            t = int(t)
+            if self._BYTE0 <= t < self._word0:
+                out.append(t - self._BYTE0)
+            elif self._word0 <= t < self.vocab_size:
+                out += self.WORDS[t - self._word0].encode()
+            # specials decode to nothing: they are structure, not text
+        return out.decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` (local file only; nothing is downloaded)."""
+
+    def __init__(self, path: str | os.PathLike):
+        import tokenizers  # imported here so the demo path does not need it
+
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.exists():
+            raise TokenizerError(f"{file}: tokenizer file not found")
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as err:  # the Rust side raises plain Exceptions
+            raise TokenizerError(f"{file}: cannot load tokenizer ({err})") from None
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        special = _special_tokens(file.parent)
+        self.bos_id = self._id(special.get("bos_token"), file)
+        self.eos_id = self._id(special.get("eos_token"), file)
+        pad = self._id(special.get("pad_token"), file)
+        if self.eos_id is None:
+            raise TokenizerError(f"{file}: no eos_token in tokenizer_config.json or special_tokens_map.json")
+        self.pad_id = pad if pad is not None else self.eos_id
+        self.path = file
+
+    def _id(self, token, file) -> int | None:
+        if token is None:
+            return None
+        token = token["content"] if isinstance(token, dict) else token
+        tid = self._tok.token_to_id(token)
+        if tid is None:
+            raise TokenizerError(f"{file}: special token {token!r} is not in the vocabulary")
+        return tid
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def _special_tokens(directory: Path) -> dict:
+    found = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        file = directory / name
+        if file.exists():
+            try:
+                data = json.loads(file.read_text())
+            except json.JSONDecodeError as err:
+                raise TokenizerError(f"{file}: not valid JSON ({err})") from None
+            found |= {k: v for k, v in data.items() if k.endswith("_token") and v is not None}
+    return found
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """``"byte"`` for the built-in tokenizer, else a path to a tokenizer.json or its folder."""
+    return ByteTokenizer() if spec == "byte" else HFTokenizer(spec)
+
+
+# ----------------------------------------------------------------------------- chat format
+
+SYSTEM_PROMPT = (
+    "A user will ask you to solve a task. First draft your thinking process inside "
+    "<think> and </think>: think as casually and as long as you need, check your work, "
+    "and try more than one approach if the first fails. Then, after </think>, write a "
+    "concise, self-contained summary of your reasoning that ends with the final answer: "
+    "for a math problem put it in \\boxed{}, for a programming task give the whole "
+    "program in one fenced code block naming its language. Write both your thinking and "
+    "your summary in the same language as the task."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+    """How a system prompt and a user message become the prompt string.
+
+    ``style``: ``plain`` (the demo's), ``mistral`` ([SYSTEM_PROMPT]/[INST] tags), ``chatml``
+    (Qwen) or ``llama3`` (header ids). The response starts right after the returned text.
+    """
+
+    style: str = "plain"
+    system_prompt: str | None = SYSTEM_PROMPT
+
+    def __post_init__(self):
+        if self.style not in ("plain", "mistral", "chatml", "llama3"):
+            raise ValueError(f"ChatFormat.style must be plain, mistral, chatml or llama3, got {self.style!r}")
+
+    def render(self, user: str) -> str:
+        sys = self.system_prompt
+        if self.style == "plain":
+            return (f"[SYSTEM]{sys}[/SYSTEM]" if sys else "") + f"[INST]{user}[/INST]"
+        if self.style == "mistral":
+            return (f"[SYSTEM_PROMPT]{sys}[/SYSTEM_PROMPT]" if sys else "") + f"[INST]{user}[/INST]"
+        if self.style == "chatml":
+            head = f"<|im_start|>system\n{sys}<|im_end|>\n" if sys else ""
+            return head + f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        head = f"<|start_header_id|>system<|end_header_id|>\n\n{sys}<|eot_id|>" if sys else ""
+        return (head + f"<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+    def encode(self, tokenizer: Tokenizer, user: str) -> list[int]:
+        ids = tokenizer.encode(self.render(user))
+        return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids

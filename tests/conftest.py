@@ -1,0 +1,31 @@
+"""Test setup: eight CPU devices, forced once before anything imports jax."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from magjax.mesh import MeshConfig, make_mesh  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.fixture(scope="session")
+def mesh_1x8():
+    """Eight-way data parallelism."""
+    assert jax.device_count() == 8, "tests expect 8 CPU devices (see conftest.py)"
+    return make_mesh(MeshConfig(data=8, fsdp=1, model=1))
+
+
+@pytest.fixture(scope="session")
+def mesh_2x4():
+    """Two-way FSDP by four-way tensor parallelism."""
+    return make_mesh(MeshConfig(data=1, fsdp=2, model=4))
+
+
+@pytest.fixture
+def data_dir():
+    return DATA
