@@ -29,3 +29,65 @@ class PolicyVersion:
     """Which weights produced something: incremented once per optimizer step."""
 
     version: int
+
+
+@dataclasses.dataclass
+class Completion:
+    """One sampled response, with what the trainer needs to score and learn from it.
+
+    ``logprobs`` are per completion token, under the distribution the token was drawn from
+    (the sampler's pi_old); ``versions`` the policy version that produced each token.
+    """
+
+    problem_id: str
+    sample_index: int
+    prompt_tokens: list[int]
+    tokens: list[int]
+    logprobs: list[float]
+    versions: list[int]
+    text: str = ""
+    finish_reason: FinishReason = "eos"
+
+
+@dataclasses.dataclass
+class ScoredGroup:
+    """The G completions of one prompt, scored; advantages are filled by the trainer side."""
+
+    problem_id: str
+    completions: list[Completion]
+    rewards: list[float]
+    correct: list[bool] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.completions)
+
+
+@dataclasses.dataclass
+class TrainBatch:
+    """One minibatch as fixed-shape arrays ``[m, b, t]``: m microbatches of b packed rows.
+
+    Position j of a row holds an input token and the next token to predict (``targets``);
+    ``weights`` is the token's share of the loss (0 for prompt, padding and filtered
+    tokens), ``old_logprobs`` the sampler's log-probability of the target and
+    ``advantages`` its sequence's advantage. ``segment_ids`` (0 = padding) keep packed
+    sequences from attending to each other; ``positions`` restart at 0 for each sequence.
+    """
+
+    tokens: object
+    targets: object
+    positions: object
+    segment_ids: object
+    weights: object
+    old_logprobs: object
+    advantages: object
+
+
+def _register_train_batch():
+    import jax
+
+    fields = [f.name for f in dataclasses.fields(TrainBatch)]
+    jax.tree_util.register_dataclass(TrainBatch, data_fields=fields, meta_fields=[])
+
+
+_register_train_batch()

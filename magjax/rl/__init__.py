@@ -1,0 +1,1 @@
+"""The trainer: advantages, the GRPO and SFT losses, batch packing, the jitted train step."""

@@ -1,0 +1,111 @@
+"""The per-token losses: Magistral's clipped GRPO objective and SFT cross-entropy.
+
+Every token carries a precomputed weight (see batching.py), so a loss is always
+``sum(weight * per_token_term)``: summing over microbatches in any order, or packing
+sequences differently, gives the same value and gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from magjax.models import decoder
+from magjax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The objective (SPEC.md §1). Defaults are Magistral's."""
+
+    kind: Literal["grpo", "sft"] = "grpo"
+    eps_low: float = 0.2  # lower clip: rho >= 1 - eps_low
+    eps_high: float = 0.28  # clip-higher (DAPO): rho <= 1 + eps_high
+    # How token terms are normalised: "group" = divide by the group's total completion
+    # length and average over groups (Magistral); "minibatch" = divide by the minibatch's
+    # completion tokens (DAPO/verl); "constant" = divide by constant_normalizer per
+    # sequence (Dr. GRPO).
+    aggregation: Literal["group", "minibatch", "constant"] = "group"
+    constant_normalizer: float = 1024.0
+    advantage_mode: Literal["magistral", "grpo", "dr_grpo", "rloo"] = "magistral"
+    advantage_eps: float = 1e-6
+    filter_on: Literal["reward", "correct"] = "reward"  # zero-variance test
+    kl_coef: float = 0.0  # k3 KL to a frozen reference (off in Magistral)
+    entropy_coef: float = 0.0  # entropy bonus (off in Magistral)
+    logprob_chunk: int = 256  # sequence chunk for the float32 log-softmax
+
+    def __post_init__(self):
+        if self.kind not in ("grpo", "sft"):
+            raise ValueError(f"LossConfig.kind must be 'grpo' or 'sft', got {self.kind!r}")
+        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
+            raise ValueError(f"LossConfig: need 0 <= eps_low < 1 and eps_high >= 0, got {self.eps_low}, {self.eps_high}")
+        if self.aggregation not in ("group", "minibatch", "constant"):
+            raise ValueError(f"LossConfig.aggregation must be group, minibatch or constant, got {self.aggregation!r}")
+        if self.constant_normalizer <= 0:
+            raise ValueError("LossConfig.constant_normalizer must be positive")
+        if self.logprob_chunk < 1:
+            raise ValueError("LossConfig.logprob_chunk must be positive")
+
+
+def _chunk_size(t: int, chunk: int) -> int:
+    c = min(chunk, t)
+    while t % c:
+        c -= 1
+    return c
+
+
+def token_logprobs(config: ModelConfig, params: dict, h_btd, targets_bt, chunk: int = 256):
+    """log pi(target) and the entropy of pi at every position, both float32 [b, t].
+
+    Logits come out of the model in its compute dtype (bfloat16 on accelerators); each
+    sequence chunk is upcast to float32 once, and the chunk is rematerialised in the
+    backward pass, so a [tokens, vocab] float32 array never exists for the whole batch.
+    """
+    b, t, d = h_btd.shape
+    c = _chunk_size(t, chunk)
+    h_nbcd = h_btd.reshape(b, t // c, c, d).swapaxes(0, 1)
+    targets_nbc = targets_bt.reshape(b, t // c, c).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one_chunk(h_bcd, targets_bc):
+        logits_bcv = decoder.unembed(config, params, h_bcd).astype(jnp.float32)
+        lse_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
+        logp_bc = jnp.take_along_axis(logits_bcv, targets_bc[..., None], axis=-1)[..., 0] - lse_bc
+        entropy_bc = lse_bc - jnp.sum(jax.nn.softmax(logits_bcv, axis=-1) * logits_bcv, axis=-1)
+        return logp_bc, entropy_bc
+
+    logp_nbc, entropy_nbc = jax.lax.map(lambda x: one_chunk(*x), (h_nbcd, targets_nbc))
+    return logp_nbc.swapaxes(0, 1).reshape(b, t), entropy_nbc.swapaxes(0, 1).reshape(b, t)
+
+
+def policy_objective(logp_bt, old_logp_bt, adv_bt, weight_bt, eps_low: float, eps_high: float):
+    """Magistral's clipped surrogate, as a loss to minimise, plus token statistics.
+
+    rho = pi_theta / pi_old per token (pi_old as the sampler reported it); the term is
+    min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) and the loss is -sum(w * term).
+    """
+    ratio_bt = jnp.exp(logp_bt - old_logp_bt)
+    clipped_bt = jnp.clip(ratio_bt, 1.0 - eps_low, 1.0 + eps_high)
+    term_bt = jnp.minimum(ratio_bt * adv_bt, clipped_bt * adv_bt)
+    loss = -jnp.sum(weight_bt * term_bt)
+    mask_bt = (weight_bt > 0).astype(jnp.float32)
+    log_ratio_bt = logp_bt - old_logp_bt
+    stats = {
+        "tokens": jnp.sum(mask_bt),
+        "clip_low": jnp.sum(mask_bt * ((ratio_bt < 1.0 - eps_low) & (adv_bt < 0))),
+        "clip_high": jnp.sum(mask_bt * ((ratio_bt > 1.0 + eps_high) & (adv_bt > 0))),
+        "ratio_sum": jnp.sum(mask_bt * ratio_bt),
+        "ratio_max": jnp.max(jnp.where(mask_bt > 0, ratio_bt, -jnp.inf)),
+        # k3 estimate of KL(pi_old || pi_theta) over tokens sampled from pi_old.
+        "kl_old_sum": jnp.sum(mask_bt * (jnp.exp(log_ratio_bt) - 1.0 - log_ratio_bt)),
+    }
+    return loss, stats
+
+
+def k3_kl(logp_bt, ref_logp_bt):
+    """Per-token k3 estimator of KL(pi_theta || pi_ref) (Schulman): r - log r - 1, r = pi_ref/pi_theta."""
+    log_r = ref_logp_bt - logp_bt
+    return jnp.exp(log_r) - log_r - 1.0

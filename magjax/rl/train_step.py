@@ -1,0 +1,157 @@
+"""The train step: one jitted, sharded, donated function shared by GRPO and SFT.
+
+``make_train_step`` returns ``step(state, batch) -> (state, metrics)``. Inside, a
+``lax.scan`` accumulates float32 gradients over the batch's microbatches; since every token
+carries its final loss weight, the sum is the minibatch gradient whatever the split. A
+non-finite loss or gradient keeps the old parameters and optimizer state and increments
+``state.skipped``: never silently applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from magjax import sharding as shd
+from magjax.models import decoder
+from magjax.models.config import ModelConfig
+from magjax.rl.losses import LossConfig, k3_kl, policy_objective, token_logprobs
+from magjax.types import TrainBatch
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array  # train_step calls so far (applied or skipped)
+    params: dict
+    opt_state: optax.OptState
+    skipped: jax.Array  # steps whose update was dropped for a non-finite loss/gradient
+    ref_params: dict | None = None  # frozen reference policy, only when kl_coef > 0
+
+
+jax.tree_util.register_dataclass(
+    TrainState, data_fields=["step", "params", "opt_state", "skipped", "ref_params"], meta_fields=[])
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, ref_params: dict | None = None) -> TrainState:
+    """The initial state; optimizer moments inherit the parameters' shardings."""
+    @jax.jit
+    def init(params, ref_params):
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jnp.zeros((), jnp.int32),
+                          ref_params)
+    return init(params, ref_params)
+
+
+def state_shardings(state: TrainState):
+    return jax.tree.map(lambda x: x.sharding, state)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    """Microbatches [m, b, t]: rows split over the data-parallel axes."""
+    return NamedSharding(mesh, shd.logical_to_spec((shd.MICROBATCH, shd.BATCH, shd.SEQUENCE), None, mesh))
+
+
+def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, mb: TrainBatch,
+                    ref_params=None, mesh=None):
+    """The weighted loss of one microbatch [b, t] and its token statistics (sums)."""
+    h_btd = decoder.hidden_states(model_config, params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh)
+    logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk)
+    w_bt = mb.weights
+    mask_bt = (w_bt > 0).astype(jnp.float32)
+    if loss_config.kind == "sft":
+        loss = -jnp.sum(w_bt * logp_bt)
+        stats = {"tokens": jnp.sum(mask_bt)}
+    else:
+        loss, stats = policy_objective(logp_bt, mb.old_logprobs, mb.advantages, w_bt,
+                                       loss_config.eps_low, loss_config.eps_high)
+    if loss_config.kl_coef > 0:
+        ref_h = decoder.hidden_states(model_config, ref_params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh)
+        ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets, loss_config.logprob_chunk)
+        kl_bt = k3_kl(logp_bt, jax.lax.stop_gradient(ref_logp_bt))
+        loss = loss + loss_config.kl_coef * jnp.sum(w_bt * kl_bt)
+        stats["kl_ref_sum"] = jnp.sum(mask_bt * kl_bt)
+    if loss_config.entropy_coef > 0:
+        loss = loss - loss_config.entropy_coef * jnp.sum(w_bt * entropy_bt)
+    stats["entropy_sum"] = jnp.sum(mask_bt * jax.lax.stop_gradient(entropy_bt))
+    stats["logp_sum"] = jnp.sum(mask_bt * jax.lax.stop_gradient(logp_bt))
+    return loss, stats
+
+
+def accumulate_gradients(model_config: ModelConfig, loss_config: LossConfig, params, batch: TrainBatch,
+                         ref_params=None, mesh=None):
+    """Loss, float32 gradient and summed statistics over all microbatches of ``batch``."""
+    grad_fn = jax.value_and_grad(
+        functools.partial(microbatch_loss, model_config, loss_config, mesh=mesh), has_aux=True)
+
+    def body(carry, mb):
+        loss_acc, grads_acc, stats_acc = carry
+        (loss, stats), grads = grad_fn(params, mb, ref_params)
+        grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+        stats_acc = {k: (jnp.maximum if k == "ratio_max" else jnp.add)(stats_acc[k], v) for k, v in stats.items()}
+        return (loss_acc + loss, grads_acc, stats_acc), None
+
+    zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    first = jax.tree.map(lambda x: x[0], batch)
+    stats_shape = jax.eval_shape(lambda: grad_fn(params, first, ref_params)[0][1])
+    zero_stats = {k: jnp.full(v.shape, -jnp.inf if k == "ratio_max" else 0.0, v.dtype)
+                  for k, v in stats_shape.items()}
+    (loss, grads, stats), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zero_grads, zero_stats), batch)
+    return loss, grads, stats
+
+
+def _metrics(loss, grads, stats, lr, applied) -> dict:
+    tokens = jnp.maximum(stats["tokens"], 1.0)
+    m = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads), "train/learning_rate": lr,
+         "train/tokens": stats["tokens"], "train/entropy": stats["entropy_sum"] / tokens,
+         "train/logprob": stats["logp_sum"] / tokens, "train/applied": applied.astype(jnp.int32)}
+    if "ratio_sum" in stats:
+        m |= {"train/clip_low_fraction": stats["clip_low"] / tokens,
+              "train/clip_high_fraction": stats["clip_high"] / tokens,
+              "train/ratio_mean": stats["ratio_sum"] / tokens, "train/ratio_max": stats["ratio_max"],
+              "train/kl_to_sampler": stats["kl_old_sum"] / tokens}
+    if "kl_ref_sum" in stats:
+        m["train/kl_to_reference"] = stats["kl_ref_sum"] / tokens
+    return m
+
+
+def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, mesh=None, shardings: TrainState | None = None):
+    """Returns the jitted ``step(state, batch) -> (state, metrics)``; ``state`` is donated.
+
+    With a mesh, ``shardings`` (see ``state_shardings``) fixes the state's layout on the
+    way in and out, and batches are split over the data-parallel axes. ``step.traces``
+    counts how often it was traced (tests check it stays 1).
+    """
+    if loss_config.kl_coef > 0 and shardings is not None and shardings.ref_params is None:
+        raise ValueError("kl_coef > 0 needs a TrainState with ref_params")
+
+    def step(state: TrainState, batch: TrainBatch):
+        wrapped.traces += 1
+        loss, grads, stats = accumulate_gradients(model_config, loss_config, state.params, batch,
+                                                  state.ref_params, mesh)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o).astype(o.dtype), new, old)  # noqa: E731
+        new_state = TrainState(state.step + 1, keep(new_params, state.params), keep(new_opt, state.opt_state),
+                               state.skipped + (~finite).astype(jnp.int32), state.ref_params)
+        lr = schedule(state.step - state.skipped)
+        return new_state, _metrics(loss, grads, stats, lr, finite)
+
+    if mesh is None:
+        jitted = jax.jit(step, donate_argnums=0)
+    else:
+        replicated = NamedSharding(mesh, PartitionSpec())
+        jitted = jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
+                         out_shardings=(shardings, replicated), donate_argnums=0)
+
+    def wrapped(state, batch):
+        return jitted(state, batch)
+
+    wrapped.traces = 0
+    wrapped.jitted = jitted
+    return wrapped
