@@ -92,11 +92,13 @@ PRESETS: dict[str, ModelConfig] = {
     # Its vocabulary is the built-in tokenizer's (magjax.models.tokenizer.ByteTokenizer).
     "demo": ModelConfig(vocab_size=272, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                         head_dim=32, intermediate_size=384, tie_embeddings=True),
-    # Benchmark shapes shared with the peers' scripts (fp32).
-    "tiny": ModelConfig(vocab_size=256, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                        head_dim=64, intermediate_size=1024),
-    "small": ModelConfig(vocab_size=32000, hidden_size=1024, num_layers=8, num_heads=16,
-                         num_kv_heads=4, head_dim=64, intermediate_size=4096),
+    # Benchmark shapes shared with the peers' scripts (fp32 Mistral layout, rope theta 1e6).
+    "tiny": ModelConfig(family="mistral", vocab_size=256, hidden_size=256, num_layers=4, num_heads=4,
+                        num_kv_heads=2, head_dim=64, intermediate_size=1024, rope_theta=1e6,
+                        rms_norm_eps=1e-5),
+    "small": ModelConfig(family="mistral", vocab_size=32000, hidden_size=1024, num_layers=8,
+                         num_heads=16, num_kv_heads=4, head_dim=64, intermediate_size=4096,
+                         rope_theta=1e6, rms_norm_eps=1e-5),
     # Published open-weight models (shapes from their Hugging Face config.json).
     "mistral-7b": ModelConfig(family="mistral", vocab_size=32768, hidden_size=4096, num_layers=32,
                               num_heads=32, num_kv_heads=8, head_dim=128, intermediate_size=14336,

@@ -69,7 +69,6 @@ def token_logprobs(config: ModelConfig, params: dict, h_btd, targets_bt, chunk: 
     h_nbcd = h_btd.reshape(b, t // c, c, d).swapaxes(0, 1)
     targets_nbc = targets_bt.reshape(b, t // c, c).swapaxes(0, 1)
 
-    @jax.checkpoint
     def one_chunk(h_bcd, targets_bc):
         logits_bcv = decoder.unembed(config, params, h_bcd).astype(jnp.float32)
         lse_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
@@ -77,6 +76,8 @@ def token_logprobs(config: ModelConfig, params: dict, h_btd, targets_bt, chunk: 
         entropy_bc = lse_bc - jnp.sum(jax.nn.softmax(logits_bcv, axis=-1) * logits_bcv, axis=-1)
         return logp_bc, entropy_bc
 
+    if t // c > 1:  # with one chunk there is nothing to save by recomputing
+        one_chunk = jax.checkpoint(one_chunk)
     logp_nbc, entropy_nbc = jax.lax.map(lambda x: one_chunk(*x), (h_nbcd, targets_nbc))
     return logp_nbc.swapaxes(0, 1).reshape(b, t), entropy_nbc.swapaxes(0, 1).reshape(b, t)
 
