@@ -196,16 +196,24 @@ def mlp(layer: dict, x_btd):
     return dense(jax.nn.silu(dense(x_btd, layer["w_gate"])) * dense(x_btd, layer["w_up"]), layer["w_down"])
 
 
-def block(config: ModelConfig, layer: dict, x_btd, positions_bt, mask_bts, mesh=None):
-    """One pre-norm transformer layer over a whole sequence."""
+def attention_inputs(config: ModelConfig, layer: dict, x_btd, positions_bt):
+    """The first half of a layer: normalised input projected to rotated q, k and v."""
     h_btd = rms_norm(x_btd, layer["attn_norm"], config.rms_norm_eps)
-    q, k, v = project_qkv(config, layer, h_btd, positions_bt)
-    o_bthe = attend(q, k, v, mask_bts)
-    x_btd = x_btd + dense(o_bthe, layer["wo"], in_dims=2)
-    x_btd = shd.constrain(x_btd, (B, T, None), mesh)
-    h_btd = rms_norm(x_btd, layer["mlp_norm"], config.rms_norm_eps)
-    x_btd = x_btd + mlp(layer, h_btd)
+    return project_qkv(config, layer, h_btd, positions_bt)
+
+
+def layer_output(config: ModelConfig, layer: dict, x_btd, o_bthe, mesh=None):
+    """The second half of a layer: attention output projection, then the MLP, both residual."""
+    x_btd = shd.constrain(x_btd + dense(o_bthe, layer["wo"], in_dims=2), (B, T, None), mesh)
+    x_btd = x_btd + mlp(layer, rms_norm(x_btd, layer["mlp_norm"], config.rms_norm_eps))
     return shd.constrain(x_btd, (B, T, None), mesh)
+
+
+def block(config: ModelConfig, layer: dict, x_btd, positions_bt, mask_bts, mesh=None):
+    """One pre-norm transformer layer over whole sequences; also returns its keys and values."""
+    q_bthe, k_btke, v_btke = attention_inputs(config, layer, x_btd, positions_bt)
+    o_bthe = attend(q_bthe, k_btke, v_btke, mask_bts)
+    return layer_output(config, layer, x_btd, o_bthe, mesh), (k_btke, v_btke)
 
 
 def embed(config: ModelConfig, params: dict, tokens_bt):
@@ -221,8 +229,12 @@ def unembed(config: ModelConfig, params: dict, h_btd):
 
 
 def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=None,
-                  segment_ids_bt=None, *, mesh=None):
-    """The residual stream after the last layer (before the final norm): [b, t, d]."""
+                  segment_ids_bt=None, *, mesh=None, return_kv: bool = False):
+    """The residual stream after the last layer (before the final norm): [b, t, d].
+
+    With ``return_kv`` also every layer's keys and values, ``[l, b, t, k, e]`` each (the
+    sampler's prefill writes them into its cache).
+    """
     b, t = tokens_bt.shape
     if positions_bt is None:
         positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -232,12 +244,13 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
     x_btd = shd.constrain(embed(config, params, tokens_bt), (B, T, None), mesh)
 
     def body(x_btd, layer):
-        return block(config, layer, x_btd, positions_bt, mask_bts, mesh), None
+        x_btd, kv = block(config, layer, x_btd, positions_bt, mask_bts, mesh)
+        return x_btd, (kv if return_kv else None)
 
     if config.remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    x_btd, _ = jax.lax.scan(body, x_btd, params["layers"])
-    return x_btd
+    x_btd, kv = jax.lax.scan(body, x_btd, params["layers"])
+    return (x_btd, kv) if return_kv else x_btd
 
 
 def forward(config: ModelConfig, params: dict, tokens_bt, positions_bt=None, segment_ids_bt=None,

@@ -1,0 +1,291 @@
+"""Jitted prefill and decode over an explicit slot KV cache.
+
+The cache is a pytree passed in and returned (donated), never hidden state: slot ``b``
+holds one sequence, ``lengths_b`` tokens of it in the cache and ``last_token_b`` sampled
+but not yet fed. ``prefill`` runs one prompt (padded to a length bucket) once and copies
+its keys and values into the G slots of its samples; ``decode`` advances every active slot
+by up to ``chunk_steps`` tokens inside one compiled loop. Params are arguments: handing
+the next chunk new weights is the whole in-flight weight update; entries already in the
+cache stay as they were.
+
+Randomness is a function of (seed, request uid, sample index, position) only, so a
+sequence's tokens do not depend on its slot, its batch-mates or the chunking. Sampling
+draws one uniform per token and inverts the CDF: far cheaper on CPU than a Gumbel draw
+over the whole vocabulary, and exactly as random.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from magjax import sharding as shd
+from magjax.models import decoder
+from magjax.models.config import ModelConfig
+
+RUNNING, EOS, LENGTH = 0, 1, 2  # finish codes on the device
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling; 1 = off
+    top_k: int = 0  # 0 = off
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"SamplingConfig: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    slots: int = 16  # sequences decoded together (a multiple of the data-parallel size)
+    max_len: int = 512  # cache positions per slot: prompt + completion
+    prompt_buckets: tuple[int, ...] = (32, 64, 128, 256)  # prompts are padded up to one of these
+    chunk_steps: int = 16  # decode steps per compiled call (weights can change between calls)
+
+    def __post_init__(self):
+        if self.slots < 1 or self.chunk_steps < 1:
+            raise ValueError(f"EngineConfig: slots and chunk_steps must be positive, got {self}")
+        if list(self.prompt_buckets) != sorted(self.prompt_buckets) or self.prompt_buckets[-1] >= self.max_len:
+            raise ValueError(f"EngineConfig.prompt_buckets must be increasing and below max_len: {self}")
+
+
+@dataclasses.dataclass
+class DecodeState:
+    """Everything the device knows about the slots. Arrays only (a pytree)."""
+
+    k_lbske: jax.Array  # keys [layers, slots, max_len, kv_heads, head_dim]
+    v_lbske: jax.Array
+    lengths_b: jax.Array  # tokens in the cache = position of last_token
+    last_token_b: jax.Array  # sampled, not yet fed
+    active_b: jax.Array  # bool: still generating
+    generated_b: jax.Array  # completion tokens so far (last_token included)
+    max_new_b: jax.Array  # per-slot completion budget
+    uid_b: jax.Array  # request uid and sample index: the random stream's identity
+    sample_b: jax.Array
+    finish_b: jax.Array  # RUNNING | EOS | LENGTH
+
+
+jax.tree_util.register_dataclass(DecodeState, data_fields=[f.name for f in dataclasses.fields(DecodeState)],
+                                 meta_fields=[])
+
+
+@dataclasses.dataclass
+class ChunkOutput:
+    """What one decode call produced: step k's token for slot b, its log-prob, validity."""
+
+    tokens_kb: np.ndarray
+    logprobs_kb: np.ndarray
+    valid_kb: np.ndarray
+    finish_b: np.ndarray
+    steps: int  # steps actually run (the loop stops early when every slot is done)
+
+
+def token_key(seed: int, uid_b, sample_b, position_b):
+    """The random key of one token: fold in request uid, sample index, then position."""
+    base = jax.random.key(seed)
+    fold = lambda u, s, p: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, u), s), p)  # noqa: E731
+    return jax.vmap(fold)(uid_b, sample_b, position_b)
+
+
+def sample_tokens(logits_bv, keys_b, sampling: SamplingConfig):
+    """(token_b, logprob_b) drawn from the configured distribution, and log-prob under it."""
+    logits_bv = logits_bv.astype(jnp.float32)
+    if sampling.temperature == 0:
+        token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+        return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], -1)[:, 0]
+    logits_bv = logits_bv / sampling.temperature
+    if sampling.top_k:
+        kth_b = jax.lax.top_k(logits_bv, sampling.top_k)[0][:, -1:]
+        logits_bv = jnp.where(logits_bv < kth_b, -jnp.inf, logits_bv)
+    if sampling.top_p < 1.0:
+        sorted_bv = jnp.sort(logits_bv, axis=-1)[:, ::-1]
+        cum_bv = jnp.cumsum(jax.nn.softmax(sorted_bv, axis=-1), axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the token crossing it included).
+        cutoff_b = jnp.take_along_axis(sorted_bv, jnp.sum(cum_bv < sampling.top_p, axis=-1, keepdims=True)
+                                       .clip(max=logits_bv.shape[-1] - 1), -1)
+        logits_bv = jnp.where(logits_bv < cutoff_b, -jnp.inf, logits_bv)
+    logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+    cdf_bv = jnp.cumsum(jnp.exp(logp_bv), axis=-1)
+    u_b = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys_b) * cdf_bv[:, -1]
+    token_b = jnp.sum(cdf_bv <= u_b[:, None], axis=-1).clip(max=logits_bv.shape[-1] - 1)
+    # Never pick a token of zero probability at the edge of the float32 CDF.
+    token_b = jnp.where(jnp.isfinite(jnp.take_along_axis(logp_bv, token_b[:, None], -1)[:, 0]), token_b,
+                        jnp.argmax(logp_bv, axis=-1)).astype(jnp.int32)
+    return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], -1)[:, 0]
+
+
+class Engine:
+    """The sampler's compiled functions for one model, cache geometry and sampling setting."""
+
+    def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, sampling: SamplingConfig,
+                 eos_id: int, *, mesh=None):
+        self.model_config, self.config, self.sampling = model_config, engine_config, sampling
+        self.eos_id, self.mesh = eos_id, mesh
+        self.traces = {"prefill": 0, "decode": 0}
+        shardings = self.state_shardings() if mesh is not None else None
+        params_sh = decoder.param_shardings(model_config, mesh) if mesh is not None else None
+        kw = lambda ins, outs: {} if mesh is None else {"in_shardings": ins, "out_shardings": outs}  # noqa: E731
+        rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+        self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
+                                **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
+        self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
+
+    # ------------------------------------------------------------------ state
+
+    def state_shardings(self) -> DecodeState:
+        mesh = self.mesh
+        c = self.model_config
+        cache = (self.config.slots, self.config.max_len)
+        cache_sh = shd.named_sharding((shd.LAYERS, shd.BATCH, shd.SEQUENCE, shd.KV_HEADS, shd.HEAD_DIM),
+                                      (c.num_layers, *cache, c.num_kv_heads, c.head_dim), mesh)
+        slot_sh = shd.named_sharding((shd.BATCH,), (self.config.slots,), mesh)
+        return DecodeState(cache_sh, cache_sh, *([slot_sh] * 8))
+
+    def init_state(self) -> DecodeState:
+        c, s = self.model_config, self.config
+        shape = (c.num_layers, s.slots, s.max_len, c.num_kv_heads, c.head_dim)
+        zeros = lambda dtype: np.zeros((s.slots,), dtype)  # noqa: E731
+        state = DecodeState(jnp.zeros(shape, c.jnp_dtype), jnp.zeros(shape, c.jnp_dtype), zeros(np.int32),
+                            zeros(np.int32), zeros(bool), zeros(np.int32), zeros(np.int32), zeros(np.int32),
+                            zeros(np.int32), zeros(np.int32))
+        if self.mesh is not None:
+            return jax.device_put(state, self.state_shardings())
+        return jax.tree.map(jnp.asarray, state)
+
+    def bucket(self, prompt_len: int) -> int:
+        for b in self.config.prompt_buckets:
+            if prompt_len <= b:
+                return b
+        raise ValueError(f"prompt of {prompt_len} tokens exceeds the largest bucket "
+                         f"{self.config.prompt_buckets[-1]} (EngineConfig.prompt_buckets)")
+
+    # ------------------------------------------------------------------ prefill
+
+    def prefill(self, params, state: DecodeState, prompt: list[int], slots: list[int], uid: int,
+                samples: list[int], max_new: int):
+        """Writes one prompt into ``slots`` (one per sample) and samples each first token.
+
+        Returns the new state and, per slot, (first token, its log-prob, finish code).
+        """
+        if not prompt:
+            raise ValueError("cannot prefill an empty prompt")
+        p = self.bucket(len(prompt))
+        if len(prompt) + max_new > self.config.max_len:
+            max_new = self.config.max_len - len(prompt)
+        tokens = np.zeros((1, p), np.int32)
+        tokens[0, : len(prompt)] = prompt
+        state, out = self._prefill(params, state, tokens, np.int32(len(prompt)), np.asarray(slots, np.int32),
+                                   np.int32(uid), np.asarray(samples, np.int32), np.int32(max_new))
+        return state, jax.tree.map(np.asarray, out)
+
+    def _prefill_fn(self, params, state: DecodeState, tokens_1p, prompt_len, slots_g, uid, samples_g, max_new):
+        self.traces["prefill"] += 1
+        c = self.model_config
+        p = tokens_1p.shape[1]
+        positions_1p = jnp.arange(p, dtype=jnp.int32)[None]
+        # Padding after the prompt gets its own segment so it cannot disturb the prompt.
+        segments_1p = (positions_1p >= prompt_len).astype(jnp.int32)
+        h_1pd, (k_l1pke, v_l1pke) = decoder.hidden_states(c, params, tokens_1p, positions_1p, segments_1p,
+                                                           mesh=self.mesh, return_kv=True)
+        h_11d = jax.lax.dynamic_slice_in_dim(h_1pd, prompt_len - 1, 1, axis=1)
+        logits_1v = decoder.unembed(c, params, h_11d)[:, 0]
+        g = slots_g.shape[0]
+        k_lgpke = jnp.broadcast_to(k_l1pke, (c.num_layers, g, *k_l1pke.shape[2:])).astype(state.k_lbske.dtype)
+        v_lgpke = jnp.broadcast_to(v_l1pke, (c.num_layers, g, *v_l1pke.shape[2:])).astype(state.v_lbske.dtype)
+        k_cache = state.k_lbske.at[:, slots_g, :p].set(k_lgpke)
+        v_cache = state.v_lbske.at[:, slots_g, :p].set(v_lgpke)
+        uid_g = jnp.full((g,), uid, jnp.int32)
+        keys_g = token_key(self.sampling.seed, uid_g, samples_g, jnp.full((g,), prompt_len, jnp.int32))
+        token_g, logp_g = sample_tokens(jnp.broadcast_to(logits_1v, (g, logits_1v.shape[-1])), keys_g, self.sampling)
+        finish_g = jnp.where(token_g == self.eos_id, EOS, jnp.where(max_new <= 1, LENGTH, RUNNING))
+        at = lambda arr, val: arr.at[slots_g].set(val)  # noqa: E731
+        state = DecodeState(
+            k_cache, v_cache, at(state.lengths_b, prompt_len), at(state.last_token_b, token_g),
+            at(state.active_b, finish_g == RUNNING), at(state.generated_b, 1), at(state.max_new_b, max_new),
+            at(state.uid_b, uid), at(state.sample_b, samples_g), at(state.finish_b, finish_g))
+        return state, (token_g, logp_g, finish_g)
+
+    def release(self, state: DecodeState, slots: list[int]) -> DecodeState:
+        """Stops the given slots (a stop string seen on the host, or abandoned work)."""
+        mask = np.zeros((self.config.slots,), bool)
+        mask[list(slots)] = True
+        return self._release(state, mask)
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+    def _release(self, state: DecodeState, mask_b):
+        return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
+
+    # ------------------------------------------------------------------ decode
+
+    def decode(self, params, state: DecodeState) -> tuple[DecodeState, ChunkOutput]:
+        state, (tokens, logps, valid, finish, steps) = self._decode(params, state)
+        return state, ChunkOutput(np.asarray(tokens), np.asarray(logps), np.asarray(valid), np.asarray(finish),
+                                  int(steps))
+
+    def _decode_fn(self, params, state: DecodeState):
+        self.traces["decode"] += 1
+        k_steps, b = self.config.chunk_steps, self.config.slots
+        out = (jnp.zeros((k_steps, b), jnp.int32), jnp.zeros((k_steps, b), jnp.float32),
+               jnp.zeros((k_steps, b), bool))
+
+        def cond(carry):
+            i, state, _ = carry
+            return (i < k_steps) & jnp.any(state.active_b)
+
+        def body(carry):
+            i, state, (tokens_kb, logps_kb, valid_kb) = carry
+            state, token_b, logp_b, valid_b = self._step(params, state)
+            return i + 1, state, (tokens_kb.at[i].set(token_b), logps_kb.at[i].set(logp_b), valid_kb.at[i].set(valid_b))
+
+        steps, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
+        return state, (*out, state.finish_b, steps)
+
+    def _step(self, params, state: DecodeState):
+        """Feeds every slot's last token, writes its keys and values, samples the next token."""
+        c = self.model_config
+        pos_b = state.lengths_b
+        x_b1d = decoder.embed(c, params, state.last_token_b[:, None])
+        s_idx = jnp.arange(self.config.max_len)
+        mask_b1s = (s_idx[None] <= pos_b[:, None])
+        if c.sliding_window is not None:
+            mask_b1s &= pos_b[:, None] - s_idx[None] < c.sliding_window
+        mask_b1s = mask_b1s[:, None]
+        # Finished and free slots write nowhere (an out-of-range index is dropped).
+        write_b = jnp.where(state.active_b, pos_b, self.config.max_len)
+        slot_idx = jnp.arange(self.config.slots)
+
+        def layer_fn(carry, layer_l):
+            x_b1d, k_cache, v_cache, l = carry
+            q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer_l, x_b1d, pos_b[:, None])
+            k_cache = k_cache.at[l, slot_idx, write_b].set(k_b1ke[:, 0].astype(k_cache.dtype), mode="drop")
+            v_cache = v_cache.at[l, slot_idx, write_b].set(v_b1ke[:, 0].astype(v_cache.dtype), mode="drop")
+            k_bske, v_bske = k_cache[l], v_cache[l]
+            # A slot just written in this step reads its own new entry from the cache.
+            o_b1he = decoder.attend(q_b1he, k_bske.astype(x_b1d.dtype), v_bske.astype(x_b1d.dtype), mask_b1s)
+            x_b1d = decoder.layer_output(c, layer_l, x_b1d, o_b1he, self.mesh)
+            return (x_b1d, k_cache, v_cache, l + 1), None
+
+        (x_b1d, k_cache, v_cache, _), _ = jax.lax.scan(
+            layer_fn, (x_b1d, state.k_lbske, state.v_lbske, jnp.int32(0)), params["layers"])
+        logits_bv = decoder.unembed(c, params, x_b1d)[:, 0]
+        keys_b = token_key(self.sampling.seed, state.uid_b, state.sample_b, pos_b + 1)
+        token_b, logp_b = sample_tokens(logits_bv, keys_b, self.sampling)
+        valid_b = state.active_b
+        generated_b = state.generated_b + valid_b.astype(jnp.int32)
+        lengths_b = pos_b + valid_b.astype(jnp.int32)
+        out_of_room = (generated_b >= state.max_new_b) | (lengths_b >= self.config.max_len)
+        finish_b = jnp.where(~valid_b, state.finish_b,
+                             jnp.where(token_b == self.eos_id, EOS, jnp.where(out_of_room, LENGTH, RUNNING)))
+        state = DecodeState(k_cache, v_cache, lengths_b, jnp.where(valid_b, token_b, state.last_token_b),
+                            valid_b & (finish_b == RUNNING), generated_b, state.max_new_b, state.uid_b,
+                            state.sample_b, finish_b)
+        return state, token_b, logp_b, valid_b

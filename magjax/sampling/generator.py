@@ -1,0 +1,282 @@
+"""The host-side generation loop: continuous batching over the engine's slots.
+
+The loop admits prompts into free slots (one prefill per prompt, G slots per prompt),
+runs decode chunks, harvests finished sequences into ``Completion`` records and refills.
+``set_weights`` may be called from any thread; the newest weights are picked up at the
+next chunk boundary and every sequence in flight continues on them with its KV cache as
+it is (Magistral's in-flight update). Each token is tagged with the version that sampled it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from magjax.sampling.engine import EOS, RUNNING, Engine
+from magjax.types import Completion
+
+FINISH_NAMES = {EOS: "eos", 2: "length"}
+
+
+@dataclasses.dataclass
+class Request:
+    """One prompt to sample ``num_samples`` completions of (a GRPO group)."""
+
+    problem_id: str
+    prompt: list[int]
+    num_samples: int = 1
+    max_new_tokens: int = 256
+    uid: int | None = None  # the random stream's identity; default: a hash of problem_id
+
+    def __post_init__(self):
+        if self.uid is None:
+            self.uid = zlib.crc32(self.problem_id.encode()) & 0x7FFFFFFF
+
+
+@dataclasses.dataclass
+class _Slot:
+    request: Request
+    sample: int
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    versions: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class GeneratorStats:
+    chunks: int = 0
+    slot_steps: int = 0  # slots x decode steps executed
+    active_slot_steps: int = 0  # of which a slot was generating
+    tokens: int = 0
+    prefills: int = 0
+    completions: int = 0
+    abandoned: int = 0
+    # The same two counts restricted to chunks that started with prompts still waiting:
+    # occupancy when demand exceeds capacity (the steady state of an RL run).
+    steady_slot_steps: int = 0
+    steady_active_slot_steps: int = 0
+    busy_s: float = 0.0
+    waiting_s: float = 0.0  # time with nothing to generate (or paused)
+
+    @property
+    def occupancy(self) -> float:
+        return self.active_slot_steps / self.slot_steps if self.slot_steps else 0.0
+
+    @property
+    def steady_occupancy(self) -> float:
+        return self.steady_active_slot_steps / self.steady_slot_steps if self.steady_slot_steps else 0.0
+
+
+class Generator:
+    """Keeps up to ``max_in_flight`` sequences in flight on ``engine``.
+
+    ``on_complete(completion)`` receives each finished sequence (it may block: that is
+    the back-pressure that stops admissions when downstream lags). Drive it synchronously
+    with ``generate``/``step`` or in a thread with ``start``.
+    """
+
+    def __init__(self, engine: Engine, params, version: int = 0, *, decode_text: Callable | None = None,
+                 stop_strings: tuple[str, ...] = (), on_complete: Callable[[Completion], None] | None = None,
+                 max_in_flight: int | None = None):
+        self.engine = engine
+        slots = engine.config.slots
+        self.max_in_flight = min(max_in_flight or slots, slots)
+        if stop_strings and decode_text is None:
+            raise ValueError("stop strings need decode_text (a tokenizer's decode)")
+        self.decode_text, self.stop_strings = decode_text, tuple(stop_strings)
+        self.on_complete = on_complete
+        self.state = engine.init_state()
+        self.stats = GeneratorStats()
+        self._slots: dict[int, _Slot] = {}
+        self._pending: collections.deque[Request] = collections.deque()
+        self._lock = threading.Condition()
+        self._weights = (params, version)
+        self._paused = False
+        self._stopping = False
+        self._draining = False
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ control (any thread)
+
+    def submit(self, requests: list[Request]):
+        with self._lock:
+            for r in requests:
+                if r.num_samples > self.engine.config.slots:
+                    raise ValueError(f"request {r.problem_id}: {r.num_samples} samples exceed "
+                                     f"{self.engine.config.slots} slots")
+                self.engine.bucket(len(r.prompt))  # fail here, not in the loop
+                self._pending.append(r)
+            self._lock.notify_all()
+
+    def set_weights(self, params, version: int):
+        """Publishes new weights; the loop switches at its next chunk boundary."""
+        with self._lock:
+            self._weights = (params, version)
+
+    @property
+    def version(self) -> int:
+        return self._weights[1]
+
+    def pause(self):
+        with self._lock:
+            self._paused = True
+
+    def resume(self):
+        with self._lock:
+            self._paused = False
+            self._draining = False
+            self._lock.notify_all()
+
+    def drain(self):
+        """Stop admitting; sequences in flight run to their end."""
+        with self._lock:
+            self._draining = True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._slots)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ one round
+
+    def step(self) -> list[Completion]:
+        """Admit what fits, run one decode chunk, harvest. Returns the finished completions."""
+        params, version = self._weights
+        done = self._admit(params, version)
+        if self._slots:
+            saturated = bool(self._pending)
+            t0 = time.perf_counter()
+            self.state, out = self.engine.decode(params, self.state)
+            self.stats.busy_s += time.perf_counter() - t0
+            self.stats.chunks += 1
+            slot_steps = out.steps * self.engine.config.slots
+            active = int(out.valid_kb[: out.steps].sum())
+            self.stats.slot_steps += slot_steps
+            self.stats.active_slot_steps += active
+            if saturated:
+                self.stats.steady_slot_steps += slot_steps
+                self.stats.steady_active_slot_steps += active
+            done += self._harvest(out, version)
+        for c in done:
+            if self.on_complete is not None:
+                self.on_complete(c)
+        return done
+
+    def generate(self, requests: list[Request]) -> list[Completion]:
+        """Runs ``requests`` to completion synchronously; completions in finishing order."""
+        self.submit(requests)
+        out = []
+        while self._pending or self._slots:
+            out += self.step()
+        return out
+
+    def _admit(self, params, version) -> list[Completion]:
+        done = []
+        while self._pending and not self._draining:
+            req = self._pending[0]
+            free = [s for s in range(self.engine.config.slots) if s not in self._slots]
+            if len(free) < req.num_samples or len(self._slots) + req.num_samples > self.max_in_flight:
+                break
+            self._pending.popleft()
+            slots = free[: req.num_samples]
+            t0 = time.perf_counter()
+            self.state, (token_g, logp_g, finish_g) = self.engine.prefill(
+                params, self.state, req.prompt, slots, req.uid, list(range(req.num_samples)), req.max_new_tokens)
+            self.stats.busy_s += time.perf_counter() - t0
+            self.stats.prefills += 1
+            for i, slot in enumerate(slots):
+                s = self._slots[slot] = _Slot(req, i)
+                done += self._append(slot, s, int(token_g[i]), float(logp_g[i]), version, int(finish_g[i]))
+        return done
+
+    def _harvest(self, out, version) -> list[Completion]:
+        done = []
+        for k in range(out.steps):
+            for slot in np.nonzero(out.valid_kb[k])[0]:
+                s = self._slots.get(int(slot))
+                if s is None:
+                    continue
+                last = k == out.steps - 1 or not out.valid_kb[k + 1, slot]
+                finish = int(out.finish_b[slot]) if last else RUNNING
+                done += self._append(int(slot), s, int(out.tokens_kb[k, slot]), float(out.logprobs_kb[k, slot]),
+                                     version, finish)
+        return done
+
+    def _append(self, slot, s: _Slot, token, logprob, version, finish) -> list[Completion]:
+        s.tokens.append(token)
+        s.logprobs.append(logprob)
+        s.versions.append(version)
+        self.stats.tokens += 1
+        reason = FINISH_NAMES.get(finish)
+        if reason is None and self.stop_strings:
+            cut = self._stop_at(s.tokens)
+            if cut is not None:
+                del s.tokens[cut:], s.logprobs[cut:], s.versions[cut:]
+                self.state = self.engine.release(self.state, [slot])
+                reason = "stop"
+        if reason is None:
+            return []
+        del self._slots[slot]
+        self.stats.completions += 1
+        text = self.decode_text(s.tokens) if self.decode_text is not None else ""
+        return [Completion(s.request.problem_id, s.sample, list(s.request.prompt), s.tokens, s.logprobs,
+                           s.versions, text, reason)]
+
+    def _stop_at(self, tokens: list[int]) -> int | None:
+        """The shortest token prefix whose text contains a stop string, or None."""
+        text = self.decode_text(tokens)
+        if not any(stop in text for stop in self.stop_strings):
+            return None
+        for n in range(1, len(tokens) + 1):
+            prefix = self.decode_text(tokens[:n])
+            if any(stop in prefix for stop in self.stop_strings):
+                return n
+        return len(tokens)
+
+    def abandon(self) -> int:
+        """Drops every sequence in flight and every pending request (counted, not returned)."""
+        with self._lock:
+            n = len(self._slots)
+            if n:
+                self.state = self.engine.release(self.state, list(self._slots))
+            self._slots.clear()
+            self._pending.clear()
+            self.stats.abandoned += n
+            return n
+
+    # ------------------------------------------------------------------ background thread
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="magjax-generator", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0):
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self):
+        try:
+            while True:
+                with self._lock:
+                    t0 = time.perf_counter()
+                    while not self._stopping and (self._paused or not (self._slots or (self._pending and not self._draining))):
+                        self._lock.wait(0.05)
+                    self.stats.waiting_s += time.perf_counter() - t0
+                    if self._stopping:
+                        return
+                self.step()
+        except BaseException as err:  # surfaced to the owner, never swallowed
+            self.error = err

@@ -1,0 +1,139 @@
+"""The sampler's compiled functions: exactness against the full forward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from magjax.models import decoder, preset
+from magjax.rl.losses import token_logprobs
+from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig, sample_tokens, token_key
+from magjax.sampling.generator import Generator, Request
+
+CONFIG = preset("test").replace(sliding_window=12)
+ENGINE = EngineConfig(slots=8, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4)
+NEVER = 10_000  # an EOS id the model cannot emit: lengths are set by max_new_tokens
+
+
+def _params(config=CONFIG, seed=0):
+    return decoder.init_params(config, jax.random.key(seed))
+
+
+def _requests(n=4, samples=2, seed=0, max_new=(6, 20)):
+    rng = np.random.default_rng(seed)
+    return [Request(f"r{i}", [1, *rng.integers(3, 60, int(rng.integers(2, 14))).tolist()], samples,
+                    int(rng.integers(*max_new))) for i in range(n)]
+
+
+def _by_key(completions):
+    return {(c.problem_id, c.sample_index): c for c in completions}
+
+
+def test_greedy_equals_argmax_of_the_full_forward_pass():
+    params = _params()
+    gen = Generator(Engine(CONFIG, ENGINE, SamplingConfig(temperature=0), NEVER), params)
+    completions = gen.generate(_requests(n=3, samples=1))
+    assert len({len(c.prompt_tokens) for c in completions}) == 3  # different prompt lengths in one batch
+    forward = jax.jit(lambda p, t: decoder.forward(CONFIG, p, t))
+    for c in completions:
+        seq = list(c.prompt_tokens)
+        for token in c.tokens:
+            assert token == int(jnp.argmax(forward(params, jnp.asarray([seq]))[0, -1]))
+            seq.append(token)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("bfloat16", None)])
+def test_sampler_logprobs_equal_the_trainers(dtype, tol):
+    config = CONFIG.replace(param_dtype=dtype, dtype=dtype)
+    params = _params(config)
+    gen = Generator(Engine(config, ENGINE, SamplingConfig(temperature=1.0), NEVER), params)
+    gaps = []
+    for c in gen.generate(_requests(n=3, samples=2, seed=1)):
+        seq = np.asarray([c.prompt_tokens + c.tokens], np.int32)
+        h = decoder.hidden_states(config, params, seq[:, :-1])
+        logp, _ = token_logprobs(config, params, h, seq[:, 1:])
+        trainer = np.asarray(logp[0, len(c.prompt_tokens) - 1:])
+        gaps.append(np.abs(trainer - np.asarray(c.logprobs)).max())
+    if tol is not None:
+        assert max(gaps) < tol
+    else:
+        print(f"bfloat16 sampler-vs-trainer log-prob gap: max {max(gaps):.4f}")
+        assert max(gaps) < 0.5
+
+
+def test_same_seed_same_tokens_whatever_the_placement():
+    params = _params()
+    sampling = SamplingConfig(temperature=1.0, seed=3)
+    requests = _requests(n=4, samples=2, seed=2)
+    together = _by_key(Generator(Engine(CONFIG, ENGINE, sampling, NEVER), params).generate(requests))
+    reversed_ = _by_key(Generator(Engine(CONFIG, ENGINE, sampling, NEVER), params).generate(requests[::-1]))
+    few_slots = EngineConfig(slots=2, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=3)
+    narrow = _by_key(Generator(Engine(CONFIG, few_slots, sampling, NEVER), params).generate(requests))
+    alone = {}
+    for r in requests:
+        alone |= _by_key(Generator(Engine(CONFIG, ENGINE, sampling, NEVER), params).generate([r]))
+    for other in (reversed_, narrow, alone):
+        assert other.keys() == together.keys()
+        for k in together:
+            assert other[k].tokens == together[k].tokens
+            np.testing.assert_allclose(other[k].logprobs, together[k].logprobs, atol=1e-5)
+    # Samples of one group differ from each other (their streams are distinct).
+    assert together[("r0", 0)].tokens != together[("r0", 1)].tokens
+
+
+def test_sampling_filters():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 256))
+    keys = token_key(0, jnp.arange(256), jnp.zeros(256, jnp.int32), jnp.zeros(256, jnp.int32))
+    tok, logp = sample_tokens(logits, keys, SamplingConfig(top_k=2))
+    assert set(np.asarray(tok).tolist()) == {0, 1}
+    np.testing.assert_allclose(np.exp(logp[tok == 0]), 0.5 / 0.8, rtol=1e-5)
+    tok, _ = sample_tokens(logits, keys, SamplingConfig(top_p=0.7))  # 0.5 + 0.3 reaches 0.7
+    assert set(np.asarray(tok).tolist()) == {0, 1}
+    tok, logp = sample_tokens(logits, keys, SamplingConfig(temperature=0))
+    assert (np.asarray(tok) == 0).all()
+    counts = np.bincount(np.asarray(sample_tokens(logits, keys, SamplingConfig())[0]), minlength=4) / 256
+    np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.1)
+
+
+def test_eos_and_stop_strings_end_a_sequence():
+    params = _params()
+    engine = Engine(CONFIG, ENGINE, SamplingConfig(temperature=0), NEVER)
+    [probe] = Generator(engine, params).generate([Request("p", [1, 5, 6], 1, 12)])
+    eos = probe.tokens[3]
+    [c] = Generator(Engine(CONFIG, ENGINE, SamplingConfig(temperature=0), eos), params).generate(
+        [Request("p", [1, 5, 6], 1, 12)])
+    assert c.finish_reason == "eos" and c.tokens == probe.tokens[: probe.tokens.index(eos) + 1]
+    decode = lambda ids: "".join(chr(65 + i % 26) for i in ids)  # noqa: E731
+    stop = decode(probe.tokens[2:4])
+    gen = Generator(engine, params, decode_text=decode, stop_strings=(stop,))
+    [c] = gen.generate([Request("p", [1, 5, 6], 1, 12)])
+    assert c.finish_reason == "stop" and stop in decode(c.tokens) and stop not in decode(c.tokens[:-1])
+    assert probe.finish_reason == "length" and len(probe.tokens) == 12
+
+
+def test_no_recompilation_over_fifty_chunks():
+    params = _params()
+    engine = Engine(CONFIG, EngineConfig(slots=8, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=2),
+                    SamplingConfig(), NEVER)
+    gen = Generator(engine, params)
+    rng = np.random.default_rng(6)
+    prompt = lambda lo, hi: [1, *rng.integers(3, 60, int(rng.integers(lo, hi))).tolist()]  # noqa: E731
+    gen.generate([Request("w0", prompt(2, 7), 2, 4), Request("w1", prompt(9, 15), 2, 4)])  # warm-up: G=2, both buckets
+    traces, chunks = dict(engine.traces), gen.stats.chunks
+    # Prompt lengths vary across both buckets; completion lengths vary too.
+    gen.generate([Request(f"x{i}", prompt(2, 15), 2, int(rng.integers(4, 12))) for i in range(60)])
+    assert gen.stats.chunks - chunks >= 50
+    assert engine.traces == traces
+
+
+def test_sharded_sampler_gives_the_same_tokens(mesh_2x4):
+    params = _params()
+    sampling = SamplingConfig(temperature=1.0, seed=4)
+    requests = _requests(n=3, samples=2, seed=7)
+    plain = _by_key(Generator(Engine(CONFIG, ENGINE, sampling, NEVER), params).generate(requests))
+    sharded_params = jax.device_put(params, decoder.param_shardings(CONFIG, mesh_2x4))
+    engine = Engine(CONFIG, ENGINE, sampling, NEVER, mesh=mesh_2x4)
+    sharded = _by_key(Generator(engine, sharded_params).generate(requests))
+    assert engine.state_shardings().k_lbske.spec != jax.sharding.PartitionSpec()
+    for k in plain:
+        assert sharded[k].tokens == plain[k].tokens
