@@ -85,9 +85,11 @@ def test_background_thread_takes_weights_from_another_thread():
     received = [out.get(timeout=60)]
     for version in (1, 2):
         gen.set_weights(params[version], version)
-        while not any(version in c.versions for c in received):  # wait until a chunk used it
+        # Requests submitted after the swap are sampled with (at least) the new weights.
+        gen.submit([Request(f"v{version}-{i}", [1, 6, i + 3], 2, 30) for i in range(2)])
+        while not any(c.problem_id.startswith(f"v{version}") for c in received):
             received.append(out.get(timeout=60))
-    while len(received) < 16:
+    while len(received) < 24:
         received.append(out.get(timeout=60))
     gen.stop()
     assert gen.error is None
