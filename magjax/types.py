@@ -25,6 +25,49 @@ FinishReason = Literal["eos", "stop", "length"]
 
 
 @dataclasses.dataclass(frozen=True)
+class IOTest:
+    """A stdin/stdout test: the program's output must match ``stdout`` token by token."""
+
+    stdin: str
+    stdout: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AssertTest:
+    """A HumanEval-style test: ``code`` defines ``check(candidate)``; Python only."""
+
+    code: str
+    entry_point: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One training or evaluation problem (SPEC.md §4)."""
+
+    id: str
+    kind: ProblemKind
+    prompt: str
+    answer: str | None = None  # math: the reference answer
+    tests: tuple = ()  # code: IOTest or AssertTest records
+    code_language: str | None = None  # code: python | cpp
+    language: str = "en"  # natural language of the prompt (ISO 639-1)
+    difficulty: float | None = None
+    pass_rate: float | None = None
+    source: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("math", "code"):
+            raise ValueError(f"problem {self.id!r}: kind must be math or code, got {self.kind!r}")
+        if self.kind == "math" and not self.answer:
+            raise ValueError(f"problem {self.id!r}: a math problem needs an answer")
+        if self.kind == "code":
+            if not self.tests:
+                raise ValueError(f"problem {self.id!r}: a code problem needs tests")
+            if self.code_language not in ("python", "cpp"):
+                raise ValueError(f"problem {self.id!r}: code_language must be python or cpp, got {self.code_language!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class PolicyVersion:
     """Which weights produced something: incremented once per optimizer step."""
 
@@ -47,6 +90,14 @@ class Completion:
     versions: list[int]
     text: str = ""
     finish_reason: FinishReason = "eos"
+
+
+@dataclasses.dataclass
+class ScoredCompletion:
+    """A completion with its reward breakdown (magjax.rewards.reward.RewardBreakdown)."""
+
+    completion: Completion
+    reward: object
 
 
 @dataclasses.dataclass

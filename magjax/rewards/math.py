@@ -55,8 +55,8 @@ def normalize(text: str) -> str:
     s = re.sub(r"\\(?:mathrm|mathbf|textbf|boldsymbol|mathit)\{([^{}]*)\}", r"\1", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\infinity", "\\infty")
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s):  # thousands separators
-        s = s.replace(",", "")
+    if re.fullmatch(r"-?\d{1,3}([, ]\d{3})+(\.\d+)?", s):  # thousands separators: 1,000 or 1\,000
+        s = s.replace(",", "").replace(" ", "")
     return s
 
 
@@ -195,6 +195,8 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         g = gold.parts if gold.kind == "list" else (gold,)
         p = pred.parts if pred.kind == "list" else (pred,)
         return _multiset_equal(list(g), list(p), answers_equal)
+    if "equation" in (gold.kind, pred.kind):  # "y = 1 - x" answers "x + y = 1"
+        gold, pred = _as_equation(gold), _as_equation(pred)
     if gold.kind != pred.kind:
         return False
     if gold.kind == "expr":
@@ -217,6 +219,12 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         return [len(r) for r in gold.parts] == [len(r) for r in pred.parts] and all(
             expr_equal(a, b) for ra, rb in zip(gold.parts, pred.parts) for a, b in zip(ra, rb))
     return False
+
+
+def _as_equation(answer: Answer) -> Answer:
+    if answer.kind == "expr" and answer.text:
+        return Answer("equation", (parse_expression(answer.text), answer.parts[0]), raw=answer.raw)
+    return answer
 
 
 def _multiset_equal(gold: list, pred: list, eq) -> bool:

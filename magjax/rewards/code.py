@@ -1,0 +1,173 @@
+"""Code correctness: run a program against a problem's tests in the sandbox.
+
+``run_tests(source, language, tests, limits=...)`` compiles C++ once (g++ -std=c++20,
+10 s), then runs every test in its own sandboxed process and judges the output outside
+the sandbox. Tests are stdin/stdout pairs (compared token by token, optionally with a
+float tolerance) or, for Python, HumanEval-style assertion code with an entry point.
+Correct means every test passed (Magistral's binary reward).
+
+Assertion tests are run by a harness that only accepts plain built-in values from the
+candidate (an object whose ``__eq__`` always says True is rejected) and that proves the
+checks ran to the end by printing a nonce it received on stdin: exit code 0 alone never
+passes a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import secrets
+import shutil
+import sys
+import tempfile
+
+from magjax.rewards import sandbox
+from magjax.types import AssertTest, IOTest  # noqa: F401  (re-exported for callers)
+
+VERDICTS = ("AC", "WA", "TLE", "MLE", "RE", "CE", "OLE")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeLimits:
+    test: sandbox.Limits = sandbox.Limits(seconds=4.0, memory_mb=300)
+    compile: sandbox.Limits = sandbox.Limits(seconds=10.0, memory_mb=2048, output_bytes=64 << 10,
+                                             file_bytes=256 << 20)
+    float_tolerance: float | None = None  # relative/absolute tolerance for numeric tokens
+
+
+@dataclasses.dataclass
+class CodeResult:
+    passed: bool
+    verdicts: list[str]
+    detail: str = ""  # compiler error or first failure, truncated
+
+    @property
+    def summary(self) -> dict[str, int]:
+        return {v: self.verdicts.count(v) for v in VERDICTS if v in self.verdicts}
+
+
+def sample_tests(tests: list, k: int = 20, seed: int | str = 0) -> list:
+    """Up to ``k`` tests, the same for every completion of a group (seeded by the group)."""
+    if len(tests) <= k:
+        return list(tests)
+    return random.Random(str(seed)).sample(list(tests), k)
+
+
+_HARNESS = r'''
+import sys as _sys
+_nonce = _sys.stdin.readline().strip()
+_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+
+def _plain(v, depth=0):
+    t = type(v)
+    if t in _PLAIN:
+        return v
+    if depth < 50 and t in (list, tuple, set, frozenset):
+        return t(_plain(x, depth + 1) for x in v)
+    if depth < 50 and t is dict:
+        return {_plain(k, depth + 1): _plain(x, depth + 1) for k, x in v.items()}
+    raise TypeError(f"candidate returned a {t.__name__}, not a plain built-in value")
+
+def _main():
+    user = {"__name__": "__candidate__"}
+    exec(compile(_SOURCE, "solution.py", "exec"), user)
+    fn = user[_ENTRY]
+    def candidate(*a, **k):
+        return _plain(fn(*a, **k))
+    tests = {"__name__": "__tests__"}
+    exec(compile(_TESTS, "tests.py", "exec"), tests)
+    tests["check"](candidate)
+    _sys.stdout.write("\n" + _nonce + "\n")
+    _sys.stdout.flush()
+
+_main()
+'''
+
+
+def _judge(result: sandbox.RunResult, expected: str | None, tolerance: float | None, nonce: str | None) -> str:
+    if result.output_exceeded:
+        return "OLE"
+    if result.timed_out or result.returncode == -24:  # SIGXCPU: CPU-time limit
+        return "TLE"
+    if result.memory_exceeded:
+        return "MLE"
+    if result.returncode != 0:
+        return "RE"
+    out = result.stdout.decode("utf-8", errors="replace")
+    if nonce is not None:
+        return "AC" if out.rstrip().endswith(nonce) else "WA"
+    return "AC" if _same_tokens(out, expected, tolerance) else "WA"
+
+
+def _same_tokens(out: str, expected: str, tolerance: float | None) -> bool:
+    a, b = out.split(), expected.split()
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x == y:
+            continue
+        if tolerance is None:
+            return False
+        try:
+            fx, fy = float(x), float(y)
+        except ValueError:
+            return False
+        if abs(fx - fy) > tolerance * max(1.0, abs(fy)):
+            return False
+    return True
+
+
+def _compile_cpp(source: str, workdir: str, limits: CodeLimits) -> tuple[bool, str]:
+    with open(os.path.join(workdir, "main.cpp"), "w") as f:
+        f.write(source)
+    gxx = shutil.which("g++") or "g++"
+    r = sandbox.run([gxx, "-std=c++20", "-O2", "-pipe", "-o", "main", "main.cpp"], limits=limits.compile,
+                    workdir=workdir)
+    if r.timed_out:
+        return False, "compilation exceeded its time limit"
+    if r.returncode != 0:
+        return False, r.stderr.decode("utf-8", errors="replace")[-2000:]
+    return True, ""
+
+
+def run_tests(source: str, language: str, tests: list, limits: CodeLimits = CodeLimits()) -> CodeResult:
+    """Runs ``source`` against ``tests``; stops at the first failure (the reward is binary)."""
+    if language not in ("python", "cpp"):
+        raise ValueError(f"unsupported language {language!r} (python, cpp)")
+    if not tests:
+        raise ValueError("no tests to run")
+    workdir = tempfile.mkdtemp(prefix="magjax-code-")
+    try:
+        if language == "cpp":
+            if any(isinstance(t, AssertTest) for t in tests):
+                raise ValueError("assertion tests are Python only")
+            ok, err = _compile_cpp(source, workdir, limits)
+            if not ok:
+                return CodeResult(False, ["CE"], err)
+            argv = [os.path.join(workdir, "main")]
+        else:
+            with open(os.path.join(workdir, "solution.py"), "w") as f:
+                f.write(source)
+        verdicts, detail = [], ""
+        for test in tests:
+            nonce = None
+            if isinstance(test, AssertTest):
+                nonce = secrets.token_hex(16)
+                program = f"_SOURCE = {source!r}\n_TESTS = {test.code!r}\n_ENTRY = {test.entry_point!r}\n{_HARNESS}"
+                with open(os.path.join(workdir, "harness.py"), "w") as f:
+                    f.write(program)
+                argv, stdin, expected = [sys.executable, "-I", "harness.py"], nonce + "\n", None
+            else:
+                if language == "python":
+                    argv = [sys.executable, "-I", "solution.py"]
+                stdin, expected = test.stdin, test.stdout
+            result = sandbox.run(argv, stdin=stdin.encode(), limits=limits.test, workdir=workdir)
+            verdict = _judge(result, expected, limits.float_tolerance, nonce)
+            verdicts.append(verdict)
+            if verdict != "AC":
+                detail = f"test {len(verdicts)}: {verdict}: " + result.stderr.decode("utf-8", errors="replace")[-500:]
+                break
+        return CodeResult(all(v == "AC" for v in verdicts) and len(verdicts) == len(tests), verdicts, detail)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,107 @@
+"""The VerifierPool: scores completions concurrently, never stalling or crashing the run.
+
+Threads take completions from a bounded queue and grade them (reward.score). Cheap checks
+(format, length, language) run in the thread; math equivalence runs in worker processes
+with a wall-clock limit and a memory cap; code runs in the sandbox. A check that times out
+scores 0 with reason "timeout", one that exhausts memory "memory", and an unexpected error
+costs that item only ("verifier error"), counted in ``stats``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from magjax.rewards import reward as reward_lib
+from magjax.rewards.workers import WorkerDied, WorkerPool, WorkerTimeout
+from magjax.types import Completion, Problem, ScoredCompletion
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    threads: int = 2  # concurrent items (code runs spend their time waiting on subprocesses)
+    math_workers: int = 1  # SymPy worker processes
+    math_timeout_s: float = 5.0  # per math check
+    math_memory_mb: int = 1024  # per math worker
+    max_pending: int = 1024  # submissions beyond this block the submitter (back-pressure)
+
+
+class VerifierPool:
+    def __init__(self, reward_config: reward_lib.RewardConfig = reward_lib.RewardConfig(),
+                 config: PoolConfig = PoolConfig(), on_scored: Callable[[ScoredCompletion], None] | None = None):
+        self.reward_config, self.config, self.on_scored = reward_config, config, on_scored
+        self._workers = WorkerPool(config.math_workers, config.math_memory_mb)
+        self._executor = concurrent.futures.ThreadPoolExecutor(config.threads, thread_name_prefix="magjax-verifier")
+        self._slots = threading.BoundedSemaphore(config.max_pending)
+        self._lock = threading.Lock()
+        self._latencies: list[float] = []
+        self.counts = {"scored": 0, "timeouts": 0, "memory": 0, "crashes": 0, "math": 0, "code": 0}
+        self._started = time.perf_counter()
+
+    def _math_check(self, gold: str, pred: str) -> tuple[bool, str]:
+        try:
+            return bool(self._workers.call("math.equivalent", gold, pred, timeout=self.config.math_timeout_s)), ""
+        except WorkerTimeout:
+            self._count("timeouts")
+            return False, "timeout"
+        except WorkerDied:
+            self._count("memory")
+            return False, "memory"
+
+    def _count(self, key: str):
+        with self._lock:
+            self.counts[key] += 1
+
+    def score_now(self, problem: Problem, completion: Completion, tests: list | None = None) -> ScoredCompletion:
+        """Grades one completion in the calling thread (what the pool's threads run)."""
+        start = time.perf_counter()
+        try:
+            breakdown = reward_lib.score(problem, completion.text, len(completion.tokens), self.reward_config,
+                                         tests=tests, math_check=self._math_check)
+        except Exception as err:  # one bad item must not take the run down
+            self._count("crashes")
+            breakdown = reward_lib.RewardBreakdown(reason=f"verifier error: {type(err).__name__}: {err}")
+        with self._lock:
+            self.counts["scored"] += 1
+            self.counts[problem.kind] += 1
+            self._latencies.append(time.perf_counter() - start)
+        return ScoredCompletion(completion, breakdown)
+
+    def submit(self, problem: Problem, completion: Completion, tests: list | None = None) -> concurrent.futures.Future:
+        """Queues one completion; the result also goes to ``on_scored``. Blocks when saturated."""
+        self._slots.acquire()
+
+        def job():
+            try:
+                scored = self.score_now(problem, completion, tests)
+                if self.on_scored is not None:
+                    self.on_scored(scored)
+                return scored
+            finally:
+                self._slots.release()
+
+        return self._executor.submit(job)
+
+    @property
+    def backlog(self) -> int:
+        return self.config.max_pending - self._slots._value  # noqa: SLF001  (semaphore has no public count)
+
+    def stats(self) -> dict:
+        with self._lock:
+            lat = np.asarray(self._latencies) if self._latencies else np.zeros(1)
+            elapsed = time.perf_counter() - self._started
+            return {"verifier/scored": self.counts["scored"], "verifier/per_s": self.counts["scored"] / max(elapsed, 1e-9),
+                    "verifier/latency_p50_s": float(np.percentile(lat, 50)),
+                    "verifier/latency_p95_s": float(np.percentile(lat, 95)),
+                    "verifier/timeouts": self.counts["timeouts"], "verifier/memory": self.counts["memory"],
+                    "verifier/crashes": self.counts["crashes"], "verifier/worker_replacements": self._workers.replaced,
+                    "verifier/backlog": self.backlog}
+
+    def close(self):
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._workers.close()

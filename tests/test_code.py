@@ -1,0 +1,160 @@
+"""Code correctness and the sandbox against hostile programs, in Python and C++."""
+
+import os
+import socket
+import threading
+import uuid
+
+import pytest
+
+from magjax.rewards import sandbox
+from magjax.rewards.code import CodeLimits, run_tests, sample_tests
+from magjax.types import AssertTest, IOTest
+
+FAST = CodeLimits(test=sandbox.Limits(seconds=2.0, memory_mb=300))
+ADD = [IOTest("1 2\n", "3\n"), IOTest("5 7\n", "12\n")]
+
+
+def _survivors():
+    """Processes still carrying a sandbox run marker."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if sandbox.MARKER.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on loopback counting the connections it accepts."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                accepted.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield srv.getsockname()[1], accepted
+    stop.set()
+    t.join()
+    srv.close()
+
+
+def test_the_isolation_tier_is_reported():
+    assert sandbox.tier() in ("namespaces", "rlimits")
+
+
+@pytest.mark.parametrize("source, tests, verdicts", [
+    ("a, b = map(int, input().split())\nprint(a + b)", ADD, ["AC", "AC"]),
+    ("a, b = map(int, input().split())\nprint(a - b)", ADD, ["WA"]),
+    ("print(1/0)", ADD, ["RE"]),
+    ("def add(a, b):\n    return a + b", [AssertTest("def check(c):\n    assert c(2, 3) == 5\n", "add")], ["AC"]),
+    ("def add(a, b):\n    return a - b", [AssertTest("def check(c):\n    assert c(2, 3) == 5\n", "add")], ["RE"]),
+])
+def test_python_verdicts(source, tests, verdicts):
+    result = run_tests(source, "python", tests, FAST)
+    assert result.verdicts == verdicts and result.passed == (verdicts == ["AC"] * len(tests))
+
+
+def test_float_tolerance_and_token_comparison():
+    loose = CodeLimits(test=FAST.test, float_tolerance=1e-6)
+    assert run_tests("print(0.1 + 0.2)", "python", [IOTest("", "0.3")], loose).passed
+    assert not run_tests("print(0.1 + 0.2)", "python", [IOTest("", "0.3")], FAST).passed
+    assert run_tests("print(' 1   2 ')", "python", [IOTest("", "1 2\n")], FAST).passed
+
+
+def test_an_object_equal_to_everything_does_not_pass():
+    liar = "class Liar:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Liar()"
+    result = run_tests(liar, "python", [AssertTest("def check(c):\n    assert c(2, 3) == 5\n", "add")], FAST)
+    assert not result.passed
+    # Exiting 0 without running the checks does not pass either.
+    quitter = "import os\ndef add(a, b):\n    return a + b\nos._exit(0)"
+    assert not run_tests(quitter, "python", [AssertTest("def check(c):\n    assert c(2, 3) == 5\n", "add")], FAST).passed
+
+
+def test_tests_are_sampled_the_same_for_a_group():
+    tests = [IOTest(str(i), str(i)) for i in range(50)]
+    a, b = sample_tests(tests, 20, "problem-7"), sample_tests(tests, 20, "problem-7")
+    assert a == b and len(a) == 20 and sample_tests(tests, 20, "problem-8") != a
+
+
+HOSTILE_PY = {
+    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", {"TLE", "RE"}),
+    "memory bomb": ("x = bytearray(10 ** 10)\nprint(3)", {"MLE", "RE"}),
+    "infinite loop": ("while True:\n    pass", {"TLE"}),
+    "sleep past the limit": ("import time\ntime.sleep(60)\nprint(3)", {"TLE"}),
+    "infinite output": ("while True:\n    print('x' * 1000)", {"OLE"}),
+    "setsid double fork": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                           "        time.sleep(60)\n    os._exit(0)\nprint(3)", {"AC"}),
+    "kill the parent": ("import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\nexcept OSError:\n    pass\n"
+                        "try:\n    os.killpg(0, signal.SIGKILL)\nexcept OSError:\n    pass\nprint(3)", {"RE", "AC"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_PY))
+def test_hostile_python_is_contained(name):
+    source, allowed = HOSTILE_PY[name]
+    result = run_tests(source, "python", [IOTest("", "3")], FAST)
+    assert result.verdicts[0] in allowed, result
+    assert not _survivors()
+
+
+def test_writing_outside_the_directory_and_reading_secrets_fail(monkeypatch):
+    target = f"/tmp/magjax-escape-{uuid.uuid4().hex}"
+    monkeypatch.setenv("MAGJAX_TEST_SECRET", "hunter2")
+    source = (f"import os\ntry:\n    open({target!r}, 'w').write('x')\nexcept OSError:\n    pass\n"
+              "leak = os.environ.get('MAGJAX_TEST_SECRET', '')\n"
+              "for pid in os.listdir('/proc'):\n    try:\n        leak += open(f'/proc/{pid}/environ').read()\n"
+              "    except Exception:\n        pass\nprint('SECRET' if 'hunter2' in leak else 'clean')")
+    result = run_tests(source, "python", [IOTest("", "clean")], FAST)
+    assert result.passed, result
+    assert not os.path.exists(target)
+
+
+def test_network_connections_are_not_made(listener):
+    port, accepted = listener
+    source = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+              "    print('connected')\nexcept OSError:\n    print('offline')")
+    result = run_tests(source, "python", [IOTest("", "offline")], FAST)
+    if sandbox.tier() == "namespaces":
+        assert result.passed and not accepted
+    else:
+        pytest.skip("no network namespace on this machine: connections cannot be blocked")
+
+
+CPP_ADD = "#include <iostream>\nint main() { long a, b; std::cin >> a >> b; std::cout << a + b << '\\n'; }"
+HOSTILE_CPP = {
+    "fork bomb": ("#include <unistd.h>\nint main() { while (true) fork(); }", {"TLE", "RE"}),
+    "memory bomb": ("#include <vector>\n#include <cstdio>\nint main() { std::vector<char> v; while (true) "
+                    "v.resize(v.size() * 2 + (1 << 20), 1); }", {"MLE", "RE"}),
+    "infinite loop": ("int main() { volatile long i = 0; while (true) i++; }", {"TLE"}),
+    "infinite output": ("#include <cstdio>\nint main() { while (true) std::puts(\"xxxxxxxxxxxxxxxx\"); }", {"OLE"}),
+    "compile bomb": ("#include \"/dev/zero\"\nint main() {}", {"CE"}),
+    "compile error": ("int main() { return }", {"CE"}),
+}
+
+
+def test_cpp_solution_passes_and_fails_honestly():
+    assert run_tests(CPP_ADD, "cpp", ADD, FAST).verdicts == ["AC", "AC"]
+    assert run_tests(CPP_ADD.replace("a + b", "a * b"), "cpp", ADD, FAST).verdicts == ["WA"]
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CPP))
+def test_hostile_cpp_is_contained(name):
+    source, allowed = HOSTILE_CPP[name]
+    limits = CodeLimits(test=FAST.test, compile=sandbox.Limits(seconds=4.0, memory_mb=1024, output_bytes=1 << 16))
+    result = run_tests(source, "cpp", [IOTest("", "3")], limits)
+    assert result.verdicts[0] in allowed, result
+    assert not _survivors()
