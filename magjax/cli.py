@@ -19,6 +19,9 @@ def _bench(args) -> int:
     elif args.what == "sampler":
         from magjax.bench import sampler as bench
         result = bench.run(args.preset, dtype=args.dtype)
+    elif args.what == "verifier":
+        from magjax.bench import verifier as bench
+        result = bench.run()
     else:
         print(f"magjax bench {args.what}: not implemented yet", file=sys.stderr)
         return 2
