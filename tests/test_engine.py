@@ -38,7 +38,9 @@ def test_greedy_equals_argmax_of_the_full_forward_pass():
     for c in completions:
         seq = list(c.prompt_tokens)
         for token in c.tokens:
-            assert token == int(jnp.argmax(forward(params, jnp.asarray([seq]))[0, -1]))
+            padded = np.zeros((1, ENGINE.max_len), np.int32)  # one shape: one compile
+            padded[0, : len(seq)] = seq
+            assert token == int(jnp.argmax(forward(params, padded)[0, len(seq) - 1]))
             seq.append(token)
 
 
@@ -48,11 +50,17 @@ def test_sampler_logprobs_equal_the_trainers(dtype, tol):
     params = _params(config)
     gen = Generator(Engine(config, ENGINE, SamplingConfig(temperature=1.0), NEVER), params)
     gaps = []
+
+    @jax.jit
+    def trainer_logprobs(params, inputs, targets):  # causal: padding after a sequence cannot change it
+        return token_logprobs(config, params, decoder.hidden_states(config, params, inputs), targets)[0]
+
     for c in gen.generate(_requests(n=3, samples=2, seed=1)):
-        seq = np.asarray([c.prompt_tokens + c.tokens], np.int32)
-        h = decoder.hidden_states(config, params, seq[:, :-1])
-        logp, _ = token_logprobs(config, params, h, seq[:, 1:])
-        trainer = np.asarray(logp[0, len(c.prompt_tokens) - 1:])
+        seq = np.zeros((1, ENGINE.max_len + 1), np.int32)
+        n = len(c.prompt_tokens) + len(c.tokens)
+        seq[0, :n] = c.prompt_tokens + c.tokens
+        logp = trainer_logprobs(params, seq[:, :-1], seq[:, 1:])
+        trainer = np.asarray(logp[0, len(c.prompt_tokens) - 1 : n - 1])
         gaps.append(np.abs(trainer - np.asarray(c.logprobs)).max())
     if tol is not None:
         assert max(gaps) < tol

@@ -17,8 +17,6 @@ over the whole vocabulary, and exactly as random.
 from __future__ import annotations
 
 import dataclasses
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +121,13 @@ def sample_tokens(logits_bv, keys_b, sampling: SamplingConfig):
     return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], -1)[:, 0]
 
 
+def _release_slots(state: DecodeState, mask_b) -> DecodeState:
+    return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
+
+
+_COMPILED: dict = {}
+
+
 class Engine:
     """The sampler's compiled functions for one model, cache geometry and sampling setting."""
 
@@ -130,6 +135,12 @@ class Engine:
                  eos_id: int, *, mesh=None):
         self.model_config, self.config, self.sampling = model_config, engine_config, sampling
         self.eos_id, self.mesh = eos_id, mesh
+        # Engines of one configuration share their compiled functions (and trace counts):
+        # a run that rebuilds its generator, or a test suite making many, compiles once.
+        key = (model_config, engine_config, sampling, eos_id, mesh)
+        if key in _COMPILED:
+            self._prefill, self._decode, self._release, self.traces = _COMPILED[key]
+            return
         self.traces = {"prefill": 0, "decode": 0}
         shardings = self.state_shardings() if mesh is not None else None
         params_sh = decoder.param_shardings(model_config, mesh) if mesh is not None else None
@@ -138,6 +149,8 @@ class Engine:
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
                                 **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
         self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
+        self._release = jax.jit(_release_slots, donate_argnums=0)
+        _COMPILED[key] = (self._prefill, self._decode, self._release, self.traces)
 
     # ------------------------------------------------------------------ state
 
@@ -219,10 +232,6 @@ class Engine:
         mask = np.zeros((self.config.slots,), bool)
         mask[list(slots)] = True
         return self._release(state, mask)
-
-    @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-    def _release(self, state: DecodeState, mask_b):
-        return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
 
     # ------------------------------------------------------------------ decode
 
