@@ -90,6 +90,7 @@ class Completion:
     versions: list[int]
     text: str = ""
     finish_reason: FinishReason = "eos"
+    uid: int = -1  # the request it belongs to (one uid per group)
 
 
 @dataclasses.dataclass

@@ -126,6 +126,12 @@ def _special_tokens(directory: Path) -> dict:
     return found
 
 
+def check_vocab(tokenizer: Tokenizer, vocab_size: int):
+    """A tokenizer whose ids do not fit the model's embedding is a configuration error."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}")
+
+
 def load_tokenizer(spec: str) -> Tokenizer:
     """``"byte"`` for the built-in tokenizer, else a path to a tokenizer.json or its folder."""
     return ByteTokenizer() if spec == "byte" else HFTokenizer(spec)

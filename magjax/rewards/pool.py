@@ -68,7 +68,7 @@ class VerifierPool:
             breakdown = reward_lib.RewardBreakdown(reason=f"verifier error: {type(err).__name__}: {err}")
         with self._lock:
             self.counts["scored"] += 1
-            self.counts[problem.kind] += 1
+            self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
             self._latencies.append(time.perf_counter() - start)
         return ScoredCompletion(completion, breakdown)
 

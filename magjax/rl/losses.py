@@ -102,6 +102,7 @@ def policy_objective(logp_bt, old_logp_bt, adv_bt, weight_bt, eps_low: float, ep
         "ratio_max": jnp.max(jnp.where(mask_bt > 0, ratio_bt, -jnp.inf)),
         # k3 estimate of KL(pi_old || pi_theta) over tokens sampled from pi_old.
         "kl_old_sum": jnp.sum(mask_bt * (jnp.exp(log_ratio_bt) - 1.0 - log_ratio_bt)),
+        "logp_gap_sum": jnp.sum(mask_bt * jnp.abs(log_ratio_bt)),
     }
     return loss, stats
 

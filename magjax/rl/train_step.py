@@ -112,7 +112,8 @@ def _metrics(loss, grads, stats, lr, applied) -> dict:
         m |= {"train/clip_low_fraction": stats["clip_low"] / tokens,
               "train/clip_high_fraction": stats["clip_high"] / tokens,
               "train/ratio_mean": stats["ratio_sum"] / tokens, "train/ratio_max": stats["ratio_max"],
-              "train/kl_to_sampler": stats["kl_old_sum"] / tokens}
+              "train/kl_to_sampler": stats["kl_old_sum"] / tokens,
+              "pipeline/logprob_gap": stats["logp_gap_sum"] / tokens}
     if "kl_ref_sum" in stats:
         m["train/kl_to_reference"] = stats["kl_ref_sum"] / tokens
     return m

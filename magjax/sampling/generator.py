@@ -83,7 +83,7 @@ class Generator:
 
     def __init__(self, engine: Engine, params, version: int = 0, *, decode_text: Callable | None = None,
                  stop_strings: tuple[str, ...] = (), on_complete: Callable[[Completion], None] | None = None,
-                 max_in_flight: int | None = None):
+                 max_in_flight: int | None = None, feed: Callable[[], Request | None] | None = None):
         self.engine = engine
         slots = engine.config.slots
         self.max_in_flight = min(max_in_flight or slots, slots)
@@ -91,6 +91,7 @@ class Generator:
             raise ValueError("stop strings need decode_text (a tokenizer's decode)")
         self.decode_text, self.stop_strings = decode_text, tuple(stop_strings)
         self.on_complete = on_complete
+        self.feed = feed  # called for more work whenever nothing is pending: the loop never starves
         self.state = engine.init_state()
         self.stats = GeneratorStats()
         self._slots: dict[int, _Slot] = {}
@@ -182,6 +183,12 @@ class Generator:
 
     def _admit(self, params, version) -> list[Completion]:
         done = []
+        if self.feed is not None and not self._draining:
+            while len(self._pending) < 2 and len(self._slots) < self.max_in_flight:
+                request = self.feed()
+                if request is None:
+                    break
+                self.submit([request])
         while self._pending and not self._draining:
             req = self._pending[0]
             free = [s for s in range(self.engine.config.slots) if s not in self._slots]
@@ -230,7 +237,7 @@ class Generator:
         self.stats.completions += 1
         text = self.decode_text(s.tokens) if self.decode_text is not None else ""
         return [Completion(s.request.problem_id, s.sample, list(s.request.prompt), s.tokens, s.logprobs,
-                           s.versions, text, reason)]
+                           s.versions, text, reason, s.request.uid)]
 
     def _stop_at(self, tokens: list[int]) -> int | None:
         """The shortest token prefix whose text contains a stop string, or None."""
@@ -272,11 +279,17 @@ class Generator:
             while True:
                 with self._lock:
                     t0 = time.perf_counter()
-                    while not self._stopping and (self._paused or not (self._slots or (self._pending and not self._draining))):
+                    while not self._stopping and (self._paused or not (
+                            self._slots or self.feed is not None or (self._pending and not self._draining))):
                         self._lock.wait(0.05)
                     self.stats.waiting_s += time.perf_counter() - t0
                     if self._stopping:
                         return
                 self.step()
+                if not self._slots and not self._pending:  # the feed had nothing: wait, do not spin
+                    t0 = time.perf_counter()
+                    with self._lock:
+                        self._lock.wait(0.01)
+                    self.stats.waiting_s += time.perf_counter() - t0
         except BaseException as err:  # surfaced to the owner, never swallowed
             self.error = err

@@ -1,0 +1,257 @@
+"""``run()``: the one top-level function. It reads like the diagram in DESIGN.md:
+
+    data -> Generator -> VerifierPool -> GroupCollector -> Trainer -> WeightStore -> Generator
+
+``mode="async"`` (Magistral's design): the generator runs in its own thread and never
+waits for the trainer; verifiers score as completions finish; the trainer steps whenever
+``n_batch`` completions' worth of groups are ready, and publishes new weights that the
+generator picks up between decode chunks, mid-sequence. ``mode="sync"``: generate a batch,
+score it, train, repeat; deterministic, for tests and ablations.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import queue
+import threading
+import time
+from typing import Literal
+
+import jax
+import numpy as np
+
+from magjax.data.iterator import ProblemIterator
+from magjax.mesh import MeshConfig, make_mesh
+from magjax.metrics import MetricsWriter
+from magjax.models import decoder
+from magjax.models.config import ModelConfig, preset
+from magjax.models.tokenizer import ChatFormat, check_vocab, load_tokenizer
+from magjax.rewards import code as code_lib
+from magjax.rewards.pool import PoolConfig, VerifierPool
+from magjax.rewards.reward import RewardConfig
+from magjax.rl import batching, optimizer as opt_lib, train_step
+from magjax.rl.collector import GroupCollector
+from magjax.rl.losses import LossConfig
+from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
+from magjax.sampling.generator import Generator, Request
+from magjax.types import Problem, ScoredGroup
+from magjax.weights import WeightStore
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    mode: Literal["async", "sync"] = "async"
+    placement: Literal["colocated", "disaggregated"] = "colocated"
+    generator_devices: int = 4  # disaggregated: the first N devices generate, the rest train
+    trainer_mesh: MeshConfig = MeshConfig(data=1, fsdp=-1, model=1)
+    generator_mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, model=1)
+    steps: int = 10  # optimizer batches to train
+    group_size: int = 4  # G completions per prompt
+    n_batch: int = 32  # completions per batch (a multiple of group_size)
+    n_minibatch: int = 1  # optimizer steps per batch
+    n_async: int = 32  # sequences in flight in the generator
+    max_async_ratio: float = 2.0  # Magistral: n_async / n_batch <= 2 bounds the off-policy lag
+    queue_groups: int = 16  # scored groups waiting for the trainer before generation blocks
+    max_new_tokens: int = 64
+    seed: int = 0
+    run_dir: str | None = None
+    batch_timeout_s: float = 600.0  # no scored group for this long is an error, not a hang
+
+    def __post_init__(self):
+        if self.mode not in ("async", "sync") or self.placement not in ("colocated", "disaggregated"):
+            raise ValueError(f"RunConfig: mode must be async|sync and placement colocated|disaggregated, got {self}")
+        if self.n_batch % self.group_size:
+            raise ValueError(f"RunConfig.n_batch ({self.n_batch}) must be a multiple of group_size ({self.group_size})")
+        groups = self.n_batch // self.group_size
+        if self.n_minibatch < 1 or groups % self.n_minibatch:
+            raise ValueError(f"RunConfig.n_minibatch ({self.n_minibatch}) must divide the batch's "
+                             f"{groups} groups (n_batch / group_size)")
+        if self.n_async / self.n_batch > self.max_async_ratio:
+            raise ValueError(f"RunConfig: n_async / n_batch = {self.n_async}/{self.n_batch} exceeds "
+                             f"max_async_ratio {self.max_async_ratio} (the off-policy bound)")
+        if self.n_async < self.group_size:
+            raise ValueError(f"RunConfig.n_async ({self.n_async}) must hold at least one group ({self.group_size})")
+
+
+@dataclasses.dataclass
+class RunResult:
+    params: dict  # final parameters, on the host
+    history: list[dict]
+    accounting: dict[str, collections.Counter]  # completion-length histograms: finished/trained/filtered/unconsumed
+    version: int
+    spanning: int  # trained completions whose tokens came from more than one policy version
+
+
+class _Requests:
+    """Turns problems into generator requests, remembering which request is which problem."""
+
+    def __init__(self, iterator: ProblemIterator, tokenizer, chat: ChatFormat, config: RunConfig, reward: RewardConfig):
+        self.iterator, self.tokenizer, self.chat, self.config, self.reward = iterator, tokenizer, chat, config, reward
+        self.problems: dict[int, Problem] = {}
+        self.tests: dict[int, list | None] = {}
+        self._next_uid = 0
+        self._lock = threading.Lock()
+        # Groups issued but not yet taken by the trainer. Capping them at what fills the
+        # slots plus one batch is what bounds the off-policy lag (SPEC.md §3): when the
+        # trainer falls behind, the generator gets no new work and waits.
+        self.consumed = 0
+        self.budget = -(-(config.n_async + config.n_batch) // config.group_size)
+
+    def feed(self) -> Request | None:
+        """The generator's source of work in async mode; None while the trainer lags."""
+        if self._next_uid - self.consumed >= self.budget:
+            return None
+        return self.next()
+
+    def next(self) -> Request:
+        with self._lock:
+            problem = next(self.iterator)
+            uid = self._next_uid = self._next_uid + 1
+        self.problems[uid] = problem
+        # The same test sample for every completion of the group (SPEC.md §2).
+        self.tests[uid] = (code_lib.sample_tests(list(problem.tests), self.reward.max_tests, f"{problem.id}/{uid}")
+                           if problem.kind == "code" else None)
+        return Request(problem.id, self.chat.encode(self.tokenizer, problem.prompt), self.config.group_size,
+                       self.config.max_new_tokens, uid)
+
+
+def _group_metrics(groups: list[ScoredGroup], version: int) -> dict:
+    scored = [s for g in groups for s in g.scored]
+    lengths = np.asarray([len(s.completion.tokens) for s in scored])
+    spans = np.asarray([max(s.completion.versions) - min(s.completion.versions) for s in scored])
+    token_lag = np.concatenate([version - np.asarray(s.completion.versions) for s in scored])
+    by_kind = collections.defaultdict(list)
+    for s in scored:
+        by_kind[s.completion.problem_id.split("-")[0]].append(s.reward.is_correct)
+    m = {"reward/mean": float(np.mean([s.reward.total for s in scored])),
+         "reward/accuracy": float(np.mean([s.reward.is_correct for s in scored])),
+         "reward/format": float(np.mean([s.reward.format > 0 for s in scored])),
+         "reward/language": float(np.mean([s.reward.language > 0 for s in scored])),
+         "reward/length_penalty": float(np.mean([s.reward.length_penalty for s in scored])),
+         "rollout/length_mean": float(lengths.mean()), "rollout/length_max": int(lengths.max()),
+         "rollout/truncated": float(np.mean([s.completion.finish_reason == "length" for s in scored])),
+         "pipeline/lag_versions_spanned_mean": float(spans.mean()),
+         "pipeline/lag_versions_spanned_max": int(spans.max()),
+         "pipeline/lag_tokens_mean": float(token_lag.mean()), "pipeline/lag_tokens_max": int(token_lag.max())}
+    for kind, correct in by_kind.items():
+        m[f"reward/accuracy_{kind}"] = float(np.mean(correct))
+    return m
+
+
+def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: ModelConfig | str = "demo",
+        params: dict | None = None, tokenizer: str = "byte", chat: ChatFormat = ChatFormat("plain", None),
+        sampling: SamplingConfig = SamplingConfig(), engine: EngineConfig = EngineConfig(slots=32, max_len=256, prompt_buckets=(32, 64, 128)),
+        loss: LossConfig = LossConfig(), optimizer: opt_lib.OptimizerConfig = opt_lib.OptimizerConfig(learning_rate=1e-4),
+        packing: batching.PackingConfig = batching.PackingConfig(rows=8, row_len=256),
+        reward: RewardConfig = RewardConfig(l_max=256, l_cache=64), pool: PoolConfig = PoolConfig(),
+        console: bool = True) -> RunResult:
+    """Trains ``config.steps`` batches with GRPO on ``problems``; see the module docstring."""
+    model_config = preset(model) if isinstance(model, str) else model
+    tok = load_tokenizer(tokenizer)
+    check_vocab(tok, model_config.vocab_size)
+    longest = engine.prompt_buckets[-1] + config.max_new_tokens
+    if longest - 1 > packing.row_len or longest > engine.max_len:
+        raise ValueError(f"the longest sequence (largest prompt bucket {engine.prompt_buckets[-1]} + max_new_tokens "
+                         f"{config.max_new_tokens}) must fit PackingConfig.row_len ({packing.row_len}) and "
+                         f"EngineConfig.max_len ({engine.max_len})")
+    if engine.slots < config.n_async:
+        raise ValueError(f"EngineConfig.slots ({engine.slots}) must hold n_async ({config.n_async}) sequences")
+    devices = jax.devices()
+    if config.placement == "disaggregated":
+        gen_devices, train_devices = devices[: config.generator_devices], devices[config.generator_devices:]
+        if not train_devices:
+            raise ValueError(f"disaggregated placement needs devices left for training; have {len(devices)}")
+        trainer_mesh = make_mesh(config.trainer_mesh, train_devices)
+        generator_mesh = make_mesh(config.generator_mesh, gen_devices)
+    else:
+        trainer_mesh = generator_mesh = make_mesh(config.trainer_mesh, devices)
+
+    # Trainer: state on its mesh, one jitted step.
+    init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))
+    tx, schedule = opt_lib.make_optimizer(optimizer)
+    state = train_step.init_state(jax.device_put(init, decoder.param_shardings(model_config, trainer_mesh)), tx)
+    step_fn = train_step.make_train_step(model_config, loss, tx, schedule, mesh=trainer_mesh,
+                                         shardings=train_step.state_shardings(state))
+
+    # Generator, verifiers, collector, weight path.
+    iterator = ProblemIterator(problems, seed=config.seed)
+    requests = _Requests(iterator, tok, chat, config, reward)
+    collector = GroupCollector(config.group_size, config.queue_groups)
+    verifier = VerifierPool(reward, pool, on_scored=lambda s: collector.add(s, s.completion.uid))
+    eng = Engine(model_config, engine, sampling, tok.eos_id, mesh=generator_mesh)
+    gen_shardings = decoder.param_shardings(model_config, generator_mesh) if config.placement == "disaggregated" else None
+    generator = Generator(eng, None, 0, decode_text=tok.decode, max_in_flight=config.n_async)
+    store = WeightStore(generator.set_weights, shardings=gen_shardings)
+    store.publish(state.params, 0)
+
+    metrics = MetricsWriter(config.run_dir, total_steps=config.steps, console=console)
+    accounting = {k: collections.Counter() for k in ("trained", "filtered")}
+    spanning, version = 0, 0
+    wall_start = time.perf_counter()
+    trainer_wait = 0.0
+
+    if config.mode == "async":
+        generator.on_complete = lambda c: verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid])
+        generator.feed = requests.feed
+        generator.start()
+
+    def next_batch() -> list[ScoredGroup]:
+        if config.mode == "sync":
+            reqs = [requests.next() for _ in range(config.n_batch // config.group_size)]
+            completions = generator.generate(reqs)
+            futures = [verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid]) for c in completions]
+            for f in futures:
+                f.result()
+            groups = [collector.groups.get_nowait() for _ in reqs]
+            return sorted(groups, key=lambda g: g.completions[0].uid)  # scoring order must not matter
+        groups = []
+        while sum(g.size for g in groups) < config.n_batch:
+            try:
+                groups.append(collector.groups.get(timeout=1.0))
+            except queue.Empty:
+                if generator.error is not None:
+                    raise RuntimeError("the generator thread failed") from generator.error
+                if time.perf_counter() - wait_start > config.batch_timeout_s:
+                    raise TimeoutError(f"no complete batch within {config.batch_timeout_s} s "
+                                       f"(generator in flight {generator.in_flight}, verifier backlog {verifier.backlog})")
+        return groups
+
+    try:
+        for step in range(1, config.steps + 1):
+            wait_start = time.perf_counter()
+            groups = next_batch()
+            requests.consumed += len(groups)
+            trainer_wait += time.perf_counter() - wait_start
+            kept, removed = batching.filter_groups(groups, loss)
+            for g, bucket in [(g, "trained") for g in kept] + [(g, "filtered") for g in removed]:
+                accounting[bucket].update(len(c.tokens) for c in g.completions)
+            spanning += sum(len(set(c.versions)) > 1 for g in kept for c in g.completions)
+            m = _group_metrics(groups, version)
+            batches, batch_stats = batching.make_minibatches(kept, loss, packing, config.n_minibatch) if kept else ([], {})
+            for batch in batches:
+                state, train_metrics = step_fn(state, batch)
+                version += 1
+                m |= {k: float(v) for k, v in jax.device_get(train_metrics).items()}
+                m["pipeline/publish_s"] = store.publish(state.params, version)
+            wall = time.perf_counter() - wall_start
+            gstats = generator.stats
+            m |= {"pipeline/groups_filtered": len(removed), "pipeline/groups_trained": len(kept),
+                  "pipeline/padding_fraction": batch_stats.get("padding_fraction", 0.0),
+                  "pipeline/queue_depth": collector.groups.qsize(), "pipeline/version": version,
+                  "pipeline/trainer_idle_fraction": trainer_wait / wall,
+                  "pipeline/generator_idle_fraction": gstats.waiting_s / wall if config.mode == "async" else 0.0,
+                  "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
+                  "train/skipped_steps": int(state.skipped)} | verifier.stats()
+            metrics.write(step, m)
+    finally:
+        collector.close()  # unblock the pipeline, keep counting
+        generator.stop()
+        abandoned = generator.abandon()
+        verifier.close()
+        collector.close()
+        metrics.close()
+    accounting["unconsumed"] = collector.unconsumed()
+    accounting["finished"] = collector.finished
+    accounting["abandoned_in_flight"] = collections.Counter({"sequences": abandoned})
+    return RunResult(jax.device_get(state.params), metrics.history, accounting, version, spanning)

@@ -1,0 +1,64 @@
+"""The weight store: how new parameters reach the generator (DESIGN.md, weight path).
+
+After each optimizer step the trainer ``publish``es (params, version). Colocated, the
+generator reads a copy of the trainer's arrays (the train step donates its state, so the
+generator must not hold the trainer's own buffers). Disaggregated, the params are
+resharded onto the generator's mesh and cast to its dtype, then validated (tree, shapes,
+dtypes, shardings) before the version becomes visible. Each publication is timed. This is
+the only module that moves parameters between meshes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+class WeightValidationError(RuntimeError):
+    """Published weights that do not match what the generator expects."""
+
+
+class WeightStore:
+    def __init__(self, deliver: Callable[[dict, int], None], *, shardings=None, dtype=None):
+        """``deliver(params, version)`` hands weights to the generator (Generator.set_weights).
+
+        ``shardings`` (a params-shaped tree of NamedShardings on the generator's mesh) and
+        ``dtype`` describe the generator's layout; None keeps the trainer's (colocated).
+        """
+        self.deliver, self.shardings, self.dtype = deliver, shardings, dtype
+        self.version = 0
+        self.publish_seconds: list[float] = []
+
+    def publish(self, params: dict, version: int) -> float:
+        start = time.perf_counter()
+        if self.shardings is None:
+            out = jax.tree.map(lambda x: jnp.array(x, dtype=self.dtype or x.dtype, copy=True), params)
+        else:
+            out = jax.device_put(params, self.shardings)
+            if self.dtype is not None:
+                out = jax.tree.map(lambda x: x.astype(self.dtype), out)
+            self.validate(params, out)
+        jax.block_until_ready(out)
+        self.deliver(out, version)
+        self.version = version
+        seconds = time.perf_counter() - start
+        self.publish_seconds.append(seconds)
+        return seconds
+
+    def validate(self, source: dict, placed: dict):
+        src_leaves, src_tree = jax.tree.flatten(source)
+        out_leaves, out_tree = jax.tree.flatten(placed)
+        if src_tree != out_tree:
+            raise WeightValidationError(f"published tree {out_tree} differs from the trainer's {src_tree}")
+        want = jax.tree.leaves(self.shardings)
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(source)[0]]
+        for path, a, b, sharding in zip(paths, src_leaves, out_leaves, want):
+            if a.shape != b.shape:
+                raise WeightValidationError(f"{path}: shape {b.shape} != trainer's {a.shape}")
+            if self.dtype is not None and b.dtype != jnp.dtype(self.dtype):
+                raise WeightValidationError(f"{path}: dtype {b.dtype} != generator's {jnp.dtype(self.dtype)}")
+            if not b.sharding.is_equivalent_to(sharding, b.ndim):
+                raise WeightValidationError(f"{path}: sharding {b.sharding} != generator's {sharding}")
