@@ -1,0 +1,91 @@
+"""Gin, in one place: registration, parsing, and the operative config.
+
+The configurable pieces are frozen dataclasses and plain functions that live beside the
+code they configure; they know nothing of gin. ``register()`` makes them configurable
+from the outside (gin's dynamic registration), so a gin file reads like
+``train.rl = @RunConfig()`` then ``RunConfig.steps = 100``. Files are searched in the
+working directory and in the repository's ``gin/`` folder; an error names the file, line
+and binding at fault.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import gin
+
+GIN_DIRS = [Path.cwd(), Path(__file__).resolve().parent.parent / "gin", Path(__file__).resolve().parent / "gin"]
+
+
+class ConfigError(ValueError):
+    """A gin file or binding that cannot be applied; the message says where."""
+
+
+@functools.cache
+def register():
+    from magjax import evaluate, experiment, loop, mesh, sft
+    from magjax.models import config as model_config
+    from magjax.models import tokenizer
+    from magjax.rewards import pool, reward
+    from magjax.rl import batching, losses, optimizer
+    from magjax.sampling import engine
+
+    for cls in (loop.RunConfig, mesh.MeshConfig, engine.EngineConfig, engine.SamplingConfig, losses.LossConfig,
+                optimizer.OptimizerConfig, batching.PackingConfig, reward.RewardConfig, pool.PoolConfig,
+                sft.SFTConfig, evaluate.EvalConfig, experiment.DataConfig, tokenizer.ChatFormat,
+                model_config.ModelConfig, model_config.RopeScaling):
+        gin.external_configurable(cls, module="magjax")
+    gin.external_configurable(model_config.preset, module="magjax")
+    gin.external_configurable(experiment.train, module="magjax")
+
+
+def find_gin_file(name: str) -> str:
+    candidates = [Path(name)] + [d / name for d in GIN_DIRS] + [d / f"{name}.gin" for d in GIN_DIRS]
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    raise ConfigError(f"gin file {name!r} not found (searched the working directory and {GIN_DIRS[1]})")
+
+
+def parse(files: list[str], bindings: list[str]):
+    """Applies gin files then bindings (``NAME=VALUE``), with errors naming file and line."""
+    register()
+    gin.clear_config()
+    for d in GIN_DIRS:
+        if d.is_dir():
+            gin.add_config_file_search_path(str(d))
+    paths = [find_gin_file(f) for f in files]
+    quiet = _DropGinSearchMisses()
+    logging.getLogger().addFilter(quiet)  # gin logs every search-path miss of an include as an error
+    try:
+        gin.parse_config_files_and_bindings(paths, bindings, finalize_config=True)
+    except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as err:
+        text = str(err).strip()
+        first = text.splitlines()[0]
+        where = " ".join(line.strip() for line in text.splitlines()[1:])
+        raise ConfigError(f"{first} {where}".strip()) from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropGinSearchMisses(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Path not found:")
+
+
+def configured(name: str):
+    """The configured callable of a registered function, e.g. ``configured("train")``."""
+    register()
+    return gin.get_configurable(name)
+
+
+def save_operative(run_dir: str) -> str:
+    """Writes the config that was actually used to RUN_DIR/operative_config.gin."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "operative_config.gin")
+    with open(path, "w") as f:
+        f.write(gin.operative_config_str())
+    return path

@@ -1,0 +1,116 @@
+"""Evaluation as papers report it: pass@1 averaged over k samples, maj@k, pass@k.
+
+``pass_at_k`` is the unbiased estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k)
+for n samples of which c are correct. ``maj@k`` takes the most common extracted answer
+(ties broken by the earliest sample, so it is deterministic) and scores it. Results break
+down by problem kind and natural language. Sampling defaults follow Magistral's
+evaluation: temperature 0.7, top-p 1.0 for math and 0.95 for code.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import numpy as np
+
+from magjax.models.config import ModelConfig
+from magjax.models.tokenizer import ChatFormat, Tokenizer
+from magjax.rewards.pool import PoolConfig, VerifierPool
+from magjax.rewards.reward import RewardConfig
+from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
+from magjax.sampling.generator import Generator, Request
+from magjax.types import Problem
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    samples: int = 4  # k
+    temperature: float = 0.7
+    top_p_math: float = 1.0
+    top_p_code: float = 0.95
+    max_new_tokens: int = 64
+    seed: int = 1234
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority(answers: list[str | None], correct: list[bool]) -> bool:
+    """maj@k: the most frequent non-empty answer, ties to the earliest; is it correct?"""
+    counts = collections.Counter(a for a in answers if a is not None)
+    if not counts:
+        return False
+    best = max(counts.values())
+    for a, ok in zip(answers, correct):  # earliest among the tied
+        if a is not None and counts[a] == best:
+            return ok
+    return False
+
+
+def summarize(per_problem: dict[str, dict], k: int) -> dict:
+    """Aggregate per-problem results ({kind, language, correct: [bool], answers, lengths})."""
+    def block(items):
+        items = list(items)
+        if not items:
+            return {}
+        return {"problems": len(items),
+                "pass@1": float(np.mean([np.mean(r["correct"]) for r in items])),
+                f"pass@{k}": float(np.mean([pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in items])),
+                f"maj@{k}": float(np.mean([majority(r["answers"], r["correct"]) for r in items])),
+                "length_mean": float(np.mean([l for r in items for l in r["lengths"]]))}
+    out = {"all": block(per_problem.values())}
+    for key in ("kind", "language"):
+        for value in sorted({r[key] for r in per_problem.values()}):
+            out[f"{key}={value}"] = block(r for r in per_problem.values() if r[key] == value)
+    return out
+
+
+def evaluate(problems: list[Problem], params, model_config: ModelConfig, tokenizer: Tokenizer, chat: ChatFormat,
+             config: EvalConfig = EvalConfig(), *, engine: EngineConfig = EngineConfig(slots=32, max_len=256,
+                                                                                        prompt_buckets=(64, 128)),
+             reward: RewardConfig = RewardConfig(), pool: PoolConfig = PoolConfig(), mesh=None) -> dict:
+    """Samples ``config.samples`` completions per problem, grades them, returns the summary."""
+    per_problem: dict[str, dict] = {}
+    verifier = VerifierPool(reward, pool)
+    try:
+        for kind, top_p in (("math", config.top_p_math), ("code", config.top_p_code)):
+            subset = [p for p in problems if p.kind == kind]
+            if not subset:
+                continue
+            sampling = SamplingConfig(temperature=config.temperature, top_p=top_p, seed=config.seed)
+            gen = Generator(Engine(model_config, engine, sampling, tokenizer.eos_id, mesh=mesh), params,
+                            decode_text=tokenizer.decode)
+            by_id = {p.id: p for p in subset}
+            completions = gen.generate([Request(p.id, chat.encode(tokenizer, p.prompt), config.samples,
+                                                config.max_new_tokens, uid=i) for i, p in enumerate(subset)])
+            futures = [verifier.submit(by_id[c.problem_id], c) for c in completions]
+            for c, f in zip(completions, futures):
+                scored = f.result()
+                r = per_problem.setdefault(c.problem_id, {"kind": kind, "language": by_id[c.problem_id].language,
+                                                          "samples": {}})
+                r["samples"][c.sample_index] = (scored.reward.is_correct, scored.reward.extracted
+                                                if kind == "math" else None, len(c.tokens))
+    finally:
+        verifier.close()
+    for r in per_problem.values():
+        samples = r.pop("samples")
+        ordered = [samples[i] for i in sorted(samples)]
+        r["correct"] = [s[0] for s in ordered]
+        r["answers"] = [s[1] for s in ordered]
+        r["lengths"] = [s[2] for s in ordered]
+    return {"summary": summarize(per_problem, config.samples), "problems": per_problem}
+
+
+def format_table(before: dict, after: dict, k: int) -> str:
+    """A before/after table of pass@1 and maj@k by row of the summary."""
+    lines = [f"{'':<16}{'pass@1 before':>14}{'pass@1 after':>14}{f'maj@{k} after':>14}"]
+    for row in after:
+        b, a = before.get(row, {}), after[row]
+        lines.append(f"{row:<16}{100 * b.get('pass@1', float('nan')):>13.1f}%{100 * a['pass@1']:>13.1f}%"
+                     f"{100 * a[f'maj@{k}']:>13.1f}%")
+    return "\n".join(lines)
