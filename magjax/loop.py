@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import queue
+import signal
 import threading
 import time
 from typing import Literal
@@ -21,6 +22,7 @@ from typing import Literal
 import jax
 import numpy as np
 
+from magjax.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from magjax.data.iterator import ProblemIterator
 from magjax.mesh import MeshConfig, make_mesh
 from magjax.metrics import MetricsWriter
@@ -55,7 +57,8 @@ class RunConfig:
     queue_groups: int = 16  # scored groups waiting for the trainer before generation blocks
     max_new_tokens: int = 64
     seed: int = 0
-    run_dir: str | None = None
+    run_dir: str | None = None  # metrics and checkpoints; None = keep nothing on disk
+    checkpoint: CheckpointConfig = CheckpointConfig()
     batch_timeout_s: float = 600.0  # no scored group for this long is an error, not a hang
 
     def __post_init__(self):
@@ -81,6 +84,37 @@ class RunResult:
     accounting: dict[str, collections.Counter]  # completion-length histograms: finished/trained/filtered/unconsumed
     version: int
     spanning: int  # trained completions whose tokens came from more than one policy version
+    step: int = 0  # batches trained, counting those before a resume
+    preempted: bool = False  # stopped early by SIGTERM/SIGINT (after saving a checkpoint)
+    resumed_from: int | None = None
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT arrived: checkpoint at the step boundary and leave cleanly."""
+
+
+class _StopSignals:
+    """Turns SIGTERM/SIGINT (Cloud TPU's preemption notice, Ctrl-C) into a flag the loop
+    checks between steps. Only the main thread can install handlers; elsewhere it is inert."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _Requests:
@@ -97,6 +131,13 @@ class _Requests:
         # trainer falls behind, the generator gets no new work and waits.
         self.consumed = 0
         self.budget = -(-(config.n_async + config.n_batch) // config.group_size)
+
+    def state(self) -> dict:
+        return {"next_uid": self._next_uid, "consumed": self.consumed}
+
+    def restore(self, state: dict):
+        # Groups in flight at save time were abandoned: nothing is outstanding after a restart.
+        self._next_uid = self.consumed = int(state["next_uid"])
 
     def feed(self) -> Request | None:
         """The generator's source of work in async mode; None while the trainer lags."""
@@ -185,11 +226,35 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     store = WeightStore(generator.set_weights, shardings=gen_shardings)
     store.publish(state.params, 0)
 
-    metrics = MetricsWriter(config.run_dir, total_steps=config.steps, console=console)
     accounting = {k: collections.Counter() for k in ("trained", "filtered")}
-    spanning, version = 0, 0
+    spanning, version, first_step, resumed_from = 0, 0, 1, None
+    ckpt = Checkpointer(f"{config.run_dir}/checkpoints", config.checkpoint) if config.run_dir else None
+    if ckpt is not None:
+        restored = ckpt.restore_latest(abstract_like(state))
+        if restored is not None:
+            resumed_from, state, meta = restored
+            iterator.set_state(meta["iterator"])
+            requests.restore(meta["requests"])
+            version, spanning, first_step = meta["version"], meta["spanning"], meta["step"] + 1
+            for k in accounting:
+                accounting[k] = collections.Counter({int(n): c for n, c in meta["accounting"][k].items()})
+            collector.finished.update({int(n): c for n, c in meta["accounting"]["finished"].items()})
+            store.publish(state.params, version)
+            print(f"[magjax] resumed from {ckpt.directory}/{resumed_from} (version {version})")
+
+    def save(step: int, wait: bool = False):
+        if ckpt is None:
+            return
+        meta = {"step": step, "version": version, "spanning": spanning, "iterator": iterator.get_state(),
+                "requests": requests.state(), "run_config": repr(config),
+                "accounting": {k: dict(v) for k, v in accounting.items()} | {"finished": dict(collector.finished)}}
+        ckpt.save(step, state, meta, wait=wait)
+
+    metrics = MetricsWriter(config.run_dir, total_steps=config.steps, console=console)
     wall_start = time.perf_counter()
     trainer_wait = 0.0
+    stop = _StopSignals()
+    preempted, step = False, first_step - 1
 
     if config.mode == "async":
         generator.on_complete = lambda c: verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid])
@@ -207,8 +272,12 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
             return sorted(groups, key=lambda g: g.completions[0].uid)  # scoring order must not matter
         groups = []
         while sum(g.size for g in groups) < config.n_batch:
+            if stop.requested:
+                for g in groups:  # a partial batch is not trained half-done: back it goes
+                    collector.groups.put(g)
+                raise _Stop
             try:
-                groups.append(collector.groups.get(timeout=1.0))
+                groups.append(collector.groups.get(timeout=0.2))
             except queue.Empty:
                 if generator.error is not None:
                     raise RuntimeError("the generator thread failed") from generator.error
@@ -218,8 +287,11 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
         return groups
 
     try:
-        for step in range(1, config.steps + 1):
+        stop.__enter__()
+        for step in range(first_step, config.steps + 1):
             wait_start = time.perf_counter()
+            if stop.requested:
+                raise _Stop
             groups = next_batch()
             requests.consumed += len(groups)
             trainer_wait += time.perf_counter() - wait_start
@@ -244,7 +316,17 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                   "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
                   "train/skipped_steps": int(state.skipped)} | verifier.stats()
             metrics.write(step, m)
+            if ckpt is not None and (ckpt.due(step) or step == config.steps):
+                save(step)
+    except _Stop:
+        preempted = True
+        step -= 1  # the interrupted step trained nothing
+        save(step, wait=True)
+        print(f"[magjax] stopped by signal: checkpoint {step} saved, in-flight generations abandoned")
     finally:
+        stop.__exit__()
+        if ckpt is not None:
+            ckpt.close()
         collector.close()  # unblock the pipeline, keep counting
         generator.stop()
         abandoned = generator.abandon()
@@ -254,4 +336,5 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     accounting["unconsumed"] = collector.unconsumed()
     accounting["finished"] = collector.finished
     accounting["abandoned_in_flight"] = collections.Counter({"sequences": abandoned})
-    return RunResult(jax.device_get(state.params), metrics.history, accounting, version, spanning)
+    return RunResult(jax.device_get(state.params), metrics.history, accounting, version, spanning, step, preempted,
+                     resumed_from)

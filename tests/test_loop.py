@@ -97,3 +97,15 @@ def test_a_verifier_crash_is_counted_not_fatal(sft_params):
 def test_constraint_violations_are_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         _run(None, **overrides)
+
+
+def test_sync_resume_is_exact(sft_params, tmp_path):
+    straight = _run(sft_params, steps=4, run_dir=str(tmp_path / "straight"))
+    first = _run(sft_params, steps=2, run_dir=str(tmp_path / "resumed"))
+    assert first.step == 2
+    second = _run(sft_params, steps=4, run_dir=str(tmp_path / "resumed"))
+    assert second.resumed_from == 2 and second.step == 4
+    for x, y in zip(_leaves(straight.params), _leaves(second.params)):
+        np.testing.assert_array_equal(x, y)
+    keys = ("reward/mean", "reward/accuracy", "train/loss", "train/grad_norm", "pipeline/version")
+    assert [[h[k] for k in keys] for h in straight.history[2:]] == [[h[k] for k in keys] for h in second.history]
