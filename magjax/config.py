@@ -89,3 +89,31 @@ def save_operative(run_dir: str) -> str:
     with open(path, "w") as f:
         f.write(gin.operative_config_str())
     return path
+
+
+def build_abstract() -> dict:
+    """Builds everything the parsed config configures without running it: every bound
+    dataclass (so its validation runs) and the model's parameters as shapes only."""
+    import jax
+
+    from magjax.models import decoder
+    from magjax.models.config import preset
+
+    register()
+    built = {}
+    for name in ("RunConfig", "EngineConfig", "SamplingConfig", "LossConfig", "OptimizerConfig", "PackingConfig",
+                 "RewardConfig", "PoolConfig", "SFTConfig", "EvalConfig", "DataConfig", "ChatFormat"):
+        built[name] = gin.get_configurable(f"magjax.{name}")()
+    model = gin.query_parameter("train.model") if _bound("train.model") else "demo"
+    model = preset(model) if isinstance(model, str) else model
+    built["params"] = jax.eval_shape(lambda: decoder.init_params(model, jax.random.key(0)))
+    built["model"] = model
+    return built
+
+
+def _bound(name: str) -> bool:
+    try:
+        gin.query_parameter(name)
+        return True
+    except ValueError:
+        return False
