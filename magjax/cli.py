@@ -56,6 +56,9 @@ def _train(args, bindings) -> int:
     print(f"\n[magjax] done. Run directory: {results['run_dir']}")
     print(f"  metrics:   {os.path.join(results['run_dir'], 'rl', 'metrics.jsonl')} (TensorBoard: rl/tensorboard)")
     print(f"  weights:   {os.path.join(results['run_dir'], 'final_hf')} (Hugging Face format)")
+    print(f"  checkpoints: {os.path.join(results['run_dir'], 'rl', 'checkpoints')}")
+    if results.get("report"):
+        print(f"  plots:     {results['report']}")
     if "table" in results:
         print("\nHeld-out accuracy before and after RL:\n" + results["table"])
     return 0
@@ -72,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--preset", default="tiny", help="model preset (magjax.models.PRESETS)")
             p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
             p.add_argument("--json", help="also write the result as JSON to this path")
+        elif name == "report":
+            p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
         else:
             p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
             p.add_argument("--run_dir", help="where checkpoints, metrics and plots go")
@@ -101,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or ["train"])
     if args.command == "bench":
         return _bench(args)
+    if args.command == "report":
+        from magjax.report import write_report
+        try:
+            paths = write_report(args.run_dir)
+        except FileNotFoundError as err:
+            print(f"magjax report: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(paths))
+        return 0
     if args.command == "train":
         # The demo runs on 8 simulated CPU devices; accelerators ignore this flag.
         flags = os.environ.get("XLA_FLAGS", "")

@@ -41,7 +41,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority(answers: list[str | None], correct: list[bool]) -> bool:
-    """maj@k: the most frequent non-empty answer, ties to the earliest; is it correct?"""
+    """maj@k: the most frequent non-empty answer, ties to the earliest; is it correct?
+
+    Programs have no single answer to vote on; for them (all answers None) maj@k is whether
+    a strict majority of the samples passed.
+    """
+    if all(a is None for a in answers):
+        return sum(correct) * 2 > len(correct)
     counts = collections.Counter(a for a in answers if a is not None)
     if not counts:
         return False

@@ -105,6 +105,12 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
         results["eval_after"] = evaluate(heldout, params, model_config, tok, chat, evaluation, **eval_kw)["summary"]
         results["table"] = format_table(results.get("eval_before", {}), results["eval_after"], evaluation.samples)
     hf.save(_as_model(model_config, params), model_config, os.path.join(run_dir, "final_hf"))
+    try:
+        from magjax.report import write_report
+
+        results["report"] = write_report(run_dir, length_threshold=reward.l_max - reward.l_cache)[-1]
+    except ImportError:  # matplotlib is optional: the run itself is done
+        results["report"] = None
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({k: v for k, v in results.items() if k != "table"}, f, indent=2)
     return results
