@@ -54,7 +54,7 @@ class RunConfig:
     n_minibatch: int = 1  # optimizer steps per batch
     n_async: int = 32  # sequences in flight in the generator
     max_async_ratio: float = 2.0  # Magistral: n_async / n_batch <= 2 bounds the off-policy lag
-    queue_groups: int = 16  # scored groups waiting for the trainer before generation blocks
+    queue_groups: int = 8  # scored groups waiting for the trainer before generation blocks
     max_new_tokens: int = 64
     seed: int = 0
     run_dir: str | None = None  # metrics and checkpoints; None = keep nothing on disk
@@ -83,7 +83,7 @@ class RunResult:
     history: list[dict]
     accounting: dict[str, collections.Counter]  # completion-length histograms: finished/trained/filtered/unconsumed
     version: int
-    spanning: int  # trained completions whose tokens came from more than one policy version
+    spanning: int  # completions reaching the trainer whose tokens came from more than one policy version
     step: int = 0  # batches trained, counting those before a resume
     preempted: bool = False  # stopped early by SIGTERM/SIGINT (after saving a checkpoint)
     resumed_from: int | None = None
@@ -126,11 +126,7 @@ class _Requests:
         self.tests: dict[int, list | None] = {}
         self._next_uid = 0
         self._lock = threading.Lock()
-        # Groups issued but not yet taken by the trainer. Capping them at what fills the
-        # slots plus one batch is what bounds the off-policy lag (SPEC.md §3): when the
-        # trainer falls behind, the generator gets no new work and waits.
-        self.consumed = 0
-        self.budget = -(-(config.n_async + config.n_batch) // config.group_size)
+        self.consumed = 0  # groups taken by the trainer
 
     def state(self) -> dict:
         return {"next_uid": self._next_uid, "consumed": self.consumed}
@@ -138,12 +134,6 @@ class _Requests:
     def restore(self, state: dict):
         # Groups in flight at save time were abandoned: nothing is outstanding after a restart.
         self._next_uid = self.consumed = int(state["next_uid"])
-
-    def feed(self) -> Request | None:
-        """The generator's source of work in async mode; None while the trainer lags."""
-        if self._next_uid - self.consumed >= self.budget:
-            return None
-        return self.next()
 
     def next(self) -> Request:
         with self._lock:
@@ -218,7 +208,12 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     # Generator, verifiers, collector, weight path.
     iterator = ProblemIterator(problems, seed=config.seed)
     requests = _Requests(iterator, tok, chat, config, reward)
+    # Back-pressure (SPEC.md §3): at most `queue_groups` scored groups wait for the trainer and
+    # at most one batch of completions waits for the verifiers; beyond that the generator's
+    # hand-off blocks, and its sequences stay in flight until the trainer catches up, then
+    # continue on the newer weights. This is what bounds the off-policy lag.
     collector = GroupCollector(config.group_size, config.queue_groups)
+    pool = dataclasses.replace(pool, max_pending=min(pool.max_pending, config.n_batch))
     verifier = VerifierPool(reward, pool, on_scored=lambda s: collector.add(s, s.completion.uid))
     eng = Engine(model_config, engine, sampling, tok.eos_id, mesh=generator_mesh)
     gen_shardings = decoder.param_shardings(model_config, generator_mesh) if config.placement == "disaggregated" else None
@@ -258,7 +253,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
 
     if config.mode == "async":
         generator.on_complete = lambda c: verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid])
-        generator.feed = requests.feed
+        generator.feed = requests.next
         generator.start()
 
     def next_batch() -> list[ScoredGroup]:
@@ -298,7 +293,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
             kept, removed = batching.filter_groups(groups, loss)
             for g, bucket in [(g, "trained") for g in kept] + [(g, "filtered") for g in removed]:
                 accounting[bucket].update(len(c.tokens) for c in g.completions)
-            spanning += sum(len(set(c.versions)) > 1 for g in kept for c in g.completions)
+            spanning += sum(len(set(c.versions)) > 1 for g in groups for c in g.completions)
             m = _group_metrics(groups, version)
             batches, batch_stats = batching.make_minibatches(kept, loss, packing, config.n_minibatch) if kept else ([], {})
             for batch in batches:

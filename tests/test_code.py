@@ -134,6 +134,32 @@ def test_network_connections_are_not_made(listener):
         pytest.skip("no network namespace on this machine: connections cannot be blocked")
 
 
+def test_cpp_cannot_write_outside_read_secrets_or_connect(monkeypatch, listener):
+    port, accepted = listener
+    target = f"/tmp/magjax-escape-{uuid.uuid4().hex}"
+    monkeypatch.setenv("MAGJAX_TEST_SECRET", "hunter2")
+    source = ("#include <cstdio>\n#include <cstdlib>\n#include <cstring>\n#include <dirent.h>\n"
+              "#include <arpa/inet.h>\n#include <sys/socket.h>\n#include <unistd.h>\n"
+              "int main() {\n"
+              f"  FILE* f = std::fopen(\"{target}\", \"w\"); if (f) {{ std::fputs(\"x\", f); std::fclose(f); }}\n"
+              "  bool leak = std::getenv(\"MAGJAX_TEST_SECRET\") != nullptr;\n"
+              "  DIR* d = opendir(\"/proc\"); struct dirent* e;\n"
+              "  while (d && (e = readdir(d))) { char p[300]; std::snprintf(p, sizeof p, \"/proc/%s/environ\", e->d_name);\n"
+              "    FILE* g = std::fopen(p, \"r\"); if (!g) continue; char buf[65536]; size_t n = std::fread(buf, 1, sizeof buf, g);\n"
+              "    std::fclose(g); if (memmem(buf, n, \"hunter2\", 7)) leak = true; }\n"
+              "  int s = socket(AF_INET, SOCK_STREAM, 0); sockaddr_in a{}; a.sin_family = AF_INET;\n"
+              f"  a.sin_port = htons({port}); inet_pton(AF_INET, \"127.0.0.1\", &a.sin_addr);\n"
+              "  bool online = connect(s, (sockaddr*)&a, sizeof a) == 0;\n"
+              "  std::puts(leak ? \"SECRET\" : online ? \"online\" : \"clean\");\n}\n")
+    result = run_tests(source, "cpp", [IOTest("", "clean")], FAST)
+    assert not os.path.exists(target)
+    if sandbox.tier() == "namespaces":
+        assert result.passed, result
+        assert not accepted
+    else:
+        assert "SECRET" not in result.detail
+
+
 CPP_ADD = "#include <iostream>\nint main() { long a, b; std::cin >> a >> b; std::cout << a + b << '\\n'; }"
 HOSTILE_CPP = {
     "fork bomb": ("#include <unistd.h>\nint main() { while (true) fork(); }", {"TLE", "RE"}),
@@ -143,6 +169,12 @@ HOSTILE_CPP = {
     "infinite output": ("#include <cstdio>\nint main() { while (true) std::puts(\"xxxxxxxxxxxxxxxx\"); }", {"OLE"}),
     "compile bomb": ("#include \"/dev/zero\"\nint main() {}", {"CE"}),
     "compile error": ("int main() { return }", {"CE"}),
+    "sleep past the limit": ("#include <unistd.h>\n#include <cstdio>\nint main() { sleep(60); std::puts(\"3\"); }",
+                             {"TLE"}),
+    "setsid double fork": ("#include <unistd.h>\n#include <cstdio>\nint main() { if (fork() == 0) { setsid(); "
+                           "if (fork() == 0) { sleep(60); } _exit(0); } std::puts(\"3\"); }", {"AC"}),
+    "kill the parent": ("#include <csignal>\n#include <unistd.h>\n#include <cstdio>\nint main() { "
+                        "kill(getppid(), SIGKILL); std::puts(\"3\"); }", {"AC", "RE"}),
 }
 
 

@@ -68,7 +68,7 @@ def _check_accounting(result):
 
 
 def test_async_colocated_spans_versions_and_loses_nothing(sft_params):
-    result = _run(sft_params, mode="async", steps=6, n_batch=16, n_async=32)
+    result = _run(sft_params, mode="async", steps=6, n_batch=16, n_async=32, queue_groups=2)
     assert len(result.history) == 6 and result.version == sum(h["pipeline/groups_trained"] > 0 for h in result.history)
     assert result.spanning >= 1  # some sequence continued on new weights mid-flight
     assert max(h["pipeline/lag_versions_spanned_max"] for h in result.history) >= 1
