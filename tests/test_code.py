@@ -190,3 +190,15 @@ def test_hostile_cpp_is_contained(name):
     result = run_tests(source, "cpp", [IOTest("", "3")], limits)
     assert result.verdicts[0] in allowed, result
     assert not _survivors()
+
+
+def test_precompiled_header_is_built_once_and_used():
+    pch = __import__("magjax.rewards.code", fromlist=["x"]).precompiled_header_dir()
+    assert pch is not None and os.path.exists(os.path.join(pch, "bits", "stdc++.h.gch"))
+    source = "#include <bits/stdc++.h>\nint main() { long a, b; std::cin >> a >> b; std::cout << a + b; }"
+    assert run_tests(source, "cpp", ADD, FAST).passed
+
+
+def test_an_item_deadline_stops_further_tests():
+    result = run_tests("print(input())", "python", [IOTest("1", "1")] * 3, FAST, deadline=0.0)
+    assert result.verdicts == ["TLE"] and "deadline" in result.detail

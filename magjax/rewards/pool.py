@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ class PoolConfig:
     math_timeout_s: float = 5.0  # per math check
     math_memory_mb: int = 1024  # per math worker
     max_pending: int = 1024  # submissions beyond this block the submitter (back-pressure)
+    item_deadline_s: float = 60.0  # a whole item (all its checks and tests) never takes longer
 
 
 class VerifierPool:
@@ -60,9 +62,11 @@ class VerifierPool:
     def score_now(self, problem: Problem, completion: Completion, tests: list | None = None) -> ScoredCompletion:
         """Grades one completion in the calling thread (what the pool's threads run)."""
         start = time.perf_counter()
+        deadline = time.monotonic() + self.config.item_deadline_s
         try:
             breakdown = reward_lib.score(problem, completion.text, len(completion.tokens), self.reward_config,
-                                         tests=tests, math_check=self._math_check)
+                                         tests=tests, math_check=self._math_check,
+                                         code_check=functools.partial(reward_lib.default_code_check, deadline=deadline))
         except Exception as err:  # one bad item must not take the run down
             self._count("crashes")
             breakdown = reward_lib.RewardBreakdown(reason=f"verifier error: {type(err).__name__}: {err}")
