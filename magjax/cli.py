@@ -64,6 +64,57 @@ def _train(args, bindings) -> int:
     return 0
 
 
+def _filter(args) -> int:
+    import jax
+
+    from magjax.data import read_problems
+    from magjax.data.filtering import FilterConfig, filter_problems, sampler_source
+    from magjax.models import decoder, hf, preset
+    from magjax.models.tokenizer import ChatFormat, check_vocab, load_tokenizer
+    from magjax.rewards.reward import RewardConfig
+    from magjax.sampling.engine import EngineConfig, SamplingConfig
+
+    problems = read_problems(args.problems)
+    if args.init_from:
+        model_config, model = hf.load(args.init_from)
+        params = model.params()
+    else:
+        model_config = preset(args.model)
+        params = decoder.init_params(model_config, jax.random.key(0))
+    tok = load_tokenizer(args.tokenizer)
+    check_vocab(tok, model_config.vocab_size)
+    slots = max(args.samples, 1)
+    engine = EngineConfig(slots=slots, max_len=512 + args.max_new_tokens, prompt_buckets=(64, 128, 256, 512))
+    source = sampler_source(model_config, params, tok, ChatFormat("plain", None), engine=engine,
+                            sampling=SamplingConfig(temperature=1.0), reward=RewardConfig(),
+                            max_new_tokens=args.max_new_tokens)
+    try:
+        report = filter_problems(problems, source, args.out, FilterConfig(args.samples, args.min_pass_rate,
+                                                                           args.max_pass_rate))
+    finally:
+        source.close()
+    print(f"kept {report['kept']}, dropped {report['dropped']}; see {args.out}/kept.jsonl, dropped.jsonl, histogram.json")
+    return 0
+
+
+def _validate(args) -> int:
+    import dataclasses as dc
+
+    from magjax.data import read_problems
+    from magjax.data.loaders import write_problems
+    from magjax.data.validation import validate
+
+    problems = read_problems(args.problems)
+    fixed, report = validate(problems)
+    os.makedirs(args.out, exist_ok=True)
+    write_problems(fixed, os.path.join(args.out, "validated.jsonl"))
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(dc.asdict(report), f, indent=2)
+    print(f"{len(fixed)} problems kept; {len(report.repaired)} tests repaired, {len(report.dropped_tests)} tests "
+          f"and {len(report.dropped_problems)} problems dropped; see {args.out}/report.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", help="also write the result as JSON to this path")
         elif name == "report":
             p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
+        elif name in ("filter", "validate-tests"):
+            p.add_argument("--problems", required=True, help="a problem file (.jsonl, .parquet) or dataset directory")
+            p.add_argument("--out", required=True, help="output directory")
+            if name == "filter":
+                p.add_argument("--init_from", help="a Hugging Face model directory to sample from")
+                p.add_argument("--model", default="demo", help="a preset, when --init_from is not given")
+                p.add_argument("--tokenizer", default="byte", help='"byte" or a tokenizer.json (or its folder)')
+                p.add_argument("--samples", type=int, default=16)
+                p.add_argument("--min_pass_rate", type=float, default=1 / 16)
+                p.add_argument("--max_pass_rate", type=float, default=0.875)
+                p.add_argument("--max_new_tokens", type=int, default=256)
         else:
             p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
             p.add_argument("--run_dir", help="where checkpoints, metrics and plots go")
@@ -106,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or ["train"])
     if args.command == "bench":
         return _bench(args)
+    if args.command == "filter":
+        return _filter(args)
+    if args.command == "validate-tests":
+        return _validate(args)
     if args.command == "report":
         from magjax.report import write_report
         try:

@@ -54,6 +54,7 @@ class Problem:
     difficulty: float | None = None
     pass_rate: float | None = None
     source: str | None = None
+    solutions: tuple = ()  # code: known-correct programs in code_language (for test validation)
 
     def __post_init__(self):
         if self.kind not in ("math", "code"):

@@ -95,7 +95,8 @@ def problem_from_record(record: dict, default_id: str) -> Problem:
         answer=None if answer is None else str(answer), tests=_tests(record),
         code_language=record.get("code_language") or (record.get("language_code") if kind == "code" else None),
         language=record.get("language") or "en", difficulty=record.get("difficulty"),
-        pass_rate=record.get("pass_rate"), source=record.get("source"))
+        pass_rate=record.get("pass_rate"), source=record.get("source"),
+        solutions=tuple(record.get("solutions") or ()))
 
 
 def _records(path: Path):
@@ -168,6 +169,8 @@ def problem_to_record(p: Problem) -> dict:
         record["tests"] = [{"stdin": t.stdin, "stdout": t.stdout} if isinstance(t, IOTest)
                            else {"code": t.code, "entry_point": t.entry_point} for t in p.tests]
         record["code_language"] = p.code_language
+    if p.solutions:
+        record["solutions"] = list(p.solutions)
     for name in ("difficulty", "pass_rate", "source"):
         if getattr(p, name) is not None:
             record[name] = getattr(p, name)

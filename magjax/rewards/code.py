@@ -228,3 +228,26 @@ def run_tests(source: str, language: str, tests: list, limits: CodeLimits = Code
         return CodeResult(all(v == "AC" for v in verdicts) and len(verdicts) == len(tests), verdicts, detail)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def program_outputs(source: str, language: str, stdins: list[str], limits: CodeLimits = CodeLimits()) -> list[str | None]:
+    """The stdout of ``source`` on each input, or None where it failed (used to validate tests)."""
+    workdir = tempfile.mkdtemp(prefix="magjax-code-")
+    try:
+        if language == "cpp":
+            ok, _ = _compile_cpp(source, workdir, limits)
+            if not ok:
+                return [None] * len(stdins)
+            argv = [os.path.join(workdir, "main")]
+        else:
+            with open(os.path.join(workdir, "solution.py"), "w") as f:
+                f.write(source)
+            argv = [sys.executable, "-I", "solution.py"]
+        outputs = []
+        for stdin in stdins:
+            r = sandbox.run(argv, stdin=stdin.encode(), limits=limits.test, workdir=workdir)
+            ok = not (r.timed_out or r.output_exceeded or r.returncode != 0)
+            outputs.append(r.stdout.decode("utf-8", errors="replace") if ok else None)
+        return outputs
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

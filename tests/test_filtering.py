@@ -1,0 +1,78 @@
+"""Difficulty filtering with a fake pass-rate source, and code-test validation on fixtures."""
+
+import json
+
+import pytest
+
+from magjax.data import read_problems
+from magjax.data.filtering import FilterConfig, filter_problems
+from magjax.data.validation import validate
+from magjax.types import IOTest, Problem
+
+PROBLEMS = [Problem(f"p{i}", "math", f"q{i}", answer=str(i)) for i in range(6)]
+# Pass rates out of 8: p0 never, p1 1/8, p2 4/8, p3 7/8, p4 always; p5 mislabelled: 6 of 8 say "41".
+RATES = {"p0": 0, "p1": 1, "p2": 4, "p3": 7, "p4": 8, "p5": 1}
+
+
+def fake_source(problem, k):
+    right = RATES[problem.id]
+    wrong = "41" if problem.id == "p5" else None
+    return [(True, problem.answer)] * right + [(False, wrong)] * (k - right)
+
+
+def test_filter_keeps_the_window_and_drops_a_mislabelled_problem(tmp_path):
+    config = FilterConfig(samples=8, min_pass_rate=0.1, max_pass_rate=0.9)
+    report = filter_problems(PROBLEMS, fake_source, str(tmp_path), config)
+    kept = read_problems(tmp_path / "kept.jsonl")
+    assert [p.id for p in kept] == ["p1", "p2", "p3"]
+    dropped = {json.loads(l)["id"]: json.loads(l)["reason"] for l in (tmp_path / "dropped.jsonl").read_text().splitlines()}
+    assert set(dropped) == {"p0", "p4", "p5"}
+    assert dropped["p5"].startswith("likely mislabelled") and "'41'" in dropped["p5"]
+    assert "too hard" in dropped["p0"] and "too easy" in dropped["p4"]
+    assert sum(report["histogram"]["counts"]) == 6
+
+
+def test_filter_resumes_without_resampling(tmp_path):
+    calls = []
+
+    def counting(problem, k):
+        calls.append(problem.id)
+        return fake_source(problem, k)
+
+    filter_problems(PROBLEMS[:3], counting, str(tmp_path), FilterConfig(samples=8))
+    filter_problems(PROBLEMS, counting, str(tmp_path), FilterConfig(samples=8))
+    assert calls == ["p0", "p1", "p2", "p3", "p4", "p5"]
+
+
+def test_validation_repairs_a_wrong_label_and_drops_an_inconsistent_test():
+    square = "n = int(input())\nprint(n * n)"
+    square_abs = "n = int(input())\nprint(abs(n) * abs(n))"
+    # The two solutions agree everywhere except where one of them crashes on purpose.
+    flaky = "n = int(input())\nassert n != 5\nprint(n * n)"
+    problem = Problem("sq", "code", "Square n.", code_language="python", solutions=(square, square_abs, flaky),
+                      tests=(IOTest("3\n", "9\n"), IOTest("4\n", "17\n"), IOTest("5\n", "25\n")))
+    fixed, report = validate([problem])
+    assert [t.stdout for t in fixed[0].tests] == ["9\n", "16\n"]
+    assert report.repaired == [{"problem": "sq", "test": 1, "old": "17\n", "new": "16\n"}]
+    assert [d["test"] for d in report.dropped_tests] == [2]
+
+
+def test_validation_drops_problems_left_without_tests():
+    problem = Problem("bad", "code", "p", code_language="python", solutions=("print(1)", "print(2)"),
+                      tests=(IOTest("", "1\n"),))
+    fixed, report = validate([problem])
+    assert fixed == [] and report.dropped_problems[0]["problem"] == "bad"
+
+
+def test_filter_and_validate_commands_run_the_real_path(tmp_path, data_dir):
+    import os
+
+    from magjax.cli import main
+
+    problems = os.path.join(data_dir, "problems", "good.jsonl")
+    assert main(["filter", "--problems", problems, "--out", str(tmp_path / "f"), "--samples", "2",
+                 "--max_new_tokens", "8"]) == 0
+    rates = [json.loads(l) for l in (tmp_path / "f" / "pass_rates.jsonl").read_text().splitlines()]
+    assert len(rates) == 4 and all(len(r["results"]) == 2 for r in rates)
+    assert main(["validate-tests", "--problems", problems, "--out", str(tmp_path / "v")]) == 0
+    assert len(read_problems(tmp_path / "v" / "validated.jsonl")) == 4
