@@ -65,6 +65,7 @@ def _train(args, bindings) -> int:
 
 
 def _filter(args) -> int:
+    """``magjax filter`` and ``magjax distill``: both sample the given model on every problem."""
     import jax
 
     from magjax.data import read_problems
@@ -87,7 +88,18 @@ def _filter(args) -> int:
     engine = EngineConfig(slots=slots, max_len=512 + args.max_new_tokens, prompt_buckets=(64, 128, 256, 512))
     source = sampler_source(model_config, params, tok, ChatFormat("plain", None), engine=engine,
                             sampling=SamplingConfig(temperature=1.0), reward=RewardConfig(),
-                            max_new_tokens=args.max_new_tokens)
+                            max_new_tokens=args.max_new_tokens, with_text=args.command == "distill")
+    if args.command == "distill":
+        from magjax.data.distill import DistillConfig, distill
+
+        try:
+            report = distill(problems, source, os.path.join(args.out, "traces.jsonl"),
+                             DistillConfig(args.samples, args.cap_per_problem))
+        finally:
+            source.close()
+        print(f"{report['traces']} verified traces in {args.out}/traces.jsonl; "
+              f"{len(report['unsolved'])} problems never solved")
+        return 0
     try:
         report = filter_problems(problems, source, args.out, FilterConfig(args.samples, args.min_pass_rate,
                                                                            args.max_pass_rate))
@@ -128,10 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", help="also write the result as JSON to this path")
         elif name == "report":
             p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
-        elif name in ("filter", "validate-tests"):
+        elif name in ("filter", "validate-tests", "distill"):
             p.add_argument("--problems", required=True, help="a problem file (.jsonl, .parquet) or dataset directory")
             p.add_argument("--out", required=True, help="output directory")
-            if name == "filter":
+            if name in ("filter", "distill"):
                 p.add_argument("--init_from", help="a Hugging Face model directory to sample from")
                 p.add_argument("--model", default="demo", help="a preset, when --init_from is not given")
                 p.add_argument("--tokenizer", default="byte", help='"byte" or a tokenizer.json (or its folder)')
@@ -139,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument("--min_pass_rate", type=float, default=1 / 16)
                 p.add_argument("--max_pass_rate", type=float, default=0.875)
                 p.add_argument("--max_new_tokens", type=int, default=256)
+                p.add_argument("--cap_per_problem", type=int, default=2, help="distill: correct traces kept per problem")
         else:
             p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
             p.add_argument("--run_dir", help="where checkpoints, metrics and plots go")
@@ -168,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or ["train"])
     if args.command == "bench":
         return _bench(args)
-    if args.command == "filter":
+    if args.command in ("filter", "distill"):
         return _filter(args)
     if args.command == "validate-tests":
         return _validate(args)

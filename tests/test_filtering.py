@@ -76,3 +76,28 @@ def test_filter_and_validate_commands_run_the_real_path(tmp_path, data_dir):
     assert len(rates) == 4 and all(len(r["results"]) == 2 for r in rates)
     assert main(["validate-tests", "--problems", problems, "--out", str(tmp_path / "v")]) == 0
     assert len(read_problems(tmp_path / "v" / "validated.jsonl")) == 4
+
+
+def test_distill_keeps_verified_traces_capped_and_upweights_hard_problems(tmp_path):
+    from magjax.data.distill import DistillConfig, distill, read_traces
+
+    def teacher(problem, k):  # p0: never right; p1: right once in 4; p2: always right
+        right = {"p0": 0, "p1": 1, "p2": 4}[problem.id]
+        return [(True, f"<think>ok</think>\\boxed{{{problem.answer}}}")] * right + [(False, "wrong")] * (k - right)
+
+    report = distill(PROBLEMS[:3], teacher, str(tmp_path / "traces.jsonl"), DistillConfig(samples=4, cap_per_problem=2))
+    assert report == {"traces": 3, "unsolved": ["p0"]}
+    rows = [json.loads(l) for l in (tmp_path / "traces.jsonl").read_text().splitlines()]
+    assert [(r["problem_id"], r["weight"]) for r in rows] == [("p1", 4.0), ("p2", 1.0), ("p2", 1.0)]
+    assert len(read_traces(str(tmp_path / "traces.jsonl"))) == 4 + 1 + 1
+
+
+def test_distill_command_runs_the_real_path(tmp_path, data_dir):
+    import os
+
+    from magjax.cli import main
+
+    problems = os.path.join(data_dir, "problems", "good.jsonl")
+    assert main(["distill", "--problems", problems, "--out", str(tmp_path), "--samples", "2",
+                 "--max_new_tokens", "8"]) == 0
+    assert (tmp_path / "traces.jsonl").exists()  # a random model solves nothing: an empty, valid file

@@ -95,8 +95,12 @@ def filter_problems(problems: list[Problem], source: PassRateSource, out_dir: st
 
 
 def sampler_source(model_config, params, tokenizer, chat, *, engine, sampling, reward, max_new_tokens: int = 256,
-                   mesh=None) -> PassRateSource:
-    """The real pass-rate source: the sampler draws k completions, the verifiers grade them."""
+                   mesh=None, with_text: bool = False) -> PassRateSource:
+    """The real pass-rate source: the sampler draws k completions, the verifiers grade them.
+
+    With ``with_text`` it yields (correct, response text) pairs instead: a teacher for
+    ``magjax.data.distill``.
+    """
     from magjax.rewards.pool import PoolConfig, VerifierPool
     from magjax.sampling.engine import Engine
     from magjax.sampling.generator import Generator, Request
@@ -109,6 +113,8 @@ def sampler_source(model_config, params, tokenizer, chat, *, engine, sampling, r
         completions = generator.generate([Request(problem.id, chat.encode(tokenizer, problem.prompt), k,
                                                   max_new_tokens)])
         scored = [verifier.score_now(problem, c) for c in sorted(completions, key=lambda c: c.sample_index)]
+        if with_text:
+            return [(s.reward.is_correct, s.completion.text) for s in scored]
         return [(s.reward.is_correct, s.reward.extracted if problem.kind == "math" else None) for s in scored]
 
     source.close = verifier.close
