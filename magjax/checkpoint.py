@@ -91,6 +91,22 @@ class Checkpointer:
                 log.warning(message)
         return None
 
+    def read_meta(self, step: int | None = None) -> tuple[int, dict]:
+        """(step, JSON record) of ``step`` (default: the latest), without reading any array."""
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(f"{self.directory}: no complete checkpoint")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint {step} (have {steps})")
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return step, restored["meta"]
+
+    def restore_step(self, step: int, abstract_state):
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
     def wait(self):
         self._manager.wait_until_finished()
 

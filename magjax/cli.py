@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", help="also write the result as JSON to this path")
         elif name == "report":
             p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
+        elif name == "export":
+            p.add_argument("run_dir", help="a run directory (its rl/checkpoints) or a checkpoints directory")
+            p.add_argument("--out", required=True, help="the Hugging Face directory to write")
+            p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
         elif name in ("filter", "validate-tests", "distill"):
             p.add_argument("--problems", required=True, help="a problem file (.jsonl, .parquet) or dataset directory")
             p.add_argument("--out", required=True, help="output directory")
@@ -181,6 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or ["train"])
     if args.command == "bench":
         return _bench(args)
+    if args.command == "export":
+        from magjax.export import export
+        candidates = [os.path.join(args.run_dir, "rl", "checkpoints"), os.path.join(args.run_dir, "checkpoints"),
+                      args.run_dir]
+        directory = next((c for c in candidates if os.path.isdir(c) and any(d.isdigit() for d in os.listdir(c))), None)
+        if directory is None:
+            print(f"magjax export: no checkpoints under {args.run_dir}", file=sys.stderr)
+            return 2
+        print(export(directory, args.out, args.step))
+        return 0
     if args.command in ("filter", "distill"):
         return _filter(args)
     if args.command == "validate-tests":

@@ -241,7 +241,8 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
         if ckpt is None:
             return
         meta = {"step": step, "version": version, "spanning": spanning, "iterator": iterator.get_state(),
-                "requests": requests.state(), "run_config": repr(config),
+                "requests": requests.state(), "run_config": repr(config), "tokenizer": tokenizer,
+                "model_config": dataclasses.asdict(model_config), "optimizer_config": dataclasses.asdict(optimizer),
                 "accounting": {k: dict(v) for k, v in accounting.items()} | {"finished": dict(collector.finished)}}
         ckpt.save(step, state, meta, wait=wait)
 

@@ -109,3 +109,15 @@ def test_sync_resume_is_exact(sft_params, tmp_path):
         np.testing.assert_array_equal(x, y)
     keys = ("reward/mean", "reward/accuracy", "train/loss", "train/grad_norm", "pipeline/version")
     assert [[h[k] for k in keys] for h in straight.history[2:]] == [[h[k] for k in keys] for h in second.history]
+
+
+def test_export_writes_a_checkpoint_as_a_hugging_face_directory(sft_params, tmp_path):
+    from magjax.cli import main
+    from magjax.models import decoder, hf
+
+    result = _run(sft_params, steps=1, run_dir=str(tmp_path / "run"))
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    config, model = hf.load(tmp_path / "hf")
+    assert config == MODEL
+    tokens = np.arange(12, dtype=np.int32)[None] % MODEL.vocab_size
+    np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(decoder.forward(MODEL, result.params, tokens)))
