@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", help="also write the result as JSON to this path")
         elif name == "report":
             p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
+        elif name == "plan":
+            p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+            p.add_argument("--devices", type=int, default=8, help="devices the mesh spans")
+            p.add_argument("--device_memory_gb", type=float, help="memory per device, to check the fit")
         elif name == "export":
             p.add_argument("run_dir", help="a run directory (its rl/checkpoints) or a checkpoints directory")
             p.add_argument("--out", required=True, help="the Hugging Face directory to write")
@@ -185,6 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv or ["train"])
     if args.command == "bench":
         return _bench(args)
+    if args.command == "plan":
+        from magjax import config
+        from magjax.plan import make_plan
+
+        try:
+            config.parse(args.gin_file or [DEFAULT_GIN["train"]], bindings)
+            built = config.build_abstract()
+        except (config.ConfigError, ValueError) as err:
+            print(f"magjax plan: configuration error: {err}", file=sys.stderr)
+            return 2
+        run, engine, packing = built["RunConfig"], built["EngineConfig"], built["PackingConfig"]
+        plan = make_plan(built["model"], run.trainer_mesh, args.devices, rows=packing.rows, row_len=packing.row_len,
+                         slots=engine.slots, max_len=engine.max_len, device_memory_gb=args.device_memory_gb)
+        print(plan.describe())
+        return 0 if plan.fits else 1
     if args.command == "export":
         from magjax.export import export
         candidates = [os.path.join(args.run_dir, "rl", "checkpoints"), os.path.join(args.run_dir, "checkpoints"),

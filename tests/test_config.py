@@ -11,9 +11,16 @@ GIN_ROOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin")
 EXPERIMENTS = sorted(os.path.relpath(p, GIN_ROOT) for p in glob.glob(os.path.join(GIN_ROOT, "experiments", "*.gin")))
 
 
+def _required(gin_file):
+    """Placeholder bindings for the file's %gin.REQUIRED values (paths a real launch gives)."""
+    with open(os.path.join(GIN_ROOT, gin_file)) as f:
+        names = [line.split("=")[0].strip() for line in f if "%gin.REQUIRED" in line and not line.startswith("#")]
+    return [f"{name} = 'placeholder'" for name in names]
+
+
 @pytest.mark.parametrize("gin_file", EXPERIMENTS)
 def test_every_experiment_parses_and_builds_abstractly(gin_file):
-    config.parse([gin_file], [])
+    config.parse([gin_file], _required(gin_file))
     built = config.build_abstract()
     assert built["RunConfig"].n_batch % built["RunConfig"].group_size == 0
     count = sum(x.size for x in __import__("jax").tree.leaves(built["params"]))
@@ -41,3 +48,19 @@ def test_invalid_values_fail_when_built():
 def test_a_missing_gin_file_is_named():
     with pytest.raises(config.ConfigError, match="nope.gin"):
         config.parse(["nope.gin"], [])
+
+
+def test_required_values_left_unset_are_named():
+    with pytest.raises(config.ConfigError, match="train.init_from"):
+        config.parse(["experiments/magistral_small.gin"], [])
+
+
+def test_plan_command_on_the_magistral_small_recipe(capsys):
+    from magjax.cli import main
+
+    gin = "experiments/magistral_small.gin"
+    args = ["plan", "--gin_file", gin, "--gin_file", "mesh/tpu_v5p_64.gin", "--devices", "32"]
+    args += [f"--gin.{b.replace(' = ', '=')}" for b in _required(gin)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "23,572,403,200 parameters on 32 devices" in out and "optimizer state" in out
