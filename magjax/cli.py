@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", help="also write the result as JSON to this path")
         elif name == "report":
             p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
+            p.add_argument("--weights", action="store_true",
+                           help="also the weight-trajectory analysis over the run's checkpoints")
         elif name == "plan":
             p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
             p.add_argument("--devices", type=int, default=8, help="devices the mesh spans")
@@ -219,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate-tests":
         return _validate(args)
     if args.command == "report":
-        from magjax.report import write_report
+        from magjax.report import write_report, write_weight_report
         try:
             paths = write_report(args.run_dir)
-        except FileNotFoundError as err:
+            if args.weights:
+                paths += write_weight_report(args.run_dir)
+        except (FileNotFoundError, ValueError, StopIteration) as err:
             print(f"magjax report: {err}", file=sys.stderr)
             return 2
         print("\n".join(paths))

@@ -87,3 +87,75 @@ def write_report(run_dir: str, *, length_threshold: float | None = None) -> list
         f.write(f"<!doctype html><title>magjax report: {html.escape(run_dir)}</title>"
                 f"<h1>{html.escape(run_dir)}</h1><p>{len(rows)} steps</p>{items}")
     return [os.path.join(out_dir, f) for f in written + ["index.html"]]
+
+
+def top_directions(x_np: np.ndarray, k: int = 2, oversample: int = 8, power_iters: int = 4, seed: int = 0):
+    """Top-k principal directions of the rows of ``x_np`` (checkpoints x parameters), by a
+    randomized range finder (Halko et al.): only n x (k+p) and (k+p) x P products are formed,
+    never the P x P covariance. Returns (directions [k, P], projections [n, k], singular values)."""
+    xc = x_np - x_np.mean(axis=0, keepdims=True)
+    rng = np.random.default_rng(seed)
+    y = xc @ rng.standard_normal((xc.shape[1], k + oversample)).astype(xc.dtype)
+    for _ in range(power_iters):  # sharpen the spectrum: Y <- X X^T Y
+        y = xc @ (xc.T @ np.linalg.qr(y)[0])
+    q = np.linalg.qr(y)[0]
+    _, s, vt = np.linalg.svd(q.T @ xc, full_matrices=False)
+    directions = vt[:k]
+    return directions, xc @ directions.T, s[:k]
+
+
+def write_weight_report(run_dir: str) -> list[str]:
+    """The Magistral authors' weight-trajectory analysis on a run's checkpoints."""
+    import jax
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from magjax.checkpoint import Checkpointer
+    from magjax.export import model_config_from_dict
+    from magjax.models import decoder
+    from magjax.rl import optimizer as opt_lib, train_step
+
+    directory = next(d for d in (os.path.join(run_dir, "rl", "checkpoints"), os.path.join(run_dir, "checkpoints"))
+                     if os.path.isdir(d))
+    ckpt = Checkpointer(directory)
+    steps = ckpt.steps()
+    if len(steps) < 3:
+        raise ValueError(f"{directory}: {len(steps)} checkpoints; the trajectory analysis needs at least 3")
+    vectors = []
+    for step in steps:
+        _, meta = ckpt.read_meta(step)
+        config = model_config_from_dict(meta["model_config"])
+        tx, _ = opt_lib.make_optimizer(opt_lib.OptimizerConfig(**meta["optimizer_config"]))
+        abstract = jax.eval_shape(lambda: train_step.init_state(decoder.init_params(config, jax.random.key(0)), tx))
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+        state, _ = ckpt.restore_step(step, abstract)
+        vectors.append(np.concatenate([np.asarray(x, np.float32).ravel() for x in jax.tree.leaves(state.params)]))
+    ckpt.close()
+    _, proj, _ = top_directions(np.stack(vectors))
+    by_step = {r["step"]: r for r in read_metrics(run_dir)} if _has_metrics(run_dir) else {}
+    reward = [by_step.get(s, {}).get("reward/mean", np.nan) for s in steps]
+    length = [by_step.get(s, {}).get("rollout/length_mean", np.nan) for s in steps]
+    out_dir = os.path.join(run_dir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].scatter(proj[:, 0], proj[:, 1], c=steps, cmap="viridis")
+    axes[0].set(title="Checkpoints on the top two directions", xlabel="PC1", ylabel="PC2")
+    axes[1].plot(proj[:, 0], reward, "o-")
+    axes[1].set(title="Mean reward along PC1", xlabel="PC1")
+    axes[2].plot(proj[:, 0], length, "o-")
+    axes[2].set(title="Mean length along PC1", xlabel="PC1")
+    fig.tight_layout()
+    path = os.path.join(out_dir, "weights_pca.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    with open(os.path.join(out_dir, "weights_pca.json"), "w") as f:
+        json.dump({"steps": steps, "projections": proj.tolist()}, f)
+    return [path]
+
+
+def _has_metrics(run_dir: str) -> bool:
+    return any(os.path.exists(p) for p in (os.path.join(run_dir, "rl", "metrics.jsonl"),
+                                          os.path.join(run_dir, "metrics.jsonl")))

@@ -19,3 +19,47 @@ def test_report_writes_every_plot(tmp_path):
         path = tmp_path / "report" / name
         assert path.exists() and path.stat().st_size > 100, name
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_randomized_directions_match_a_dense_svd():
+    import numpy as np
+
+    from magjax.report import top_directions
+
+    rng = np.random.default_rng(0)
+    # A trajectory of 7 checkpoints drifting along two directions plus a little noise.
+    steps = np.arange(7, dtype=np.float64)[:, None]
+    a, b = rng.standard_normal(5000), rng.standard_normal(5000)
+    x = steps * a + np.sin(steps) * b + 0.01 * rng.standard_normal((7, 5000))
+    directions, proj, _ = top_directions(x)
+    xc = x - x.mean(0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    for i in range(2):
+        sign = np.sign(directions[i] @ vt[i])
+        np.testing.assert_allclose(sign * directions[i], vt[i], atol=1e-4)
+    np.testing.assert_allclose(np.abs(proj), np.abs(xc @ vt[:2].T), atol=1e-4)
+
+
+def test_weight_report_on_a_run_with_checkpoints(tmp_path):
+    import dataclasses
+
+    import jax
+
+    from magjax.checkpoint import CheckpointConfig, Checkpointer
+    from magjax.models import decoder, preset
+    from magjax.rl import optimizer, train_step
+
+    config = preset("test")
+    opt = optimizer.OptimizerConfig()
+    tx, _ = optimizer.make_optimizer(opt)
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"), CheckpointConfig(keep_last=None, async_save=False))
+    for step in range(1, 7):
+        params = decoder.init_params(config, jax.random.key(step))
+        meta = {"model_config": dataclasses.asdict(config), "optimizer_config": dataclasses.asdict(opt)}
+        ckpt.save(step, train_step.init_state(params, tx), meta, wait=True)
+    ckpt.close()
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward/mean": s / 10}) + "\n"
+                                                    for s in range(1, 7)))
+    assert main(["report", str(tmp_path), "--weights"]) == 0
+    assert (tmp_path / "report" / "weights_pca.png").stat().st_size > 100
+    assert len(json.loads((tmp_path / "report" / "weights_pca.json").read_text())["steps"]) == 6
