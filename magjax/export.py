@@ -27,19 +27,29 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     return ModelConfig(**d)
 
 
+def restore_params(ckpt: Checkpointer, step: int | None = None) -> tuple[ModelConfig, dict, dict]:
+    """(model config, params, JSON record) of a checkpoint step, on the default device.
+
+    The record names the model and optimizer configuration, so the train state is rebuilt
+    abstractly and restored without knowing the run's code paths.
+    """
+    step, meta = ckpt.read_meta(step)
+    config = model_config_from_dict(meta["model_config"])
+    tx, _ = opt_lib.make_optimizer(opt_lib.OptimizerConfig(**meta["optimizer_config"]))
+    abstract = jax.eval_shape(lambda: train_step.init_state(decoder.init_params(config, jax.random.key(0)), tx))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    state, _ = ckpt.restore_step(step, abstract)
+    return config, state.params, meta
+
+
 def export(checkpoint_dir: str, out_dir: str, step: int | None = None) -> str:
     ckpt = Checkpointer(checkpoint_dir)
     try:
-        step, meta = ckpt.read_meta(step)
-        config = model_config_from_dict(meta["model_config"])
-        tx, _ = opt_lib.make_optimizer(opt_lib.OptimizerConfig(**meta["optimizer_config"]))
-        abstract = jax.eval_shape(lambda: train_step.init_state(decoder.init_params(config, jax.random.key(0)), tx))
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-        state, _ = ckpt.restore_step(step, abstract)
+        config, params, meta = restore_params(ckpt, step)
     finally:
         ckpt.close()
-    hf.save(decoder.Decoder(config, params=state.params), config, out_dir)
+    hf.save(decoder.Decoder(config, params=params), config, out_dir)
     tokenizer = meta.get("tokenizer", "byte")
     if tokenizer != "byte":
         source = tokenizer if os.path.isdir(tokenizer) else os.path.dirname(tokenizer)

@@ -113,9 +113,7 @@ def write_weight_report(run_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     from magjax.checkpoint import Checkpointer
-    from magjax.export import model_config_from_dict
-    from magjax.models import decoder
-    from magjax.rl import optimizer as opt_lib, train_step
+    from magjax.export import restore_params
 
     directory = next(d for d in (os.path.join(run_dir, "rl", "checkpoints"), os.path.join(run_dir, "checkpoints"))
                      if os.path.isdir(d))
@@ -125,14 +123,8 @@ def write_weight_report(run_dir: str) -> list[str]:
         raise ValueError(f"{directory}: {len(steps)} checkpoints; the trajectory analysis needs at least 3")
     vectors = []
     for step in steps:
-        _, meta = ckpt.read_meta(step)
-        config = model_config_from_dict(meta["model_config"])
-        tx, _ = opt_lib.make_optimizer(opt_lib.OptimizerConfig(**meta["optimizer_config"]))
-        abstract = jax.eval_shape(lambda: train_step.init_state(decoder.init_params(config, jax.random.key(0)), tx))
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-        state, _ = ckpt.restore_step(step, abstract)
-        vectors.append(np.concatenate([np.asarray(x, np.float32).ravel() for x in jax.tree.leaves(state.params)]))
+        _, params, _ = restore_params(ckpt, step)
+        vectors.append(np.concatenate([np.asarray(x, np.float32).ravel() for x in jax.tree.leaves(params)]))
     ckpt.close()
     _, proj, _ = top_directions(np.stack(vectors))
     by_step = {r["step"]: r for r in read_metrics(run_dir)} if _has_metrics(run_dir) else {}
