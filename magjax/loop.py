@@ -212,7 +212,9 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     # at most one batch of completions waits for the verifiers; beyond that the generator's
     # hand-off blocks, and its sequences stay in flight until the trainer catches up, then
     # continue on the newer weights. This is what bounds the off-policy lag.
-    collector = GroupCollector(config.group_size, config.queue_groups)
+    # A whole batch of groups must fit, or sync mode (which scores a batch before training
+    # on it) would wait on itself.
+    collector = GroupCollector(config.group_size, max(config.queue_groups, config.n_batch // config.group_size))
     pool = dataclasses.replace(pool, max_pending=min(pool.max_pending, config.n_batch))
     verifier = VerifierPool(reward, pool, on_scored=lambda s: collector.add(s, s.completion.uid))
     eng = Engine(model_config, engine, sampling, tok.eos_id, mesh=generator_mesh)

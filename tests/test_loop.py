@@ -60,6 +60,10 @@ def test_sync_mode_is_bitwise_reproducible(sft_params):
     assert [drop(h) for h in a.history] == [drop(h) for h in b.history]
 
 
+def test_a_small_group_queue_cannot_deadlock_sync_mode(sft_params):
+    assert _run(sft_params, steps=1, queue_groups=1).step == 1  # 4 groups per batch, queue of 1
+
+
 def _check_accounting(result):
     acc = result.accounting
     together = acc["trained"] + acc["filtered"] + acc["unconsumed"]
