@@ -3,6 +3,7 @@
 import os
 import socket
 import threading
+import time
 import uuid
 
 import pytest
@@ -15,17 +16,35 @@ FAST = CodeLimits(test=sandbox.Limits(seconds=2.0, memory_mb=300))
 ADD = [IOTest("1 2\n", "3\n"), IOTest("5 7\n", "12\n")]
 
 
-def _survivors():
-    """Processes still carrying a sandbox run marker."""
-    found = []
+def _marked_processes() -> set[str]:
+    """Processes carrying a sandbox run marker."""
+    found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 if sandbox.MARKER.encode() in f.read():
-                    found.append(pid)
+                    found.add(pid)
         except OSError:
             continue
     return found
+
+
+@pytest.fixture
+def survivors():
+    """A check for sandboxed processes that outlived their run. Processes already there
+    when the test began (another run's) are not this test's; a process killed an instant
+    ago may still be on its way out of /proc, so the check looks again briefly."""
+    before = _marked_processes()
+
+    def check():
+        for _ in range(40):
+            left = _marked_processes() - before
+            if not left:
+                return []
+            time.sleep(0.05)
+        return sorted(left)
+
+    return check
 
 
 @pytest.fixture
@@ -104,11 +123,11 @@ HOSTILE_PY = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_PY))
-def test_hostile_python_is_contained(name):
+def test_hostile_python_is_contained(name, survivors):
     source, allowed = HOSTILE_PY[name]
     result = run_tests(source, "python", [IOTest("", "3")], FAST)
     assert result.verdicts[0] in allowed, result
-    assert not _survivors()
+    assert not survivors()
 
 
 def test_writing_outside_the_directory_and_reading_secrets_fail(monkeypatch):
@@ -184,12 +203,12 @@ def test_cpp_solution_passes_and_fails_honestly():
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CPP))
-def test_hostile_cpp_is_contained(name):
+def test_hostile_cpp_is_contained(name, survivors):
     source, allowed = HOSTILE_CPP[name]
     limits = CodeLimits(test=FAST.test, compile=sandbox.Limits(seconds=4.0, memory_mb=1024, output_bytes=1 << 16))
     result = run_tests(source, "cpp", [IOTest("", "3")], limits)
     assert result.verdicts[0] in allowed, result
-    assert not _survivors()
+    assert not survivors()
 
 
 def test_precompiled_header_is_built_once_and_used():
