@@ -101,18 +101,17 @@ class _StopSignals:
         self.requested = False
         self._previous = {}
 
-    def __enter__(self):
+    def install(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
 
-    def __exit__(self, *exc):
+    def restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -285,7 +284,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
         return groups
 
     try:
-        stop.__enter__()
+        stop.install()  # kept until the final checkpoint is written, so a second signal waits for it
         for step in range(first_step, config.steps + 1):
             wait_start = time.perf_counter()
             if stop.requested:
@@ -322,7 +321,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
         save(step, wait=True)
         print(f"[magjax] stopped by signal: checkpoint {step} saved, in-flight generations abandoned")
     finally:
-        stop.__exit__()
+        stop.restore()
         if ckpt is not None:
             ckpt.close()
         collector.close()  # unblock the pipeline, keep counting

@@ -51,9 +51,7 @@ def write_report(run_dir: str, *, length_threshold: float | None = None) -> list
         for key in keys:
             values = np.asarray([r.get(key, np.nan) for r in rows], dtype=float)
             target = ax
-            if key == "rollout/tokens_per_s":
-                target = ax
-            elif filename == "throughput.png":
+            if filename == "throughput.png" and key != "rollout/tokens_per_s":  # fractions on their own axis
                 twin = twin or ax.twinx()
                 target = twin
             target.plot(steps, values, label=key)

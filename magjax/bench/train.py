@@ -33,7 +33,7 @@ def synthetic_groups(vocab: int, batch: int, prompt_len: int, completion_len: in
 
 
 def model_flops_per_token(config) -> float:
-    """Training FLOPs per token: 6 x matmul params + 12 x layers x heads x head_dim x t (attention)."""
+    """Training FLOPs per token in the matmuls: 6 x matmul parameters (attention is added by ``run``)."""
     matmul_params = config.num_params() - config.vocab_size * config.hidden_size * (0 if config.tie_embeddings else 1)
     matmul_params -= config.num_layers * 2 * config.hidden_size + config.hidden_size  # norms
     return 6.0 * matmul_params
