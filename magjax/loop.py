@@ -7,6 +7,12 @@ waits for the trainer; verifiers score as completions finish; the trainer steps 
 ``n_batch`` completions' worth of groups are ready, and publishes new weights that the
 generator picks up between decode chunks, mid-sequence. ``mode="sync"``: generate a batch,
 score it, train, repeat; deterministic, for tests and ablations.
+
+Across processes (``jax.distributed``, see distributed.py) every process runs this same
+function: it generates and scores its own share of the prompts on its local devices, and
+at each step the processes exchange their scored groups so that all of them train on the
+same global batch over the trainer's mesh. Decisions that must agree (stop on a signal,
+save a checkpoint) travel in the same exchange.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Literal
 import jax
 import numpy as np
 
+from magjax import distributed
 from magjax.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from magjax.data.iterator import ProblemIterator
 from magjax.mesh import MeshConfig, make_mesh
@@ -45,7 +52,7 @@ from magjax.weights import WeightStore
 class RunConfig:
     mode: Literal["async", "sync"] = "async"
     placement: Literal["colocated", "disaggregated"] = "colocated"
-    generator_devices: int = 4  # disaggregated: the first N devices generate, the rest train
+    generator_devices: int = 4  # disaggregated: N devices generate (split evenly over processes), the rest train
     trainer_mesh: MeshConfig = MeshConfig(data=1, fsdp=-1, model=1)
     generator_mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, model=1)
     steps: int = 10  # optimizer batches to train
@@ -119,8 +126,10 @@ class _StopSignals:
 class _Requests:
     """Turns problems into generator requests, remembering which request is which problem."""
 
-    def __init__(self, iterator: ProblemIterator, tokenizer, chat: ChatFormat, config: RunConfig, reward: RewardConfig):
+    def __init__(self, iterator: ProblemIterator, tokenizer, chat: ChatFormat, config: RunConfig, reward: RewardConfig,
+                 process: int = 0, processes: int = 1):
         self.iterator, self.tokenizer, self.chat, self.config, self.reward = iterator, tokenizer, chat, config, reward
+        self.process, self.processes = process, processes
         self.problems: dict[int, Problem] = {}
         self.tests: dict[int, list | None] = {}
         self._next_uid = 0
@@ -132,12 +141,16 @@ class _Requests:
 
     def restore(self, state: dict):
         # Groups in flight at save time were abandoned: nothing is outstanding after a restart.
+        # (Counts are this process's: its requests and its consumed groups.)
         self._next_uid = self.consumed = int(state["next_uid"])
 
     def next(self) -> Request:
         with self._lock:
             problem = next(self.iterator)
-            uid = self._next_uid = self._next_uid + 1
+            count = self._next_uid = self._next_uid + 1
+        # Unique over the job: the uid seeds this group's sampling (engine.py), so it must
+        # not depend on which process or slot runs it.
+        uid = (count - 1) * self.processes + self.process + 1
         self.problems[uid] = problem
         # The same test sample for every completion of the group (SPEC.md §2).
         self.tests[uid] = (code_lib.sample_tests(list(problem.tests), self.reward.max_tests, f"{problem.id}/{uid}")
@@ -187,15 +200,15 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                          f"EngineConfig.max_len ({engine.max_len})")
     if engine.slots < config.n_async:
         raise ValueError(f"EngineConfig.slots ({engine.slots}) must hold n_async ({config.n_async}) sequences")
-    devices = jax.devices()
-    if config.placement == "disaggregated":
-        gen_devices, train_devices = devices[: config.generator_devices], devices[config.generator_devices:]
-        if not train_devices:
-            raise ValueError(f"disaggregated placement needs devices left for training; have {len(devices)}")
-        trainer_mesh = make_mesh(config.trainer_mesh, train_devices)
-        generator_mesh = make_mesh(config.generator_mesh, gen_devices)
-    else:
-        trainer_mesh = generator_mesh = make_mesh(config.trainer_mesh, devices)
+    processes, process = jax.process_count(), jax.process_index()
+    groups_per_batch = config.n_batch // config.group_size
+    if groups_per_batch % processes:
+        raise ValueError(f"RunConfig: the batch's {groups_per_batch} groups (n_batch / group_size) must split "
+                         f"evenly over {processes} processes")
+    if config.n_async % processes:
+        raise ValueError(f"RunConfig.n_async ({config.n_async}) must split evenly over {processes} processes")
+    local_completions = config.n_batch // processes  # each process's share of every batch
+    trainer_mesh, generator_mesh = _meshes(config, processes)
 
     # Trainer: state on its mesh, one jitted step.
     init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))
@@ -205,20 +218,22 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                                          shardings=train_step.state_shardings(state))
 
     # Generator, verifiers, collector, weight path.
-    iterator = ProblemIterator(problems, seed=config.seed)
-    requests = _Requests(iterator, tok, chat, config, reward)
+    iterator = ProblemIterator(problems, seed=config.seed, shard_index=process, shard_count=processes)
+    requests = _Requests(iterator, tok, chat, config, reward, process, processes)
     # Back-pressure (SPEC.md §3): at most `queue_groups` scored groups wait for the trainer and
     # at most one batch of completions waits for the verifiers; beyond that the generator's
     # hand-off blocks, and its sequences stay in flight until the trainer catches up, then
     # continue on the newer weights. This is what bounds the off-policy lag.
     # A whole batch of groups must fit, or sync mode (which scores a batch before training
     # on it) would wait on itself.
-    collector = GroupCollector(config.group_size, max(config.queue_groups, config.n_batch // config.group_size))
+    collector = GroupCollector(config.group_size, max(config.queue_groups, groups_per_batch))
     pool = dataclasses.replace(pool, max_pending=min(pool.max_pending, config.n_batch))
     verifier = VerifierPool(reward, pool, on_scored=lambda s: collector.add(s, s.completion.uid))
     eng = Engine(model_config, engine, sampling, tok.eos_id, mesh=generator_mesh)
-    gen_shardings = decoder.param_shardings(model_config, generator_mesh) if config.placement == "disaggregated" else None
-    generator = Generator(eng, None, 0, decode_text=tok.decode, max_in_flight=config.n_async)
+    gen_shardings = (decoder.param_shardings(model_config, generator_mesh)
+                     if generator_mesh is not trainer_mesh else None)
+    generator = Generator(eng, None, 0, decode_text=tok.decode,
+                          max_in_flight=max(config.n_async // processes, config.group_size))
     store = WeightStore(generator.set_weights, shardings=gen_shardings)
     store.publish(state.params, 0)
 
@@ -229,50 +244,52 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
         restored = ckpt.restore_latest(abstract_like(state))
         if restored is not None:
             resumed_from, state, meta = restored
-            iterator.set_state(meta["iterator"])
-            requests.restore(meta["requests"])
+            mine = _process_state(meta, process, processes, f"{ckpt.directory}/{resumed_from}")
+            iterator.set_state(mine["iterator"])
+            requests.restore(mine["requests"])
+            collector.finished.update({int(n): c for n, c in mine["finished"].items()})
             version, spanning, first_step = meta["version"], meta["spanning"], meta["step"] + 1
             for k in accounting:
                 accounting[k] = collections.Counter({int(n): c for n, c in meta["accounting"][k].items()})
-            collector.finished.update({int(n): c for n, c in meta["accounting"]["finished"].items()})
             store.publish(state.params, version)
             print(f"[magjax] resumed from {ckpt.directory}/{resumed_from} (version {version})")
 
     def save(step: int, wait: bool = False):
-        if ckpt is None:
-            return
-        meta = {"step": step, "version": version, "spanning": spanning, "iterator": iterator.get_state(),
-                "requests": requests.state(), "run_config": repr(config), "tokenizer": tokenizer,
+        # Every process joins (the exchange and Orbax's save are collective); each one's data
+        # position, request counter and scored-length histogram go into the one record.
+        mine = {"iterator": iterator.get_state(), "requests": requests.state(), "finished": dict(collector.finished)}
+        meta = {"step": step, "version": version, "spanning": spanning, "processes": distributed.exchange(mine),
+                "run_config": repr(config), "tokenizer": tokenizer,
                 "model_config": dataclasses.asdict(model_config), "optimizer_config": dataclasses.asdict(optimizer),
-                "accounting": {k: dict(v) for k, v in accounting.items()} | {"finished": dict(collector.finished)}}
+                "accounting": {k: dict(v) for k, v in accounting.items()}}
         ckpt.save(step, state, meta, wait=wait)
 
-    metrics = MetricsWriter(config.run_dir, total_steps=config.steps, console=console)
+    # Process 0 speaks for the job: one metrics file, one console.
+    metrics = MetricsWriter(config.run_dir if process == 0 else None, total_steps=config.steps,
+                            console=console and process == 0)
     wall_start = time.perf_counter()
     trainer_wait = 0.0
     stop = _StopSignals()
-    preempted, step = False, first_step - 1
+    preempted, finished_normally, step = False, False, first_step - 1
 
     if config.mode == "async":
         generator.on_complete = lambda c: verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid])
         generator.feed = requests.next
         generator.start()
 
-    def next_batch() -> list[ScoredGroup]:
+    def local_groups(wait_start: float) -> list[ScoredGroup]:
+        """This process's share of the next batch; fewer when a stop signal arrived."""
+        if stop.requested:
+            return []
         if config.mode == "sync":
-            reqs = [requests.next() for _ in range(config.n_batch // config.group_size)]
+            reqs = [requests.next() for _ in range(local_completions // config.group_size)]
             completions = generator.generate(reqs)
             futures = [verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid]) for c in completions]
             for f in futures:
                 f.result()
-            groups = [collector.groups.get_nowait() for _ in reqs]
-            return sorted(groups, key=lambda g: g.completions[0].uid)  # scoring order must not matter
+            return [collector.groups.get_nowait() for _ in reqs]
         groups = []
-        while sum(g.size for g in groups) < config.n_batch:
-            if stop.requested:
-                for g in groups:  # a partial batch is not trained half-done: back it goes
-                    collector.groups.put(g)
-                raise _Stop
+        while sum(g.size for g in groups) < local_completions and not stop.requested:
             try:
                 groups.append(collector.groups.get(timeout=0.2))
             except queue.Empty:
@@ -283,14 +300,26 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                                        f"(generator in flight {generator.in_flight}, verifier backlog {verifier.backlog})")
         return groups
 
+    def next_batch(step: int) -> tuple[list[ScoredGroup], bool]:
+        """The global batch (every process's groups) and whether a checkpoint is due after it."""
+        mine = local_groups(time.perf_counter())
+        shares = distributed.exchange({"groups": mine, "stop": stop.requested,
+                                       "save": ckpt is not None and ckpt.due(step)})
+        if any(s["stop"] for s in shares):
+            for g in mine:  # a partial batch is not trained half-done: back it goes
+                collector.groups.put(g)
+            raise _Stop
+        groups = [g for s in shares for g in s["groups"]]
+        if config.mode == "sync":
+            groups.sort(key=lambda g: g.completions[0].uid)  # scoring order must not matter
+        requests.consumed += len(mine)
+        return groups, any(s["save"] for s in shares)
+
     try:
         stop.install()  # kept until the final checkpoint is written, so a second signal waits for it
         for step in range(first_step, config.steps + 1):
             wait_start = time.perf_counter()
-            if stop.requested:
-                raise _Stop
-            groups = next_batch()
-            requests.consumed += len(groups)
+            groups, save_due = next_batch(step)
             trainer_wait += time.perf_counter() - wait_start
             kept, removed = batching.filter_groups(groups, loss)
             for g, bucket in [(g, "trained") for g in kept] + [(g, "filtered") for g in removed]:
@@ -299,7 +328,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
             m = _group_metrics(groups, version)
             batches, batch_stats = batching.make_minibatches(kept, loss, packing, config.n_minibatch) if kept else ([], {})
             for batch in batches:
-                state, train_metrics = step_fn(state, batch)
+                state, train_metrics = step_fn(state, train_step.place_batch(batch, trainer_mesh))
                 version += 1
                 m |= {k: float(v) for k, v in jax.device_get(train_metrics).items()}
                 m["pipeline/publish_s"] = store.publish(state.params, version)
@@ -313,12 +342,14 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                   "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
                   "train/skipped_steps": int(state.skipped)} | verifier.stats()
             metrics.write(step, m)
-            if ckpt is not None and (ckpt.due(step) or step == config.steps):
+            if ckpt is not None and (save_due or step == config.steps):
                 save(step)
+        finished_normally = True
     except _Stop:
         preempted = True
         step -= 1  # the interrupted step trained nothing
-        save(step, wait=True)
+        if ckpt is not None:
+            save(step, wait=True)
         print(f"[magjax] stopped by signal: checkpoint {step} saved, in-flight generations abandoned")
     finally:
         stop.restore()
@@ -333,5 +364,39 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     accounting["unconsumed"] = collector.unconsumed()
     accounting["finished"] = collector.finished
     accounting["abandoned_in_flight"] = collections.Counter({"sequences": abandoned})
-    return RunResult(jax.device_get(state.params), metrics.history, accounting, version, spanning, step, preempted,
-                     resumed_from)
+    if processes > 1 and (finished_normally or preempted):  # every process got here together: sum their counts
+        for key in ("unconsumed", "finished", "abandoned_in_flight"):
+            accounting[key] = sum(distributed.exchange(accounting[key]), collections.Counter())
+    return RunResult(distributed.to_host(state.params), metrics.history, accounting, version, spanning, step,
+                     preempted, resumed_from)
+
+
+def _meshes(config: RunConfig, processes: int):
+    """(trainer mesh, generator mesh). Colocated on one process they are one mesh; across
+    processes each process generates on its own devices while the trainer spans them all."""
+    devices = jax.devices()
+    if config.placement == "disaggregated":
+        if config.generator_devices % processes:
+            raise ValueError(f"RunConfig.generator_devices ({config.generator_devices}) must split evenly over "
+                             f"{processes} processes")
+        per_process = config.generator_devices // processes
+        generating = [d for p in range(processes) for d in jax.local_devices(process_index=p)[:per_process]]
+        train_devices = [d for d in devices if d not in generating]
+        if not train_devices or not per_process:
+            raise ValueError(f"disaggregated placement needs devices for both roles; have {len(devices)}, "
+                             f"generator_devices={config.generator_devices}")
+        return (make_mesh(config.trainer_mesh, train_devices),
+                make_mesh(config.generator_mesh, jax.local_devices()[:per_process]))
+    trainer_mesh = make_mesh(config.trainer_mesh, devices)
+    if processes == 1:
+        return trainer_mesh, trainer_mesh
+    return trainer_mesh, make_mesh(config.generator_mesh, jax.local_devices())
+
+
+def _process_state(meta: dict, process: int, processes: int, where: str) -> dict:
+    saved = meta.get("processes")
+    if not saved or len(saved) != processes:
+        raise ValueError(f"checkpoint {where} was written by {len(saved or [])} process(es); this run has "
+                         f"{processes}: each process's data position is in the checkpoint, so resume with the "
+                         f"same process count")
+    return saved[process]

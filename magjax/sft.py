@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from magjax import distributed
 from magjax.mesh import MeshConfig, make_mesh
 from magjax.metrics import MetricsWriter
 from magjax.models import decoder
@@ -62,9 +63,9 @@ def run_sft(examples: list[tuple[str, str]], model_config: ModelConfig, params: 
         chosen = [groups[i] for i in order[cursor : cursor + config.batch_size]]
         cursor += config.batch_size
         (batch,), stats = batching.make_minibatches(chosen, loss, packing)
-        state, m = step_fn(state, batch)
+        state, m = step_fn(state, train_step.place_batch(batch, mesh))
         losses.append(float(m["train/loss"]))
         if metrics is not None:
             metrics.write(step, {k: float(v) for k, v in jax.device_get(m).items()}
                           | {"pipeline/padding_fraction": stats["padding_fraction"]})
-    return jax.device_get(state.params), losses
+    return distributed.to_host(state.params), losses

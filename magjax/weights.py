@@ -6,15 +6,22 @@ generator must not hold the trainer's own buffers). Disaggregated, the params ar
 resharded onto the generator's mesh and cast to its dtype, then validated (tree, shapes,
 dtypes, shardings) before the version becomes visible. Each publication is timed. This is
 the only module that moves parameters between meshes.
+
+Across processes (see distributed.py) the trainer's arrays span every host while each
+generator holds a full copy on its host's devices: each leaf is all-gathered over the
+trainer mesh, one leaf at a time so the transient copy stays one tensor large, and its
+local replica placed on the generator's sub-mesh.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 class WeightValidationError(RuntimeError):
@@ -37,7 +44,7 @@ class WeightStore:
         if self.shardings is None:
             out = jax.tree.map(lambda x: jnp.array(x, dtype=self.dtype or x.dtype, copy=True), params)
         else:
-            out = jax.device_put(params, self.shardings)
+            out = jax.tree.map(_place, params, self.shardings)
             if self.dtype is not None:
                 out = jax.tree.map(lambda x: x.astype(self.dtype), out)
             self.validate(params, out)
@@ -62,3 +69,15 @@ class WeightStore:
                 raise WeightValidationError(f"{path}: dtype {b.dtype} != generator's {jnp.dtype(self.dtype)}")
             if not b.sharding.is_equivalent_to(sharding, b.ndim):
                 raise WeightValidationError(f"{path}: sharding {b.sharding} != generator's {sharding}")
+
+
+@functools.cache
+def _gather_to_all(mesh) -> Callable:
+    return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def _place(x: jax.Array, sharding) -> jax.Array:
+    if x.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    full = _gather_to_all(x.sharding.mesh)(x)  # an all-gather: a collective every process joins
+    return jax.device_put(full.addressable_data(0), sharding)

@@ -29,3 +29,21 @@ def mesh_2x4():
 @pytest.fixture
 def data_dir():
     return DATA
+
+
+@pytest.fixture(scope="session")
+def sft_params():
+    """A cold start shared by the loop tests: 60 SFT steps on demo arithmetic teach the demo
+    model the response format and a little arithmetic, so rewards vary within groups."""
+    from magjax.data.synthetic import generate
+    from magjax.models import preset
+    from magjax.models.tokenizer import ByteTokenizer, ChatFormat
+    from magjax.rl.batching import PackingConfig
+    from magjax.sft import SFTConfig, run_sft
+
+    tasks = generate(400, seed=0, kinds=("math",), difficulties=(1,))
+    params, losses = run_sft([(t.problem.prompt, t.solution) for t in tasks], preset("demo"), None, ByteTokenizer(),
+                             ChatFormat("plain", None), SFTConfig(steps=60, batch_size=32),
+                             packing=PackingConfig(rows=8, row_len=128))
+    assert losses[-1] < 0.5 * losses[0]
+    return params

@@ -4,14 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from magjax.data.synthetic import generate
 from magjax.loop import RunConfig, run
 from magjax.models import preset
-from magjax.models.tokenizer import ByteTokenizer, ChatFormat
 from magjax.rl.batching import PackingConfig
 from magjax.rl.optimizer import OptimizerConfig
 from magjax.sampling.engine import EngineConfig
-from magjax.sft import SFTConfig, run_sft
 from magjax.types import Problem
 
 MODEL = preset("demo")
@@ -20,17 +17,6 @@ SUMS = [Problem(f"math-p{i}", "math", f"Compute {a}+{b}.", answer=str(a + b))
         for i, (a, b) in enumerate([(3, 4), (2, 5), (6, 1), (4, 4)])]
 ENGINE = EngineConfig(slots=32, max_len=64, prompt_buckets=(32,), chunk_steps=8)
 PACK = PackingConfig(rows=8, row_len=64)
-
-
-@pytest.fixture(scope="module")
-def sft_params():
-    """A cold start: 60 SFT steps on demo arithmetic teach the format and a little arithmetic."""
-    tasks = generate(400, seed=0, kinds=("math",), difficulties=(1,))
-    params, losses = run_sft([(t.problem.prompt, t.solution) for t in tasks], MODEL, None, ByteTokenizer(),
-                             ChatFormat("plain", None), SFTConfig(steps=60, batch_size=32),
-                             packing=PackingConfig(rows=8, row_len=128))
-    assert losses[-1] < 0.5 * losses[0]
-    return params
 
 
 def _run(params, problems=SUMS, **overrides):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from magjax import sharding as shd
+from magjax import distributed, sharding as shd
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
 from magjax.rl.losses import LossConfig, k3_kl, policy_objective, token_logprobs
@@ -53,6 +53,16 @@ def state_shardings(state: TrainState):
 def batch_sharding(mesh) -> NamedSharding:
     """Microbatches [m, b, t]: rows split over the data-parallel axes."""
     return NamedSharding(mesh, shd.logical_to_spec((shd.MICROBATCH, shd.BATCH, shd.SEQUENCE), None, mesh))
+
+
+def place_batch(batch: TrainBatch, mesh) -> TrainBatch:
+    """The host batch, ready for the step. Across processes every process holds the same
+    host batch (see distributed.py), placed here as one global array; on one process the
+    jit's in_shardings place it."""
+    if mesh is None or jax.process_count() == 1:
+        return batch
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: distributed.global_array(x, sharding), batch)
 
 
 def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, mb: TrainBatch,
