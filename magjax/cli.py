@@ -52,6 +52,10 @@ def _train(args, bindings) -> int:
     train = config.configured("train")
     run_dir = args.run_dir or "runs/demo"
     results = train(run_dir=run_dir) if not args.run_dir else train()
+    import jax
+
+    if jax.process_index() != 0:  # process 0 speaks for a multi-process job
+        return 0
     config.save_operative(results["run_dir"])
     print(f"\n[magjax] done. Run directory: {results['run_dir']}")
     print(f"  metrics:   {os.path.join(results['run_dir'], 'rl', 'metrics.jsonl')} (TensorBoard: rl/tensorboard)")
@@ -236,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_force_host_platform_device_count" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+        from magjax import distributed
+
+        distributed.initialize()  # a no-op unless launch/ (or the environment) describes a cluster
         return _train(args, bindings)
     print(f"magjax {args.command}: not implemented yet in this version.", file=sys.stderr)
     return 2

@@ -104,6 +104,12 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
         print(f"[magjax] evaluating {len(heldout)} held-out problems after RL")
         results["eval_after"] = evaluate(heldout, params, model_config, tok, chat, evaluation, **eval_kw)["summary"]
         results["table"] = format_table(results.get("eval_before", {}), results["eval_after"], evaluation.samples)
+    if jax.process_index() == 0:  # one writer per job (every process holds the same params)
+        _write_outputs(run_dir, model_config, params, results, reward)
+    return results
+
+
+def _write_outputs(run_dir: str, model_config: ModelConfig, params: dict, results: dict, reward: RewardConfig):
     hf.save(_as_model(model_config, params), model_config, os.path.join(run_dir, "final_hf"))
     try:
         from magjax.report import write_report
@@ -113,7 +119,6 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
         results["report"] = None
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({k: v for k, v in results.items() if k != "table"}, f, indent=2)
-    return results
 
 
 def _as_model(config: ModelConfig, params: dict) -> decoder.Decoder:
