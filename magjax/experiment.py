@@ -83,6 +83,17 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
         heldout = read_problems(data.heldout) if data.heldout else []
         examples = []
     results: dict = {"run_dir": run_dir}
+    rl_dir = os.path.join(run_dir, "rl")
+    # A run that already has RL checkpoints resumes its RL phase (loop.run restores the
+    # latest): the cold start and the "before" evaluation happened in its first attempt.
+    resuming = _has_checkpoint(os.path.join(rl_dir, "checkpoints"))
+    before_file = os.path.join(run_dir, "eval_before.json")
+    if resuming:
+        print(f"[magjax] {rl_dir} has checkpoints: resuming RL (cold start and first evaluation already done)")
+        sft_steps = 0
+        if os.path.exists(before_file):
+            with open(before_file) as f:
+                results["eval_before"] = json.load(f)
     if sft_steps:
         if not examples:
             raise ValueError("sft_steps > 0 needs worked solutions: use the demo data or `magjax sft` on a trace file")
@@ -91,11 +102,13 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
                                  optimizer=sft_optimizer, packing=packing)
         results["sft_loss_first_last"] = [losses[0], losses[-1]]
     eval_kw = dict(engine=engine, reward=reward, pool=pool)
-    if heldout:
+    if heldout and not resuming:
         print(f"[magjax] evaluating {len(heldout)} held-out problems before RL")
         results["eval_before"] = evaluate(heldout, params, model_config, tok, chat, evaluation, **eval_kw)["summary"]
+        if jax.process_index() == 0:
+            with open(before_file, "w") as f:
+                json.dump(results["eval_before"], f, indent=2)
     print(f"[magjax] RL: {rl.steps} batches of {rl.n_batch} completions, mode={rl.mode}, placement={rl.placement}")
-    rl_dir = os.path.join(run_dir, "rl")
     result = run(dataclasses.replace(rl, run_dir=rl_dir), problems=problems, model=model_config, params=params,
                  tokenizer=tokenizer, chat=chat, sampling=sampling, engine=engine, loss=loss, optimizer=optimizer,
                  packing=packing, reward=reward, pool=pool)
@@ -119,6 +132,10 @@ def _write_outputs(run_dir: str, model_config: ModelConfig, params: dict, result
         results["report"] = None
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({k: v for k, v in results.items() if k != "table"}, f, indent=2)
+
+
+def _has_checkpoint(directory: str) -> bool:
+    return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
 
 
 def _as_model(config: ModelConfig, params: dict) -> decoder.Decoder:

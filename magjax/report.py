@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -27,10 +28,23 @@ PLOTS = {
 
 
 def read_metrics(run_dir: str) -> list[dict]:
+    """One record per step, in step order. A run resumed from a checkpoint repeats the steps
+    after it (the later record wins), and a process killed mid-write can leave a torn last
+    line (skipped with a warning naming it)."""
     for candidate in (os.path.join(run_dir, "rl", "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl")):
         if os.path.exists(candidate):
+            by_step = {}
             with open(candidate) as f:
-                return [json.loads(line) for line in f if line.strip()]
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        warnings.warn(f"{candidate}:{number}: not a JSON record (a torn write?); skipped")
+                        continue
+                    by_step[record["step"]] = record
+            return [by_step[s] for s in sorted(by_step)]
     raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (looked in rl/ and the directory itself)")
 
 
