@@ -115,6 +115,15 @@ class Checkpointer:
         self._manager.close()
 
 
+def find_checkpoints(path: str) -> str | None:
+    """The checkpoint directory of a run directory (its rl/ phase first), or ``path`` itself
+    when it holds checkpoint steps; None when there is none."""
+    for candidate in (os.path.join(path, "rl", "checkpoints"), os.path.join(path, "checkpoints"), path):
+        if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+            return candidate
+    return None
+
+
 def abstract_like(tree):
     """Shape, dtype and sharding of every leaf: a restore target on the current mesh."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

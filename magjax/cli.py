@@ -38,29 +38,44 @@ def _bench(args) -> int:
     return 0
 
 
-def _train(args, bindings) -> int:
+JOBS = {"train": "train", "sft": "sft_job", "eval": "eval_job"}  # command -> gin-configured function
+
+
+def _job(args, bindings) -> int:
+    """``train``, ``sft`` and ``eval``: parse the gin files, run the configured job, save the
+    operative config beside its outputs."""
     from magjax import config
 
+    command, name = args.command, JOBS[args.command]
     files = args.gin_file or [DEFAULT_GIN["train"]]
     if args.run_dir:
-        bindings = bindings + [f"train.run_dir = {args.run_dir!r}"]
+        bindings = bindings + [f"{name}.run_dir = {args.run_dir!r}"]
     try:
         config.parse(files, bindings)
     except config.ConfigError as err:
-        print(f"magjax train: configuration error: {err}", file=sys.stderr)
+        print(f"magjax {command}: configuration error: {err}", file=sys.stderr)
         return 2
-    train = config.configured("train")
-    run_dir = args.run_dir or "runs/demo"
-    results = train(run_dir=run_dir) if not args.run_dir else train()
+    job = config.configured(name)
+    try:
+        results = job() if args.run_dir else job(run_dir=f"runs/{'demo' if command == 'train' else command}")
+    except (FileNotFoundError, ValueError) as err:  # a missing file or a bad input, named by the error
+        print(f"magjax {command}: {err}", file=sys.stderr)
+        return 2
     import jax
 
     if jax.process_index() != 0:  # process 0 speaks for a multi-process job
         return 0
-    config.save_operative(results["run_dir"])
-    print(f"\n[magjax] done. Run directory: {results['run_dir']}")
-    print(f"  metrics:   {os.path.join(results['run_dir'], 'rl', 'metrics.jsonl')} (TensorBoard: rl/tensorboard)")
-    print(f"  weights:   {os.path.join(results['run_dir'], 'final_hf')} (Hugging Face format)")
-    print(f"  checkpoints: {os.path.join(results['run_dir'], 'rl', 'checkpoints')}")
+    run_dir = results["run_dir"]
+    config.save_operative(run_dir)
+    print(f"\n[magjax] done. Run directory: {run_dir}")
+    if command == "eval":
+        print(f"  results: {os.path.join(run_dir, 'eval.json')}\n\n{results['table']}")
+        return 0
+    metrics = "metrics.jsonl" if command == "sft" else os.path.join("rl", "metrics.jsonl")
+    print(f"  metrics:   {os.path.join(run_dir, metrics)} (TensorBoard: {os.path.dirname(metrics) or '.'}/tensorboard)")
+    print(f"  weights:   {os.path.join(run_dir, 'final_hf')} (Hugging Face format)")
+    if command == "train":
+        print(f"  checkpoints: {os.path.join(run_dir, 'rl', 'checkpoints')}")
     if results.get("report"):
         print(f"  plots:     {results['report']}")
     if "table" in results:
@@ -212,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if plan.fits else 1
     if args.command == "export":
         from magjax.export import export
-        candidates = [os.path.join(args.run_dir, "rl", "checkpoints"), os.path.join(args.run_dir, "checkpoints"),
-                      args.run_dir]
-        directory = next((c for c in candidates if os.path.isdir(c) and any(d.isdigit() for d in os.listdir(c))), None)
+        from magjax.checkpoint import find_checkpoints
+        directory = find_checkpoints(args.run_dir)
         if directory is None:
             print(f"magjax export: no checkpoints under {args.run_dir}", file=sys.stderr)
             return 2
@@ -235,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print("\n".join(paths))
         return 0
-    if args.command == "train":
+    if args.command in JOBS:
         # The demo runs on 8 simulated CPU devices; accelerators ignore this flag.
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_force_host_platform_device_count" not in flags:
@@ -243,9 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         from magjax import distributed
 
         distributed.initialize()  # a no-op unless launch/ (or the environment) describes a cluster
-        return _train(args, bindings)
-    print(f"magjax {args.command}: not implemented yet in this version.", file=sys.stderr)
-    return 2
+        return _job(args, bindings)
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def register():
                 model_config.ModelConfig, model_config.RopeScaling, checkpoint.CheckpointConfig):
         gin.external_configurable(cls, module="magjax")
     gin.external_configurable(model_config.preset, module="magjax")
-    gin.external_configurable(experiment.train, module="magjax")
+    for job in (experiment.train, experiment.sft_job, experiment.eval_job):
+        gin.external_configurable(job, module="magjax")
 
 
 def find_gin_file(name: str) -> str:
@@ -105,6 +106,8 @@ def build_abstract() -> dict:
                  "RewardConfig", "PoolConfig", "SFTConfig", "EvalConfig", "DataConfig", "ChatFormat"):
         built[name] = gin.get_configurable(f"magjax.{name}")()
     model = gin.query_parameter("train.model") if _bound("train.model") else "demo"
+    if isinstance(model, gin.config.ConfigurableReference):  # a macro such as %MODEL
+        model = model.scoped_configurable_fn()
     model = preset(model) if isinstance(model, str) else model
     built["params"] = jax.eval_shape(lambda: decoder.init_params(model, jax.random.key(0)))
     built["model"] = model

@@ -32,6 +32,7 @@ class EvalConfig:
     top_p_code: float = 0.95
     max_new_tokens: int = 64
     seed: int = 1234
+    every_steps: int = 0  # during RL: evaluate the held-out split every N batches (0 = before and after only)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -120,3 +121,23 @@ def format_table(before: dict, after: dict, k: int) -> str:
         lines.append(f"{row:<16}{100 * b.get('pass@1', float('nan')):>13.1f}%{100 * a['pass@1']:>13.1f}%"
                      f"{100 * a[f'maj@{k}']:>13.1f}%")
     return "\n".join(lines)
+
+
+def format_summary(summary: dict, k: int) -> str:
+    """One evaluation as a table: problems, pass@1 (mean over k), pass@k, maj@k, mean length."""
+    lines = [f"{'':<16}{'problems':>9}{'pass@1':>9}{f'pass@{k}':>9}{f'maj@{k}':>9}{'length':>8}"]
+    for row, r in summary.items():
+        if r:
+            lines.append(f"{row:<16}{r['problems']:>9}{100 * r['pass@1']:>8.1f}%{100 * r[f'pass@{k}']:>8.1f}%"
+                         f"{100 * r[f'maj@{k}']:>8.1f}%{r['length_mean']:>8.1f}")
+    return "\n".join(lines)
+
+
+def flatten(summary: dict, prefix: str = "eval/") -> dict:
+    """A summary as flat metric names: ``eval/pass@1``, ``eval/pass@1/kind=math``, ..."""
+    out = {}
+    for row, r in summary.items():
+        for key, value in r.items():
+            if key != "problems":
+                out[f"{prefix}{key}" + ("" if row == "all" else f"/{row}")] = value
+    return out

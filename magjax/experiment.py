@@ -1,5 +1,6 @@
-"""Jobs the CLI runs: ``train`` (optional SFT cold start, then RL, with evaluation before
-and after) and ``sft``. Gin configures them from the outside (see config.py)."""
+"""Jobs the CLI runs: ``train`` (optional SFT cold start, then RL, with evaluation before,
+during and after), ``sft_job`` (``magjax sft``) and ``eval_job`` (``magjax eval``). Gin
+configures them from the outside (see config.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import os
 
 import jax
 
+from magjax.checkpoint import Checkpointer, find_checkpoints
 from magjax.data import read_problems
+from magjax.data.distill import read_traces
 from magjax.data.synthetic import generate
-from magjax.evaluate import EvalConfig, evaluate, format_table
+from magjax.evaluate import EvalConfig, evaluate, format_summary, format_table
 from magjax.loop import RunConfig, run
+from magjax.metrics import MetricsWriter
 from magjax.models import decoder, hf
 from magjax.models.config import ModelConfig, preset
 from magjax.models.tokenizer import ChatFormat, load_tokenizer
@@ -23,6 +27,7 @@ from magjax.rl.losses import LossConfig
 from magjax.rl.optimizer import OptimizerConfig
 from magjax.sampling.engine import EngineConfig, SamplingConfig
 from magjax.sft import SFTConfig, run_sft
+from magjax.types import Problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +41,38 @@ class DataConfig:
     seed: int = 0
 
 
-def _load_model(model: str | ModelConfig, init_from: str | None, seed: int):
+def load_model(model: str | ModelConfig, init_from: str | None, seed: int) -> tuple[ModelConfig, dict]:
+    """``init_from`` (a magjax run or checkpoint directory, or a Hugging Face directory), else
+    a fresh ``model`` preset."""
     if init_from:
+        checkpoints = find_checkpoints(init_from)
+        if checkpoints:
+            from magjax.export import restore_params
+
+            ckpt = Checkpointer(checkpoints)
+            try:
+                config, params, _ = restore_params(ckpt)
+            finally:
+                ckpt.close()
+            return config, jax.device_get(params)
         config, m = hf.load(init_from)
         return config, m.params()
     config = preset(model) if isinstance(model, str) else model
     return config, decoder.init_params(config, jax.random.key(seed))
+
+
+def datasets(data: DataConfig) -> tuple[list[Problem], list[Problem], list[tuple[str, str]]]:
+    """(training problems, held-out problems, worked (prompt, response) examples)."""
+    if data.train != "demo":
+        return read_problems(data.train), read_problems(data.heldout) if data.heldout else [], []
+    tasks = generate(data.demo_train_size, seed=data.seed, kinds=data.demo_kinds, difficulties=data.demo_difficulties)
+    heldout_tasks = generate(data.demo_heldout_size, seed=data.seed + 10_000, kinds=data.demo_kinds,
+                             difficulties=data.demo_difficulties)
+    # Held-out math problems never appear in training; the demo's code statements are a
+    # small family, so held-out code problems share statements but have unseen tests.
+    train_prompts = {t.problem.prompt for t in tasks if t.problem.kind == "math"}
+    heldout = [t.problem for t in heldout_tasks if t.problem.prompt not in train_prompts]
+    return [t.problem for t in tasks], heldout, [(t.problem.prompt, t.solution) for t in tasks]
 
 
 def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init_from: str | None = None,
@@ -54,7 +85,8 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
           packing: batching.PackingConfig = batching.PackingConfig(rows=8, row_len=256),
           reward: RewardConfig = RewardConfig(l_max=256, l_cache=64), pool: PoolConfig = PoolConfig(),
           smoke: bool = False) -> dict:
-    """SFT cold start (``sft_steps`` > 0), evaluation, RL, evaluation; returns the results.
+    """SFT cold start (``sft_steps`` > 0), evaluation, RL (evaluated every
+    ``EvalConfig.every_steps``), evaluation; returns the results.
 
     ``smoke=True`` shrinks every phase to seconds (a local check of a configuration).
     """
@@ -63,30 +95,16 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
                                    demo_heldout_size=min(data.demo_heldout_size, 8))
         sft_steps = min(sft_steps, 3)
         rl = dataclasses.replace(rl, steps=min(rl.steps, 2))
-        evaluation = dataclasses.replace(evaluation, samples=1)
+        evaluation = dataclasses.replace(evaluation, samples=1, every_steps=min(evaluation.every_steps, 1))
     os.makedirs(run_dir, exist_ok=True)
     tok = load_tokenizer(tokenizer)
-    model_config, params = _load_model(model, init_from, data.seed)
-    if data.train == "demo":
-        tasks = generate(data.demo_train_size, seed=data.seed, kinds=data.demo_kinds,
-                         difficulties=data.demo_difficulties)
-        heldout_tasks = generate(data.demo_heldout_size, seed=data.seed + 10_000, kinds=data.demo_kinds,
-                                 difficulties=data.demo_difficulties)
-        # Held-out math problems never appear in training; the demo's code statements are a
-        # small family, so held-out code problems share statements but have unseen tests.
-        train_prompts = {t.problem.prompt for t in tasks if t.problem.kind == "math"}
-        heldout = [t.problem for t in heldout_tasks if t.problem.prompt not in train_prompts]
-        problems = [t.problem for t in tasks]
-        examples = [(t.problem.prompt, t.solution) for t in tasks]
-    else:
-        problems = read_problems(data.train)
-        heldout = read_problems(data.heldout) if data.heldout else []
-        examples = []
+    model_config, params = load_model(model, init_from, data.seed)
+    problems, heldout, examples = datasets(data)
     results: dict = {"run_dir": run_dir}
     rl_dir = os.path.join(run_dir, "rl")
     # A run that already has RL checkpoints resumes its RL phase (loop.run restores the
     # latest): the cold start and the "before" evaluation happened in its first attempt.
-    resuming = _has_checkpoint(os.path.join(rl_dir, "checkpoints"))
+    resuming = find_checkpoints(rl_dir) is not None
     before_file = os.path.join(run_dir, "eval_before.json")
     if resuming:
         print(f"[magjax] {rl_dir} has checkpoints: resuming RL (cold start and first evaluation already done)")
@@ -101,25 +119,83 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
         params, losses = run_sft(examples, model_config, params, tok, chat, dataclasses.replace(sft, steps=sft_steps),
                                  optimizer=sft_optimizer, packing=packing)
         results["sft_loss_first_last"] = [losses[0], losses[-1]]
-    eval_kw = dict(engine=engine, reward=reward, pool=pool)
+
+    def held_out(params) -> dict:
+        return evaluate(heldout, params, model_config, tok, chat, evaluation, engine=engine, reward=reward,
+                        pool=pool)["summary"]
+
     if heldout and not resuming:
         print(f"[magjax] evaluating {len(heldout)} held-out problems before RL")
-        results["eval_before"] = evaluate(heldout, params, model_config, tok, chat, evaluation, **eval_kw)["summary"]
+        results["eval_before"] = held_out(params)
         if jax.process_index() == 0:
             with open(before_file, "w") as f:
                 json.dump(results["eval_before"], f, indent=2)
     print(f"[magjax] RL: {rl.steps} batches of {rl.n_batch} completions, mode={rl.mode}, placement={rl.placement}")
     result = run(dataclasses.replace(rl, run_dir=rl_dir), problems=problems, model=model_config, params=params,
                  tokenizer=tokenizer, chat=chat, sampling=sampling, engine=engine, loss=loss, optimizer=optimizer,
-                 packing=packing, reward=reward, pool=pool)
+                 packing=packing, reward=reward, pool=pool, evaluator=held_out if heldout else None,
+                 eval_every=evaluation.every_steps)
     params = result.params
     if heldout:
         print(f"[magjax] evaluating {len(heldout)} held-out problems after RL")
-        results["eval_after"] = evaluate(heldout, params, model_config, tok, chat, evaluation, **eval_kw)["summary"]
+        results["eval_after"] = held_out(params)
         results["table"] = format_table(results.get("eval_before", {}), results["eval_after"], evaluation.samples)
     if jax.process_index() == 0:  # one writer per job (every process holds the same params)
         _write_outputs(run_dir, model_config, params, results, reward)
     return results
+
+
+def sft_job(run_dir: str = "runs/sft", *, model: str | ModelConfig = "demo", init_from: str | None = None,
+            tokenizer: str = "byte", chat: ChatFormat = ChatFormat("plain", None), data: DataConfig = DataConfig(),
+            traces: str | None = None, sft: SFTConfig = SFTConfig(), optimizer: OptimizerConfig = OptimizerConfig(
+                learning_rate=3e-3, warmup_steps=10),
+            packing: batching.PackingConfig = batching.PackingConfig(rows=8, row_len=256)) -> dict:
+    """``magjax sft``: supervised fine-tuning on ``traces`` (a ``magjax distill`` JSONL file) or,
+    without one, on the demo tasks' worked solutions; writes RUN_DIR/final_hf."""
+    tok = load_tokenizer(tokenizer)
+    model_config, params = load_model(model, init_from, data.seed)
+    examples = read_traces(traces) if traces else datasets(data)[2]
+    if not examples:
+        raise ValueError("magjax sft: no examples (give sft_job.traces, or DataConfig.train = 'demo')")
+    print(f"[magjax] SFT: {sft.steps} steps of {sft.batch_size} on {len(examples)} examples")
+    primary = jax.process_index() == 0
+    os.makedirs(run_dir, exist_ok=True)
+    metrics = MetricsWriter(run_dir if primary else None, total_steps=sft.steps, console=primary)
+    try:
+        params, losses = run_sft(examples, model_config, params, tok, chat, sft, optimizer=optimizer,
+                                 packing=packing, metrics=metrics)
+    finally:
+        metrics.close()
+    results = {"run_dir": run_dir, "examples": len(examples), "loss_first_last": [losses[0], losses[-1]]}
+    if primary:
+        hf.save(_as_model(model_config, params), model_config, os.path.join(run_dir, "final_hf"))
+        with open(os.path.join(run_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def eval_job(run_dir: str = "runs/eval", *, model: str | ModelConfig = "demo", init_from: str | None = None,
+             tokenizer: str = "byte", chat: ChatFormat = ChatFormat("plain", None), data: DataConfig = DataConfig(),
+             evaluation: EvalConfig = EvalConfig(), engine: EngineConfig = EngineConfig(
+                 slots=32, max_len=256, prompt_buckets=(64, 128)),
+             reward: RewardConfig = RewardConfig(l_max=256, l_cache=64), pool: PoolConfig = PoolConfig()) -> dict:
+    """``magjax eval``: k samples per problem of ``DataConfig.heldout`` (or the demo's held-out
+    split); writes RUN_DIR/eval.json (summary and per-problem results) and prints a table."""
+    tok = load_tokenizer(tokenizer)
+    model_config, params = load_model(model, init_from, data.seed)
+    heldout = datasets(data)[1]
+    if not heldout:
+        raise ValueError("magjax eval: no problems (set DataConfig.heldout to a problem file)")
+    print(f"[magjax] evaluating {len(heldout)} problems, {evaluation.samples} samples each")
+    out = evaluate(heldout, params, model_config, tok, chat, evaluation, engine=engine, reward=reward, pool=pool)
+    out["table"] = format_summary(out["summary"], evaluation.samples)
+    out["run_dir"] = run_dir
+    if jax.process_index() == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "eval.json"), "w") as f:
+            json.dump({"summary": out["summary"], "problems": out["problems"],
+                       "config": dataclasses.asdict(evaluation)}, f, indent=2)
+    return out
 
 
 def _write_outputs(run_dir: str, model_config: ModelConfig, params: dict, results: dict, reward: RewardConfig):
@@ -132,10 +208,6 @@ def _write_outputs(run_dir: str, model_config: ModelConfig, params: dict, result
         results["report"] = None
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump({k: v for k, v in results.items() if k != "table"}, f, indent=2)
-
-
-def _has_checkpoint(directory: str) -> bool:
-    return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
 
 
 def _as_model(config: ModelConfig, params: dict) -> decoder.Decoder:

@@ -28,7 +28,7 @@ def model_config_from_dict(d: dict) -> ModelConfig:
 
 
 def restore_params(ckpt: Checkpointer, step: int | None = None) -> tuple[ModelConfig, dict, dict]:
-    """(model config, params, JSON record) of a checkpoint step, on the default device.
+    """(model config, params, JSON record) of a checkpoint step, on this process's first device.
 
     The record names the model and optimizer configuration, so the train state is rebuilt
     abstractly and restored without knowing the run's code paths.
@@ -37,7 +37,7 @@ def restore_params(ckpt: Checkpointer, step: int | None = None) -> tuple[ModelCo
     config = model_config_from_dict(meta["model_config"])
     tx, _ = opt_lib.make_optimizer(opt_lib.OptimizerConfig(**meta["optimizer_config"]))
     abstract = jax.eval_shape(lambda: train_step.init_state(decoder.init_params(config, jax.random.key(0)), tx))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     state, _ = ckpt.restore_step(step, abstract)
     return config, state.params, meta

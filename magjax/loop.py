@@ -23,12 +23,13 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import jax
 import numpy as np
 
-from magjax import distributed
+from magjax import distributed, evaluate as evaluate_lib
 from magjax.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from magjax.data.iterator import ProblemIterator
 from magjax.mesh import MeshConfig, make_mesh
@@ -188,8 +189,13 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
         loss: LossConfig = LossConfig(), optimizer: opt_lib.OptimizerConfig = opt_lib.OptimizerConfig(learning_rate=1e-4),
         packing: batching.PackingConfig = batching.PackingConfig(rows=8, row_len=256),
         reward: RewardConfig = RewardConfig(l_max=256, l_cache=64), pool: PoolConfig = PoolConfig(),
-        console: bool = True) -> RunResult:
-    """Trains ``config.steps`` batches with GRPO on ``problems``; see the module docstring."""
+        console: bool = True, evaluator: Callable[[dict], dict] | None = None, eval_every: int = 0) -> RunResult:
+    """Trains ``config.steps`` batches with GRPO on ``problems``; see the module docstring.
+
+    ``evaluator(params) -> summary`` (see evaluate.py), if given, runs every ``eval_every``
+    batches on the trainer's current parameters; its figures join that step's metrics as
+    ``eval/...``. The generator keeps running meanwhile.
+    """
     model_config = preset(model) if isinstance(model, str) else model
     tok = load_tokenizer(tokenizer)
     check_vocab(tok, model_config.vocab_size)
@@ -341,6 +347,10 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                   "pipeline/generator_idle_fraction": gstats.waiting_s / wall if config.mode == "async" else 0.0,
                   "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
                   "train/skipped_steps": int(state.skipped)} | verifier.stats()
+            if evaluator is not None and eval_every and step % eval_every == 0:
+                start = time.perf_counter()
+                m |= evaluate_lib.flatten(evaluator(distributed.to_host(state.params)))
+                m["pipeline/eval_s"] = time.perf_counter() - start
             metrics.write(step, m)
             if ckpt is not None and (save_due or step == config.steps):
                 save(step)

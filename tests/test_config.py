@@ -12,9 +12,15 @@ EXPERIMENTS = sorted(os.path.relpath(p, GIN_ROOT) for p in glob.glob(os.path.joi
 
 
 def _required(gin_file):
-    """Placeholder bindings for the file's %gin.REQUIRED values (paths a real launch gives)."""
+    """Placeholder bindings for the %gin.REQUIRED values of the file and what it includes
+    (paths a real launch gives)."""
+    names = []
     with open(os.path.join(GIN_ROOT, gin_file)) as f:
-        names = [line.split("=")[0].strip() for line in f if "%gin.REQUIRED" in line and not line.startswith("#")]
+        for line in f:
+            if line.startswith("include "):
+                names += [b.split(" = ")[0] for b in _required(line.split("'")[1])]
+            elif "%gin.REQUIRED" in line and not line.startswith("#"):
+                names.append(line.split("=")[0].strip())
     return [f"{name} = 'placeholder'" for name in names]
 
 
@@ -25,6 +31,24 @@ def test_every_experiment_parses_and_builds_abstractly(gin_file):
     assert built["RunConfig"].n_batch % built["RunConfig"].group_size == 0
     count = sum(x.size for x in __import__("jax").tree.leaves(built["params"]))
     assert count == built["model"].num_params()
+
+
+@pytest.mark.parametrize("gin_file", sorted(os.path.relpath(p, GIN_ROOT) for p in glob.glob(
+    os.path.join(GIN_ROOT, "models", "*.gin"))))
+def test_every_model_file_builds_its_preset_abstractly(gin_file):
+    config.parse(["base.gin", gin_file], _required(gin_file))
+    built = config.build_abstract()
+    count = sum(x.size for x in __import__("jax").tree.leaves(built["params"]))
+    assert count == built["model"].num_params() and built["ChatFormat"].style in ("plain", "mistral", "chatml",
+                                                                                  "llama3")
+
+
+@pytest.mark.parametrize("gin_file", sorted(os.path.relpath(p, GIN_ROOT) for p in glob.glob(
+    os.path.join(GIN_ROOT, "mesh", "*.gin"))))
+def test_every_mesh_file_builds_with_the_demo(gin_file):
+    config.parse(["experiments/demo_cpu.gin", gin_file], [])
+    mesh = config.build_abstract()["RunConfig"].trainer_mesh
+    assert all(size == -1 or size >= 1 for size in mesh.sizes())
 
 
 def test_a_typo_in_a_binding_is_named():
@@ -51,7 +75,7 @@ def test_a_missing_gin_file_is_named():
 
 
 def test_required_values_left_unset_are_named():
-    with pytest.raises(config.ConfigError, match="train.init_from"):
+    with pytest.raises(config.ConfigError, match="INIT_FROM"):
         config.parse(["experiments/magistral_small.gin"], [])
 
 

@@ -111,3 +111,34 @@ def test_export_writes_a_checkpoint_as_a_hugging_face_directory(sft_params, tmp_
     assert config == MODEL
     tokens = np.arange(12, dtype=np.int32)[None] % MODEL.vocab_size
     np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(decoder.forward(MODEL, result.params, tokens)))
+
+
+def test_periodic_evaluation_joins_the_step_metrics(sft_params):
+    from magjax.evaluate import EvalConfig, evaluate
+    from magjax.models.tokenizer import ByteTokenizer, ChatFormat
+
+    seen = []
+
+    def held_out(params):
+        seen.append(params)
+        return evaluate(SUMS[:2], params, MODEL, ByteTokenizer(), ChatFormat("plain", None),
+                        EvalConfig(samples=2, max_new_tokens=24), engine=ENGINE)["summary"]
+
+    result = run(RunConfig(mode="sync", steps=2, group_size=8, n_batch=32, n_async=32, max_new_tokens=24),
+                 problems=SUMS, model=MODEL, params=sft_params, engine=ENGINE, packing=PACK, console=False,
+                 evaluator=held_out, eval_every=2)
+    assert len(seen) == 1 and "eval/pass@1" not in result.history[0]
+    last = result.history[1]
+    assert 0.0 <= last["eval/pass@1"] <= 1.0 and "eval/maj@2/kind=math" in last and last["pipeline/eval_s"] > 0
+    for x, y in zip(_leaves(seen[0]), _leaves(result.params)):  # it saw the trainer's current weights
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_run_directory_initialises_a_new_job(sft_params, tmp_path):
+    from magjax.experiment import load_model
+
+    result = _run(sft_params, steps=1, run_dir=str(tmp_path / "run"))
+    config, params = load_model("test", str(tmp_path / "run"), seed=0)  # the checkpoint wins over the preset
+    assert config == MODEL
+    for x, y in zip(_leaves(params), _leaves(result.params)):
+        np.testing.assert_array_equal(x, y)
