@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 @functools.cache
 def register():
-    from magjax import checkpoint, evaluate, experiment, loop, mesh, sft
+    from magjax import checkpoint, curriculum, evaluate, experiment, loop, mesh, sft
     from magjax.models import config as model_config
     from magjax.models import tokenizer
     from magjax.rewards import pool, reward
@@ -36,7 +36,8 @@ def register():
     for cls in (loop.RunConfig, mesh.MeshConfig, engine.EngineConfig, engine.SamplingConfig, losses.LossConfig,
                 optimizer.OptimizerConfig, batching.PackingConfig, reward.RewardConfig, pool.PoolConfig,
                 sft.SFTConfig, evaluate.EvalConfig, experiment.DataConfig, tokenizer.ChatFormat,
-                model_config.ModelConfig, model_config.RopeScaling, checkpoint.CheckpointConfig):
+                model_config.ModelConfig, model_config.RopeScaling, checkpoint.CheckpointConfig,
+                curriculum.Stage):
         gin.external_configurable(cls, module="magjax")
     gin.external_configurable(model_config.preset, module="magjax")
     for job in (experiment.train, experiment.sft_job, experiment.eval_job):

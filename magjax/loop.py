@@ -29,8 +29,9 @@ from typing import Literal
 import jax
 import numpy as np
 
-from magjax import distributed, evaluate as evaluate_lib
+from magjax import curriculum, distributed, evaluate as evaluate_lib
 from magjax.checkpoint import CheckpointConfig, Checkpointer, abstract_like
+from magjax.data import read_problems
 from magjax.data.iterator import ProblemIterator
 from magjax.mesh import MeshConfig, make_mesh
 from magjax.metrics import MetricsWriter
@@ -68,6 +69,7 @@ class RunConfig:
     run_dir: str | None = None  # metrics and checkpoints; None = keep nothing on disk
     checkpoint: CheckpointConfig = CheckpointConfig()
     batch_timeout_s: float = 600.0  # no scored group for this long is an error, not a hang
+    stages: tuple[curriculum.Stage, ...] = ()  # a curriculum (curriculum.py); empty = one stage
 
     def __post_init__(self):
         if self.mode not in ("async", "sync") or self.placement not in ("colocated", "disaggregated"):
@@ -83,6 +85,7 @@ class RunConfig:
                              f"max_async_ratio {self.max_async_ratio} (the off-policy bound)")
         if self.n_async < self.group_size:
             raise ValueError(f"RunConfig.n_async ({self.n_async}) must hold at least one group ({self.group_size})")
+        curriculum.validate(self.stages)
 
 
 @dataclasses.dataclass
@@ -137,6 +140,11 @@ class _Requests:
         self._lock = threading.Lock()
         self.consumed = 0  # groups taken by the trainer
 
+    def switch(self, iterator: ProblemIterator, config: RunConfig, reward: RewardConfig):
+        """A new curriculum stage: later requests come from ``iterator`` under ``config``."""
+        with self._lock:
+            self.iterator, self.config, self.reward = iterator, config, reward
+
     def state(self) -> dict:
         return {"next_uid": self._next_uid, "consumed": self.consumed}
 
@@ -149,15 +157,16 @@ class _Requests:
         with self._lock:
             problem = next(self.iterator)
             count = self._next_uid = self._next_uid + 1
+            config, reward = self.config, self.reward
         # Unique over the job: the uid seeds this group's sampling (engine.py), so it must
         # not depend on which process or slot runs it.
         uid = (count - 1) * self.processes + self.process + 1
         self.problems[uid] = problem
         # The same test sample for every completion of the group (SPEC.md §2).
-        self.tests[uid] = (code_lib.sample_tests(list(problem.tests), self.reward.max_tests, f"{problem.id}/{uid}")
+        self.tests[uid] = (code_lib.sample_tests(list(problem.tests), reward.max_tests, f"{problem.id}/{uid}")
                            if problem.kind == "code" else None)
-        return Request(problem.id, self.chat.encode(self.tokenizer, problem.prompt), self.config.group_size,
-                       self.config.max_new_tokens, uid)
+        return Request(problem.id, self.chat.encode(self.tokenizer, problem.prompt), config.group_size,
+                       config.max_new_tokens, uid)
 
 
 def _group_metrics(groups: list[ScoredGroup], version: int) -> dict:
@@ -199,21 +208,16 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     model_config = preset(model) if isinstance(model, str) else model
     tok = load_tokenizer(tokenizer)
     check_vocab(tok, model_config.vocab_size)
-    longest = engine.prompt_buckets[-1] + config.max_new_tokens
-    if longest - 1 > packing.row_len or longest > engine.max_len:
-        raise ValueError(f"the longest sequence (largest prompt bucket {engine.prompt_buckets[-1]} + max_new_tokens "
-                         f"{config.max_new_tokens}) must fit PackingConfig.row_len ({packing.row_len}) and "
-                         f"EngineConfig.max_len ({engine.max_len})")
-    if engine.slots < config.n_async:
-        raise ValueError(f"EngineConfig.slots ({engine.slots}) must hold n_async ({config.n_async}) sequences")
     processes, process = jax.process_count(), jax.process_index()
-    groups_per_batch = config.n_batch // config.group_size
-    if groups_per_batch % processes:
-        raise ValueError(f"RunConfig: the batch's {groups_per_batch} groups (n_batch / group_size) must split "
-                         f"evenly over {processes} processes")
-    if config.n_async % processes:
-        raise ValueError(f"RunConfig.n_async ({config.n_async}) must split evenly over {processes} processes")
-    local_completions = config.n_batch // processes  # each process's share of every batch
+    # Every stage's settings (curriculum.py), checked now rather than hours in.
+    phases = [(config, reward)] + [curriculum.settings(config.stages, i, config, reward)
+                                   for i in range(len(config.stages))]
+    for phase, _ in phases:
+        _check_fits(phase, engine, packing, processes)
+    stage_problems = [problems] + [
+        curriculum.select(read_problems(s.data) if s.data else problems, s, f"RunConfig.stages[{i}]")
+        for i, s in enumerate(config.stages)]
+    groups_per_batch = max(phase.n_batch for phase, _ in phases) // config.group_size
     trainer_mesh, generator_mesh = _meshes(config, processes)
 
     # Trainer: state on its mesh, one jitted step.
@@ -224,8 +228,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                                          shardings=train_step.state_shardings(state))
 
     # Generator, verifiers, collector, weight path.
-    iterator = ProblemIterator(problems, seed=config.seed, shard_index=process, shard_count=processes)
-    requests = _Requests(iterator, tok, chat, config, reward, process, processes)
+    requests = _Requests(None, tok, chat, config, reward, process, processes)
     # Back-pressure (SPEC.md §3): at most `queue_groups` scored groups wait for the trainer and
     # at most one batch of completions waits for the verifiers; beyond that the generator's
     # hand-off blocks, and its sequences stay in flight until the trainer catches up, then
@@ -233,7 +236,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     # A whole batch of groups must fit, or sync mode (which scores a batch before training
     # on it) would wait on itself.
     collector = GroupCollector(config.group_size, max(config.queue_groups, groups_per_batch))
-    pool = dataclasses.replace(pool, max_pending=min(pool.max_pending, config.n_batch))
+    pool = dataclasses.replace(pool, max_pending=min(pool.max_pending, groups_per_batch * config.group_size))
     verifier = VerifierPool(reward, pool, on_scored=lambda s: collector.add(s, s.completion.uid))
     eng = Engine(model_config, engine, sampling, tok.eos_id, mesh=generator_mesh)
     gen_shardings = (decoder.param_shardings(model_config, generator_mesh)
@@ -244,14 +247,13 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     store.publish(state.params, 0)
 
     accounting = {k: collections.Counter() for k in ("trained", "filtered")}
-    spanning, version, first_step, resumed_from = 0, 0, 1, None
+    spanning, version, first_step, resumed_from, mine = 0, 0, 1, None, None
     ckpt = Checkpointer(f"{config.run_dir}/checkpoints", config.checkpoint) if config.run_dir else None
     if ckpt is not None:
         restored = ckpt.restore_latest(abstract_like(state))
         if restored is not None:
             resumed_from, state, meta = restored
             mine = _process_state(meta, process, processes, f"{ckpt.directory}/{resumed_from}")
-            iterator.set_state(mine["iterator"])
             requests.restore(mine["requests"])
             collector.finished.update({int(n): c for n, c in mine["finished"].items()})
             version, spanning, first_step = meta["version"], meta["spanning"], meta["step"] + 1
@@ -260,10 +262,31 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
             store.publish(state.params, version)
             print(f"[magjax] resumed from {ckpt.directory}/{resumed_from} (version {version})")
 
+    stage, iterator, local_completions = None, None, 0
+
+    def enter_stage(index: int, iterator_state: dict | None = None):
+        """Curriculum stage ``index`` (-1: the run's own settings) takes over new requests."""
+        nonlocal config, reward, stage, iterator, local_completions
+        config, reward = phases[index + 1]
+        seed = config.seed if index < 0 else config.seed + index + 1
+        iterator = ProblemIterator(stage_problems[index + 1], seed=seed, shard_index=process, shard_count=processes)
+        if iterator_state is not None:
+            iterator.set_state(iterator_state)
+        requests.switch(iterator, config, reward)
+        verifier.reward_config = reward
+        generator.max_in_flight = max(config.n_async // processes, config.group_size)
+        local_completions = config.n_batch // processes  # each process's share of every batch
+        stage = index
+
+    first_stage = curriculum.index_at(config.stages, first_step)
+    # A checkpoint holds the data position within the stage it was saved in.
+    enter_stage(first_stage, mine["iterator"] if mine is not None and mine.get("stage", -1) == first_stage else None)
+
     def save(step: int, wait: bool = False):
         # Every process joins (the exchange and Orbax's save are collective); each one's data
         # position, request counter and scored-length histogram go into the one record.
-        mine = {"iterator": iterator.get_state(), "requests": requests.state(), "finished": dict(collector.finished)}
+        mine = {"iterator": iterator.get_state(), "stage": stage, "requests": requests.state(),
+                "finished": dict(collector.finished)}
         meta = {"step": step, "version": version, "spanning": spanning, "processes": distributed.exchange(mine),
                 "run_config": repr(config), "tokenizer": tokenizer,
                 "model_config": dataclasses.asdict(model_config), "optimizer_config": dataclasses.asdict(optimizer),
@@ -324,6 +347,10 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     try:
         stop.install()  # kept until the final checkpoint is written, so a second signal waits for it
         for step in range(first_step, config.steps + 1):
+            if curriculum.index_at(config.stages, step) != stage:
+                enter_stage(curriculum.index_at(config.stages, step))
+                print(f"[magjax] step {step}: curriculum stage {stage} ({len(iterator.problems)} problems, "
+                      f"n_batch {config.n_batch}, max_new_tokens {config.max_new_tokens}, l_max {reward.l_max})")
             wait_start = time.perf_counter()
             groups, save_due = next_batch(step)
             trainer_wait += time.perf_counter() - wait_start
@@ -340,7 +367,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                 m["pipeline/publish_s"] = store.publish(state.params, version)
             wall = time.perf_counter() - wall_start
             gstats = generator.stats
-            m |= {"pipeline/groups_filtered": len(removed), "pipeline/groups_trained": len(kept),
+            m |= {"pipeline/stage": stage, "pipeline/groups_filtered": len(removed), "pipeline/groups_trained": len(kept),
                   "pipeline/padding_fraction": batch_stats.get("padding_fraction", 0.0),
                   "pipeline/queue_depth": collector.groups.qsize(), "pipeline/version": version,
                   "pipeline/trainer_idle_fraction": trainer_wait / wall,
@@ -379,6 +406,23 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
             accounting[key] = sum(distributed.exchange(accounting[key]), collections.Counter())
     return RunResult(distributed.to_host(state.params), metrics.history, accounting, version, spanning, step,
                      preempted, resumed_from)
+
+
+def _check_fits(config: RunConfig, engine: EngineConfig, packing: batching.PackingConfig, processes: int):
+    longest = engine.prompt_buckets[-1] + config.max_new_tokens
+    if longest - 1 > packing.row_len or longest > engine.max_len:
+        raise ValueError(f"the longest sequence (largest prompt bucket {engine.prompt_buckets[-1]} + max_new_tokens "
+                         f"{config.max_new_tokens}) must fit PackingConfig.row_len ({packing.row_len}) and "
+                         f"EngineConfig.max_len ({engine.max_len})")
+    groups = config.n_batch // config.group_size
+    if groups % processes:
+        raise ValueError(f"RunConfig: the batch's {groups} groups (n_batch / group_size) must split "
+                         f"evenly over {processes} processes")
+    if config.n_async % processes:
+        raise ValueError(f"RunConfig.n_async ({config.n_async}) must split evenly over {processes} processes")
+    if engine.slots < config.n_async // processes:
+        raise ValueError(f"EngineConfig.slots ({engine.slots}) must hold n_async ({config.n_async}) sequences"
+                         + (f" / {processes} processes" if processes > 1 else ""))
 
 
 def _meshes(config: RunConfig, processes: int):
