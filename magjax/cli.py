@@ -29,8 +29,8 @@ def _bench(args) -> int:
         from magjax.bench import verifier as bench
         result = bench.run()
     else:
-        print(f"magjax bench {args.what}: not implemented yet", file=sys.stderr)
-        return 2
+        from magjax.bench import pipeline as bench
+        result = bench.run(steps=args.steps)
     print(bench.describe(result))
     if args.json:
         with open(args.json, "w") as f:
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--preset", default="tiny", help="model preset (magjax.models.PRESETS)")
             p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
             p.add_argument("--json", help="also write the result as JSON to this path")
+            p.add_argument("--steps", type=int, default=8, help="pipeline: batches per mode (the first is untimed)")
         elif name == "report":
             p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
             p.add_argument("--weights", action="store_true",
@@ -209,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     argv, bindings = _split_gin_bindings(argv)
     args = build_parser().parse_args(argv or ["train"])
     if args.command == "bench":
+        if args.what == "pipeline":  # the demo's 8 simulated CPU devices (accelerators ignore it)
+            flags = os.environ.get("XLA_FLAGS", "")
+            if "xla_force_host_platform_device_count" not in flags:
+                os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
         return _bench(args)
     if args.command == "plan":
         from magjax import config
@@ -254,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_force_host_platform_device_count" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
-        from magjax import distributed
+        from magjax.mesh import initialize_distributed
 
-        distributed.initialize()  # a no-op unless launch/ (or the environment) describes a cluster
+        initialize_distributed()  # a no-op unless launch/ (or the environment) describes a cluster
         return _job(args, bindings)
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 @functools.cache
 def register():
-    from magjax import checkpoint, curriculum, evaluate, experiment, loop, mesh, sft
+    from magjax import checkpoint, evaluate, experiment, loop, mesh, sft
+    from magjax.data import curriculum
     from magjax.models import config as model_config
     from magjax.models import tokenizer
     from magjax.rewards import pool, reward

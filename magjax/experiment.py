@@ -13,7 +13,7 @@ import jax
 from magjax.checkpoint import Checkpointer, find_checkpoints
 from magjax.data import read_problems
 from magjax.data.distill import read_traces
-from magjax.data.synthetic import generate
+from magjax.data.synthetic import MATH_FAMILIES, generate
 from magjax.evaluate import EvalConfig, evaluate, format_summary, format_table
 from magjax.loop import RunConfig, run
 from magjax.metrics import MetricsWriter
@@ -38,6 +38,8 @@ class DataConfig:
     demo_heldout_size: int = 64
     demo_kinds: tuple[str, ...] = ("math", "code")
     demo_difficulties: tuple[int, ...] = (1,)
+    demo_math_families: tuple[str, ...] = MATH_FAMILIES  # see data/synthetic.py
+    sft_languages: tuple[str, ...] | None = None  # worked solutions only in these languages (None: all)
     seed: int = 0
 
 
@@ -65,14 +67,16 @@ def datasets(data: DataConfig) -> tuple[list[Problem], list[Problem], list[tuple
     """(training problems, held-out problems, worked (prompt, response) examples)."""
     if data.train != "demo":
         return read_problems(data.train), read_problems(data.heldout) if data.heldout else [], []
-    tasks = generate(data.demo_train_size, seed=data.seed, kinds=data.demo_kinds, difficulties=data.demo_difficulties)
-    heldout_tasks = generate(data.demo_heldout_size, seed=data.seed + 10_000, kinds=data.demo_kinds,
-                             difficulties=data.demo_difficulties)
+    kw = dict(kinds=data.demo_kinds, difficulties=data.demo_difficulties, math_families=data.demo_math_families)
+    tasks = generate(data.demo_train_size, seed=data.seed, **kw)
+    heldout_tasks = generate(data.demo_heldout_size, seed=data.seed + 10_000, **kw)
     # Held-out math problems never appear in training; the demo's code statements are a
     # small family, so held-out code problems share statements but have unseen tests.
     train_prompts = {t.problem.prompt for t in tasks if t.problem.kind == "math"}
     heldout = [t.problem for t in heldout_tasks if t.problem.prompt not in train_prompts]
-    return [t.problem for t in tasks], heldout, [(t.problem.prompt, t.solution) for t in tasks]
+    examples = [(t.problem.prompt, t.solution) for t in tasks
+                if data.sft_languages is None or t.problem.language in data.sft_languages]
+    return [t.problem for t in tasks], heldout, examples
 
 
 def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init_from: str | None = None,

@@ -29,7 +29,8 @@ from typing import Literal
 import jax
 import numpy as np
 
-from magjax import curriculum, distributed, evaluate as evaluate_lib
+from magjax import distributed, evaluate as evaluate_lib
+from magjax.data import curriculum
 from magjax.checkpoint import CheckpointConfig, Checkpointer, abstract_like
 from magjax.data import read_problems
 from magjax.data.iterator import ProblemIterator
@@ -69,7 +70,7 @@ class RunConfig:
     run_dir: str | None = None  # metrics and checkpoints; None = keep nothing on disk
     checkpoint: CheckpointConfig = CheckpointConfig()
     batch_timeout_s: float = 600.0  # no scored group for this long is an error, not a hang
-    stages: tuple[curriculum.Stage, ...] = ()  # a curriculum (curriculum.py); empty = one stage
+    stages: tuple[curriculum.Stage, ...] = ()  # a curriculum (data/curriculum.py); empty = one stage
 
     def __post_init__(self):
         if self.mode not in ("async", "sync") or self.placement not in ("colocated", "disaggregated"):
@@ -209,7 +210,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     tok = load_tokenizer(tokenizer)
     check_vocab(tok, model_config.vocab_size)
     processes, process = jax.process_count(), jax.process_index()
-    # Every stage's settings (curriculum.py), checked now rather than hours in.
+    # Every stage's settings (data/curriculum.py), checked now rather than hours in.
     phases = [(config, reward)] + [curriculum.settings(config.stages, i, config, reward)
                                    for i in range(len(config.stages))]
     for phase, _ in phases:
@@ -353,7 +354,8 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                       f"n_batch {config.n_batch}, max_new_tokens {config.max_new_tokens}, l_max {reward.l_max})")
             wait_start = time.perf_counter()
             groups, save_due = next_batch(step)
-            trainer_wait += time.perf_counter() - wait_start
+            step_wait = time.perf_counter() - wait_start
+            trainer_wait += step_wait
             kept, removed = batching.filter_groups(groups, loss)
             for g, bucket in [(g, "trained") for g in kept] + [(g, "filtered") for g in removed]:
                 accounting[bucket].update(len(c.tokens) for c in g.completions)
@@ -370,7 +372,8 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
             m |= {"pipeline/stage": stage, "pipeline/groups_filtered": len(removed), "pipeline/groups_trained": len(kept),
                   "pipeline/padding_fraction": batch_stats.get("padding_fraction", 0.0),
                   "pipeline/queue_depth": collector.groups.qsize(), "pipeline/version": version,
-                  "pipeline/trainer_idle_fraction": trainer_wait / wall,
+                  "pipeline/trainer_idle_fraction": trainer_wait / wall, "pipeline/trainer_wait_s": step_wait,
+                  "pipeline/step_s": time.perf_counter() - wait_start,
                   "pipeline/generator_idle_fraction": gstats.waiting_s / wall if config.mode == "async" else 0.0,
                   "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
                   "train/skipped_steps": int(state.skipped)} | verifier.stats()

@@ -10,12 +10,22 @@ One axis may be -1, meaning "whatever devices remain". Axis types are always pas
 explicitly (``jax.sharding.AxisType``) so a change of JAX's default cannot silently change
 how shardings propagate; magjax uses ``Auto`` axes, with shardings given at jit
 boundaries (see sharding.py).
+
+Many processes (``initialize_distributed``), in this order:
+
+1. ``MAGJAX_COORDINATOR`` / ``MAGJAX_NUM_PROCESSES`` / ``MAGJAX_PROCESS_ID`` (set by
+   launch/local.sh and launch/slurm_gpu.sbatch, or by hand): an explicit cluster, e.g.
+   N processes on 127.0.0.1 with CPU collectives;
+2. ``MAGJAX_DISTRIBUTED=auto``: ``jax.distributed.initialize()`` with no arguments, which
+   reads the Cloud TPU metadata or the SLURM environment itself (launch/tpu_pod.sh);
+3. otherwise: one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 
 import jax
@@ -88,3 +98,34 @@ def split_devices(
         out[role] = devices[start : start + count]
         start += count
     return out
+
+
+ENV_COORDINATOR, ENV_NUM, ENV_ID, ENV_AUTO = ("MAGJAX_COORDINATOR", "MAGJAX_NUM_PROCESSES", "MAGJAX_PROCESS_ID",
+                                              "MAGJAX_DISTRIBUTED")
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """Joins the job described by the arguments or the environment; True if multi-process.
+
+    Must run before anything touches a device. Calling it twice is harmless."""
+    if jax.distributed.is_initialized():
+        return jax.process_count() > 1
+    coordinator = coordinator or os.environ.get(ENV_COORDINATOR)
+    if coordinator:
+        try:
+            num = int(num_processes if num_processes is not None else os.environ[ENV_NUM])
+            pid = int(process_id if process_id is not None else os.environ[ENV_ID])
+        except KeyError as err:
+            raise ValueError(f"{ENV_COORDINATOR}={coordinator} is set but {err.args[0]} is not") from None
+        if not 0 <= pid < num:
+            raise ValueError(f"process id {pid} outside [0, {num}) for coordinator {coordinator}")
+        if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+            # CPU devices talk through gloo; accelerators use their own fabric.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator, num, pid)
+        return num > 1
+    if os.environ.get(ENV_AUTO) == "auto":
+        jax.distributed.initialize()
+        return jax.process_count() > 1
+    return False

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from magjax import curriculum
+from magjax.data import curriculum
 from magjax.data.loaders import write_problems
 from magjax.loop import RunConfig, run
 from magjax.models import preset

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from magjax import distributed
+from magjax import mesh
 
 LAUNCH = os.path.join(os.path.dirname(__file__), "..", "launch")
 
@@ -73,10 +73,10 @@ def test_tpu_pod_needs_its_slice_named():
 
 
 def test_a_coordinator_without_a_process_count_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv(distributed.ENV_COORDINATOR, "127.0.0.1:1")
-    monkeypatch.delenv(distributed.ENV_NUM, raising=False)
+    monkeypatch.setenv(mesh.ENV_COORDINATOR, "127.0.0.1:1")
+    monkeypatch.delenv(mesh.ENV_NUM, raising=False)
     with pytest.raises(ValueError, match="MAGJAX_NUM_PROCESSES"):
-        distributed.initialize()
+        mesh.initialize_distributed()
 
 
 def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):

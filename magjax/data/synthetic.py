@@ -1,8 +1,9 @@
 """The built-in demo tasks: small math and code problems a CPU-sized model can learn.
 
-Math: multi-digit addition, subtraction and multiplication, linear equations
-(``a x + b = c``), and fraction sums (answers as reduced ``\\frac``), checkable by the math
-verifier. Code: short stdin/stdout programs (read integers, compute, print), in Python
+Math: multi-digit addition, subtraction and multiplication (written as symbols, family
+``arith``, or with the operation in words of the prompt's language, family ``words``),
+linear equations (``a x + b = c``), and fraction sums (answers as reduced ``\\frac``),
+checkable by the math verifier. Code: short stdin/stdout programs (read integers, compute, print), in Python
 or C++, checkable by the sandbox. Prompts come in several natural languages; each task
 carries a worked solution in the Magistral response format (a think section, a short
 summary, then ``\\boxed{}`` or a fenced code block) for the SFT cold start. Everything
@@ -24,7 +25,12 @@ MATH_TEMPLATES = {
                  "de": "Löse nach x auf: {expr}."},
     "fraction": {"en": "Add the fractions {expr}.", "fr": "Additionnez les fractions {expr}.",
                  "es": "Suma las fracciones {expr}.", "de": "Addiere die Brüche {expr}."},
+    "words": {"en": "What is {expr}?", "fr": "Combien font {expr} ?", "es": "¿Cuánto es {expr}?",
+              "de": "Wie viel ist {expr}?"},
 }
+OPERATION_WORDS = {"en": {"+": "plus", "-": "minus", "*": "times"}, "fr": {"+": "plus", "-": "moins", "*": "fois"},
+                   "es": {"+": "más", "-": "menos", "*": "por"}, "de": {"+": "plus", "-": "minus", "*": "mal"}}
+MATH_FAMILIES = ("arith", "arith", "equation", "fraction")  # drawn uniformly: arithmetic twice as often
 CODE_TASKS = {  # name: (statement per language, python body, cpp expression, reference function)
     "sum": ({"en": "Read two integers and print their sum.", "fr": "Lisez deux entiers et affichez leur somme.",
              "es": "Lee dos enteros e imprime su suma.", "de": "Lies zwei ganze Zahlen und gib ihre Summe aus."},
@@ -49,15 +55,16 @@ class DemoTask:
     solution: str  # a correct response in the Magistral format
 
 
-def _math_task(rng: random.Random, i: int, language: str, difficulty: int) -> DemoTask:
+def _math_task(rng: random.Random, i: int, language: str, difficulty: int,
+               families: tuple[str, ...] = MATH_FAMILIES) -> DemoTask:
     lo, hi = 10 ** (difficulty - 1) if difficulty > 1 else 0, 10 ** difficulty - 1
-    family = rng.choice(("arith", "arith", "equation", "fraction"))
-    if family == "arith":
+    family = rng.choice(families)
+    if family in ("arith", "words"):
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
         op = rng.choice("+-*") if difficulty < 3 else rng.choice("+-")
         answer = {"+": a + b, "-": a - b, "*": a * b}[op]
-        expr = f"{a}{op}{b}"
-        think = f"{expr}={answer}"
+        expr = f"{a}{op}{b}" if family == "arith" else f"{a} {OPERATION_WORDS[language][op]} {b}"
+        think = f"{a}{op}{b}={answer}"
         boxed = str(answer)
     elif family == "equation":
         a, x = rng.randint(2, 3 + 3 * difficulty), rng.randint(-5 * difficulty, 5 * difficulty)
@@ -101,7 +108,8 @@ def _code_task(rng: random.Random, i: int, language: str, difficulty: int, code_
 
 def generate(n: int, *, seed: int = 0, kinds: tuple[str, ...] = ("math", "code"),
              languages: tuple[str, ...] = LANGUAGES, difficulties: tuple[int, ...] = (1, 2),
-             code_languages: tuple[str, ...] = ("python",)) -> list[DemoTask]:
+             code_languages: tuple[str, ...] = ("python",),
+             math_families: tuple[str, ...] = MATH_FAMILIES) -> list[DemoTask]:
     """``n`` demo tasks, cycling through ``kinds``; a pure function of its arguments."""
     rng = random.Random(seed)
     tasks = []
@@ -109,7 +117,7 @@ def generate(n: int, *, seed: int = 0, kinds: tuple[str, ...] = ("math", "code")
         kind = kinds[i % len(kinds)]
         language, difficulty = rng.choice(languages), rng.choice(difficulties)
         if kind == "math":
-            tasks.append(_math_task(rng, i, language, difficulty))
+            tasks.append(_math_task(rng, i, language, difficulty, math_families))
         else:
             tasks.append(_code_task(rng, i, language, difficulty, rng.choice(code_languages)))
     return tasks

@@ -16,9 +16,9 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def main(out: str, params_file: str):
-    from magjax import distributed
+    from magjax.mesh import initialize_distributed
 
-    distributed.initialize()
+    initialize_distributed()
     import jax
     import numpy as np
 
