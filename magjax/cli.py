@@ -136,13 +136,14 @@ def _validate(args) -> int:
     from magjax.data.validation import validate
 
     problems = read_problems(args.problems)
-    fixed, report = validate(problems)
+    fixed, report = validate(problems, duplicate_languages=args.duplicate_languages)
     os.makedirs(args.out, exist_ok=True)
     write_problems(fixed, os.path.join(args.out, "validated.jsonl"))
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(dc.asdict(report), f, indent=2)
     print(f"{len(fixed)} problems kept; {len(report.repaired)} tests repaired, {len(report.dropped_tests)} tests "
-          f"and {len(report.dropped_problems)} problems dropped; see {args.out}/report.json")
+          f"and {len(report.dropped_problems)} problems dropped, {len(report.duplicated)} duplicated into the other "
+          f"code language; see {args.out}/report.json")
     return 0
 
 
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument("--max_pass_rate", type=float, default=0.875)
                 p.add_argument("--max_new_tokens", type=int, default=256)
                 p.add_argument("--cap_per_problem", type=int, default=2, help="distill: correct traces kept per problem")
+            if name == "validate-tests":
+                p.add_argument("--duplicate_languages", action="store_true",
+                               help="also state each stdin/stdout problem in the other code language (Python <-> C++)")
         else:
             p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
             p.add_argument("--run_dir", help="where checkpoints, metrics and plots go")

@@ -101,3 +101,25 @@ def test_distill_command_runs_the_real_path(tmp_path, data_dir):
     assert main(["distill", "--problems", problems, "--out", str(tmp_path), "--samples", "2",
                  "--max_new_tokens", "8"]) == 0
     assert (tmp_path / "traces.jsonl").exists()  # a random model solves nothing: an empty, valid file
+
+
+def test_validation_can_state_each_io_problem_in_the_other_code_language():
+    from magjax.rewards import code as code_lib
+    from magjax.types import AssertTest
+
+    tests = (IOTest("2 3\n", "5\n"), IOTest("-1 1\n", "0\n"))
+    named = Problem("sum", "code", "Read two integers and print their sum. (Python)", code_language="python",
+                    tests=tests, solutions=("a,b=map(int,input().split())\nprint(a+b)",))
+    unnamed = Problem("sum2", "code", "Print the sum of two integers.", code_language="cpp", tests=tests)
+    asserted = Problem("f", "code", "Write f(x) returning x+1.", code_language="python",
+                       tests=(AssertTest("assert f(1) == 2", "f"),))
+    fixed, report = validate([named, unnamed, asserted], duplicate_languages=True)
+    by_id = {p.id: p for p in fixed}
+    assert set(by_id) == {"sum", "sum2", "f", "sum.cpp", "sum2.python"}
+    assert by_id["sum.cpp"].prompt == "Read two integers and print their sum. (C++)"
+    assert by_id["sum.cpp"].code_language == "cpp" and by_id["sum.cpp"].solutions == ()
+    assert by_id["sum2.python"].prompt.endswith("Write the solution in Python.")
+    assert [d["problem"] for d in report.not_duplicated] == ["f"]
+    # The twin is a real problem: a C++ solution passes its tests in the sandbox.
+    cpp = "#include <iostream>\nint main(){long a,b;std::cin>>a>>b;std::cout<<a+b<<\"\\n\";}\n"
+    assert code_lib.run_tests(cpp, "cpp", list(by_id["sum.cpp"].tests)).passed
