@@ -4,7 +4,7 @@ from magjax.bench import pipeline, sampler, train, verifier
 
 
 def test_bench_train_measures_the_step_against_the_machine_peak():
-    r = train.run("test", batch=2, prompt_len=8, completion_len=24, reps=2)
+    r = train.run("test", batch=4, prompt_len=8, completion_len=24, reps=2)
     assert r["tokens_per_s"] > 0 and r["mfu"] > 0
     assert "tokens/step" in train.describe(r)
 
