@@ -40,6 +40,7 @@ class DataConfig:
     demo_difficulties: tuple[int, ...] = (1,)
     demo_math_families: tuple[str, ...] = MATH_FAMILIES  # see data/synthetic.py
     sft_languages: tuple[str, ...] | None = None  # worked solutions only in these languages (None: all)
+    sft_code_fraction: float | None = None  # the cold start's share of code solutions (None: as generated)
     seed: int = 0
 
 
@@ -74,8 +75,13 @@ def datasets(data: DataConfig) -> tuple[list[Problem], list[Problem], list[tuple
     # small family, so held-out code problems share statements but have unseen tests.
     train_prompts = {t.problem.prompt for t in tasks if t.problem.kind == "math"}
     heldout = [t.problem for t in heldout_tasks if t.problem.prompt not in train_prompts]
-    examples = [(t.problem.prompt, t.solution) for t in tasks
-                if data.sft_languages is None or t.problem.language in data.sft_languages]
+    chosen = [t for t in tasks if data.sft_languages is None or t.problem.language in data.sft_languages]
+    if data.sft_code_fraction is not None:  # keep every math solution, enough code ones for the share
+        math = [t for t in chosen if t.problem.kind == "math"]
+        code = [t for t in chosen if t.problem.kind == "code"]
+        want = round(len(math) * data.sft_code_fraction / max(1e-9, 1 - data.sft_code_fraction))
+        chosen = math + code[:want]
+    examples = [(t.problem.prompt, t.solution) for t in chosen]
     return [t.problem for t in tasks], heldout, examples
 
 

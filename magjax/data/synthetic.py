@@ -2,7 +2,7 @@
 
 Math: multi-digit addition, subtraction and multiplication (written as symbols, family
 ``arith``, or with the operation in words of the prompt's language, family ``words``),
-linear equations (``a x + b = c``), and fraction sums (answers as reduced ``\\frac``),
+comparisons (``larger`` / ``smaller`` of two numbers), linear equations (``a x + b = c``), and fraction sums (answers as reduced ``\\frac``),
 checkable by the math verifier. Code: short stdin/stdout programs (read integers, compute, print), in Python
 or C++, checkable by the sandbox. Prompts come in several natural languages; each task
 carries a worked solution in the Magistral response format (a think section, a short
@@ -27,7 +27,12 @@ MATH_TEMPLATES = {
                  "es": "Suma las fracciones {expr}.", "de": "Addiere die Brüche {expr}."},
     "words": {"en": "What is {expr}?", "fr": "Combien font {expr} ?", "es": "¿Cuánto es {expr}?",
               "de": "Wie viel ist {expr}?"},
+    "larger": {"en": "Which is larger, {expr}?", "fr": "Quel est le plus grand, {expr} ?",
+               "es": "¿Cuál es mayor, {expr}?", "de": "Welche Zahl ist größer, {expr}?"},
+    "smaller": {"en": "Which is smaller, {expr}?", "fr": "Quel est le plus petit, {expr} ?",
+                "es": "¿Cuál es menor, {expr}?", "de": "Welche Zahl ist kleiner, {expr}?"},
 }
+OR_WORDS = {"en": "or", "fr": "ou", "es": "o", "de": "oder"}
 OPERATION_WORDS = {"en": {"+": "plus", "-": "minus", "*": "times"}, "fr": {"+": "plus", "-": "moins", "*": "fois"},
                    "es": {"+": "más", "-": "menos", "*": "por"}, "de": {"+": "plus", "-": "minus", "*": "mal"}}
 MATH_FAMILIES = ("arith", "arith", "equation", "fraction")  # drawn uniformly: arithmetic twice as often
@@ -65,6 +70,13 @@ def _math_task(rng: random.Random, i: int, language: str, difficulty: int,
         answer = {"+": a + b, "-": a - b, "*": a * b}[op]
         expr = f"{a}{op}{b}" if family == "arith" else f"{a} {OPERATION_WORDS[language][op]} {b}"
         think = f"{a}{op}{b}={answer}"
+        boxed = str(answer)
+    elif family in ("larger", "smaller"):
+        lo2, hi2 = 10 ** difficulty, 10 ** (difficulty + 1) - 1  # two-digit numbers at difficulty 1
+        a, b = rng.sample(range(lo2, hi2 + 1), 2)
+        answer = max(a, b) if family == "larger" else min(a, b)
+        expr = f"{a} {OR_WORDS[language]} {b}"
+        think = f"{max(a, b)}>{min(a, b)}"
         boxed = str(answer)
     elif family == "equation":
         a, x = rng.randint(2, 3 + 3 * difficulty), rng.randint(-5 * difficulty, 5 * difficulty)
