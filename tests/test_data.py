@@ -77,3 +77,27 @@ def test_demo_tasks_are_deterministic_and_their_solutions_score():
     for t in tasks:
         assert score(t.problem, t.solution, len(tok.encode(t.solution))).total >= 1.0, t
         assert score(t.problem, wrong_solution(t), 10).total == pytest.approx(0.1), t
+
+
+@pytest.mark.parametrize("family", ["arith", "words", "larger", "smaller", "equation", "fraction"])
+def test_every_math_family_is_well_posed(family):
+    tasks = generate(12, seed=7, kinds=("math",), difficulties=(1, 2), math_families=(family,))
+    tok = ByteTokenizer()
+    for t in tasks:
+        assert t.problem.id.startswith(f"math-{family}-")
+        assert score(t.problem, t.solution, len(tok.encode(t.solution))).total >= 1.0, t
+        assert score(t.problem, wrong_solution(t), 10).total == pytest.approx(0.1), t
+
+
+def test_the_cold_start_mix_follows_the_data_config():
+    from magjax.experiment import DataConfig, datasets
+
+    problems, heldout, examples = datasets(DataConfig(demo_train_size=200, demo_heldout_size=20,
+                                                      sft_languages=("en",), sft_code_fraction=0.2))
+    english = [p for p in problems if p.language == "en"]
+    by_prompt = {p.prompt: p for p in english}
+    kinds = [by_prompt[prompt].kind for prompt, _ in examples]
+    assert all(prompt in by_prompt for prompt, _ in examples)  # English worked solutions only
+    assert kinds.count("code") == round(kinds.count("math") * 0.2 / 0.8)
+    train_math = {p.prompt for p in problems if p.kind == "math"}
+    assert heldout and not any(p.prompt in train_math for p in heldout if p.kind == "math")
