@@ -57,11 +57,14 @@ def _check_accounting(result):
     assert sum(acc["trained"].values()) > 0
 
 
-def test_async_colocated_spans_versions_and_loses_nothing(sft_params):
-    result = _run(sft_params, mode="async", steps=6, n_batch=16, n_async=32, queue_groups=2)
-    assert len(result.history) == 6 and result.version == sum(h["pipeline/groups_trained"] > 0 for h in result.history)
+def test_async_colocated_learns_spans_versions_and_loses_nothing(sft_params):
+    result = _run(sft_params, mode="async", steps=16, n_batch=32, n_async=32, queue_groups=4)
+    h = result.history
+    assert len(h) == 16 and result.version == sum(r["pipeline/groups_trained"] > 0 for r in h)
     assert result.spanning >= 1  # some sequence continued on new weights mid-flight
-    assert max(h["pipeline/lag_versions_spanned_max"] for h in result.history) >= 1
+    assert max(r["pipeline/lag_versions_spanned_max"] for r in h) >= 1
+    reward = [r["reward/mean"] for r in h]  # measured 0.15 -> 0.25..0.32 over three runs
+    assert np.mean(reward[-5:]) > np.mean(reward[:5]) + 0.05, reward
     _check_accounting(result)
 
 
