@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from magjax.checkpoint import Checkpointer, CheckpointConfig, abstract_like
-from magjax.mesh import MeshConfig, make_mesh
 from magjax.models import decoder, preset
 from magjax.rl import optimizer, train_step
 

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from magjax.data import read_problems
 from magjax.data.filtering import FilterConfig, filter_problems
 from magjax.data.validation import validate
