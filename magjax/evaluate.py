@@ -13,8 +13,10 @@ import collections
 import dataclasses
 import math
 
+import jax
 import numpy as np
 
+from magjax import distributed
 from magjax.models.config import ModelConfig
 from magjax.models.tokenizer import ChatFormat, Tokenizer
 from magjax.rewards.pool import PoolConfig, VerifierPool
@@ -81,20 +83,28 @@ def evaluate(problems: list[Problem], params, model_config: ModelConfig, tokeniz
              config: EvalConfig = EvalConfig(), *, engine: EngineConfig = EngineConfig(slots=32, max_len=256,
                                                                                         prompt_buckets=(64, 128)),
              reward: RewardConfig = RewardConfig(), pool: PoolConfig = PoolConfig(), mesh=None) -> dict:
-    """Samples ``config.samples`` completions per problem, grades them, returns the summary."""
+    """Samples ``config.samples`` completions per problem, grades them, returns the summary.
+
+    Across processes each one evaluates every process_count-th problem on its own devices
+    and the results are exchanged, so every process returns the whole evaluation. A
+    problem's samples are seeded by its place in ``problems``, so the figures do not depend
+    on how many processes share the work.
+    """
     per_problem: dict[str, dict] = {}
     verifier = VerifierPool(reward, pool)
+    process, processes = jax.process_index(), jax.process_count()
     try:
         for kind, top_p in (("math", config.top_p_math), ("code", config.top_p_code)):
-            subset = [p for p in problems if p.kind == kind]
-            if not subset:
+            indexed = [(i, p) for i, p in enumerate(problems) if p.kind == kind and i % processes == process]
+            if not indexed:
                 continue
+            subset = [p for _, p in indexed]
             sampling = SamplingConfig(temperature=config.temperature, top_p=top_p, seed=config.seed)
             gen = Generator(Engine(model_config, engine, sampling, tokenizer.eos_id, mesh=mesh), params,
                             decode_text=tokenizer.decode)
             by_id = {p.id: p for p in subset}
             completions = gen.generate([Request(p.id, chat.encode(tokenizer, p.prompt), config.samples,
-                                                config.max_new_tokens, uid=i) for i, p in enumerate(subset)])
+                                                config.max_new_tokens, uid=i) for i, p in indexed])
             futures = [verifier.submit(by_id[c.problem_id], c) for c in completions]
             for c, f in zip(completions, futures):
                 scored = f.result()
@@ -110,6 +120,11 @@ def evaluate(problems: list[Problem], params, model_config: ModelConfig, tokeniz
         r["correct"] = [s[0] for s in ordered]
         r["answers"] = [s[1] for s in ordered]
         r["lengths"] = [s[2] for s in ordered]
+    if processes > 1:  # every process calls evaluate at the same point of the program
+        merged = {}
+        for part in distributed.exchange(per_problem):
+            merged |= part
+        per_problem = {p.id: merged[p.id] for p in problems if p.id in merged}
     return {"summary": summarize(per_problem, config.samples), "problems": per_problem}
 
 

@@ -92,7 +92,12 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     for i in range(2):
         assert "RL: 2 batches" in (logs / f"process_{i}.log").read_text()
     results = json.loads((run_dir / "results.json").read_text())
-    assert "eval_after" in results and (run_dir / "final_hf" / "config.json").exists()
+    assert (run_dir / "final_hf" / "config.json").exists()
+    # Each process evaluated half of the held-out problems; both halves are in the summary.
+    from magjax.experiment import DataConfig, datasets
+
+    heldout = datasets(DataConfig(demo_train_size=64, demo_heldout_size=8))[1]
+    assert results["eval_after"]["all"]["problems"] == results["eval_before"]["all"]["problems"] == len(heldout)
     assert any(d.isdigit() for d in os.listdir(run_dir / "rl" / "checkpoints"))
     records = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # one writer for the job, not one per process
