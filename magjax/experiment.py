@@ -130,9 +130,12 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
                                  optimizer=sft_optimizer, packing=packing)
         results["sft_loss_first_last"] = [losses[0], losses[-1]]
 
+    latest: list[dict] = []  # the last evaluation's summary
+
     def held_out(params) -> dict:
-        return evaluate(heldout, params, model_config, tok, chat, evaluation, engine=engine, reward=reward,
-                        pool=pool)["summary"]
+        latest[:] = [evaluate(heldout, params, model_config, tok, chat, evaluation, engine=engine, reward=reward,
+                              pool=pool)["summary"]]
+        return latest[0]
 
     if heldout and not resuming:
         print(f"[magjax] evaluating {len(heldout)} held-out problems before RL")
@@ -146,7 +149,11 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
                  packing=packing, reward=reward, pool=pool, evaluator=held_out if heldout else None,
                  eval_every=evaluation.every_steps)
     params = result.params
-    if heldout:
+    evaluated_last_step = (evaluation.every_steps and result.step == rl.steps and not result.preempted
+                           and rl.steps % evaluation.every_steps == 0 and latest)
+    if heldout and evaluated_last_step:  # the run's own evaluation at its last step saw these params
+        results["eval_after"] = latest[0]
+    elif heldout:
         print(f"[magjax] evaluating {len(heldout)} held-out problems after RL")
         results["eval_after"] = held_out(params)
         results["table"] = format_table(results.get("eval_before", {}), results["eval_after"], evaluation.samples)

@@ -101,3 +101,6 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     assert any(d.isdigit() for d in os.listdir(run_dir / "rl" / "checkpoints"))
     records = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # one writer for the job, not one per process
+    # The smoke evaluates every batch: the last step's evaluation is the "after" one, not redone.
+    assert records[-1]["eval/pass@1"] == results["eval_after"]["all"]["pass@1"]
+    assert "after RL" not in (logs / "process_0.log").read_text()
