@@ -30,9 +30,8 @@ import jax
 import numpy as np
 
 from magjax import distributed, evaluate as evaluate_lib
-from magjax.data import curriculum
 from magjax.checkpoint import CheckpointConfig, Checkpointer, abstract_like
-from magjax.data import read_problems
+from magjax.data import curriculum, read_problems
 from magjax.data.iterator import ProblemIterator
 from magjax.mesh import MeshConfig, make_mesh
 from magjax.metrics import MetricsWriter
