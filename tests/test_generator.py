@@ -26,14 +26,14 @@ def test_weights_swapped_mid_generation_keep_every_sequence_and_its_cache():
     gen.submit(requests)
     done = gen.step() + gen.step()  # prefill + two chunks on the old weights
     lengths = np.asarray(gen.state.lengths_b).copy()
-    k_before = np.asarray(gen.state.k_lbske).copy()
+    k_before = np.stack(gen.state.k_bkes)  # [layers, slots, kv_heads, head_dim, max_len]
     in_flight = dict(gen._slots)
     assert len(in_flight) == 6 and not done
     gen.set_weights(new, 1)
     done += gen.step()
-    k_after = np.asarray(gen.state.k_lbske)
+    k_after = np.stack(gen.state.k_bkes)
     for slot in in_flight:  # entries written before the swap are untouched
-        np.testing.assert_array_equal(k_after[:, slot, : lengths[slot]], k_before[:, slot, : lengths[slot]])
+        np.testing.assert_array_equal(k_after[:, slot, ..., : lengths[slot]], k_before[:, slot, ..., : lengths[slot]])
     while gen.in_flight or gen.pending:
         done += gen.step()
     assert sorted((c.problem_id, c.sample_index) for c in done) == sorted(reference)

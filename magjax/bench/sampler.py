@@ -33,6 +33,7 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
     engine = Engine(config, EngineConfig(slots=batch, max_len=prompt_len + new_tokens + 1,
                                          prompt_buckets=(prompt_len,), chunk_steps=chunk),
                     SamplingConfig(temperature=1.0), eos_id=config.vocab_size)  # never emitted
+    params = engine.prepare(params)
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, config.vocab_size, (batch, prompt_len)).tolist()
 

@@ -17,6 +17,9 @@ over the whole vocabulary, and exactly as random.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,8 +62,13 @@ class EngineConfig:
 class DecodeState:
     """Everything the device knows about the slots. Arrays only (a pytree)."""
 
-    k_lbske: jax.Array  # keys [layers, slots, max_len, kv_heads, head_dim]
-    v_lbske: jax.Array
+    # One cache array per layer, not one stacked array: a layer then reads and updates
+    # its own buffer in place, where slicing a stacked cache copies it every step.
+    # Keys are [slots, kv_heads, head_dim, max_len] and values [slots, kv_heads, max_len,
+    # head_dim]: each puts the dimension its attention product sweeps last, so q·k and
+    # p·v stream the cache once instead of running as many tiny matrix products.
+    k_bkes: tuple[jax.Array, ...]
+    v_bkse: tuple[jax.Array, ...]
     lengths_b: jax.Array  # tokens in the cache = position of last_token
     last_token_b: jax.Array  # sampled, not yet fed
     active_b: jax.Array  # bool: still generating
@@ -121,15 +129,59 @@ def sample_tokens(logits_bv, keys_b, sampling: SamplingConfig):
     return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], -1)[:, 0]
 
 
+def attend_cache(q_b1he, k_bkes, v_bkse, mask_bs):
+    """One new query per slot against that slot's cache: [b, 1, h, e].
+
+    Written as broadcast products and sums rather than einsums: with one query row per
+    head group, XLA:CPU would run an einsum as b·k tiny matrix products; the fused
+    elementwise form streams the cache once. Scores and softmax in float32.
+    """
+    b, _, h, e = q_b1he.shape
+    kv = k_bkes.shape[1]
+    q_bkge = q_b1he.reshape(b, kv, h // kv, e).astype(jnp.float32)
+    scores_bkgs = jnp.sum(q_bkge[..., None] * k_bkes[:, :, None].astype(jnp.float32), axis=3) / math.sqrt(e)
+    scores_bkgs = jnp.where(mask_bs[:, None, None], scores_bkgs, -1e30)
+    probs_bkgs = jax.nn.softmax(scores_bkgs, axis=-1)
+    out_bkge = jnp.sum(probs_bkgs[..., None] * v_bkse[:, :, None].astype(jnp.float32), axis=3)
+    return out_bkge.reshape(b, 1, h, e).astype(q_b1he.dtype)
+
+
 def _release_slots(state: DecodeState, mask_b) -> DecodeState:
     return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
+
+
+def prepare_params(config: ModelConfig, params: dict) -> dict:
+    """The sampler's copy of the weights: the stacked layer arrays split into one dict per
+    layer. A layer loop over stacked weights slices (copies) every weight on every decode
+    step; split once per weight version, each step reads them where they lie."""
+    layers = [jax.tree.map(lambda a, l=l: a[l], params["layers"]) for l in range(config.num_layers)]
+    return {**{k: v for k, v in params.items() if k != "layers"}, "layers": layers}
+
+
+def prepared_shardings(config: ModelConfig, mesh) -> dict:
+    """NamedShardings of ``prepare_params``' output: each layer as its stacked slice."""
+    axes, shapes = decoder.param_axes(config), decoder.param_shapes(config)
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)  # noqa: E731
+    layer_axes = jax.tree.map(lambda a: a[1:], axes.pop("layers"), is_leaf=is_axes)
+    layer_shapes = jax.tree.map(lambda a: a[1:], shapes.pop("layers"), is_leaf=_is_shape)
+    out = shd.tree_shardings(axes, shapes, mesh)
+    out["layers"] = [shd.tree_shardings(layer_axes, layer_shapes, mesh)] * config.num_layers
+    return out
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(a, int) for a in x)
 
 
 _COMPILED: dict = {}
 
 
 class Engine:
-    """The sampler's compiled functions for one model, cache geometry and sampling setting."""
+    """The sampler's compiled functions for one model, cache geometry and sampling setting.
+
+    ``prefill`` and ``decode`` take the weights as ``prepare(params)`` returns them (the
+    generator prepares each weight version once).
+    """
 
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, sampling: SamplingConfig,
                  eos_id: int, *, mesh=None):
@@ -139,37 +191,47 @@ class Engine:
         # a run that rebuilds its generator, or a test suite making many, compiles once.
         key = (model_config, engine_config, sampling, eos_id, mesh)
         if key in _COMPILED:
-            self._prefill, self._decode, self._release, self.traces = _COMPILED[key]
+            self._prepare, self._prefill, self._decode, self._release, self.traces = _COMPILED[key]
             return
         self.traces = {"prefill": 0, "decode": 0}
         shardings = self.state_shardings() if mesh is not None else None
-        params_sh = decoder.param_shardings(model_config, mesh) if mesh is not None else None
+        params_sh = prepared_shardings(model_config, mesh) if mesh is not None else None
         kw = lambda ins, outs: {} if mesh is None else {"in_shardings": ins, "out_shardings": outs}  # noqa: E731
         rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+        self._prepare = jax.jit(functools.partial(prepare_params, model_config),
+                                **({} if mesh is None else {"out_shardings": params_sh}))
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
                                 **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
         self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
-        _COMPILED[key] = (self._prefill, self._decode, self._release, self.traces)
+        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces)
+
+    def prepare(self, params: dict) -> dict:
+        """The weights in the layout ``prefill`` and ``decode`` read (one copy per version)."""
+        return self._prepare(params)
 
     # ------------------------------------------------------------------ state
 
     def state_shardings(self) -> DecodeState:
         mesh = self.mesh
         c = self.model_config
-        cache = (self.config.slots, self.config.max_len)
-        cache_sh = shd.named_sharding((shd.LAYERS, shd.BATCH, shd.SEQUENCE, shd.KV_HEADS, shd.HEAD_DIM),
-                                      (c.num_layers, *cache, c.num_kv_heads, c.head_dim), mesh)
-        slot_sh = shd.named_sharding((shd.BATCH,), (self.config.slots,), mesh)
-        return DecodeState(cache_sh, cache_sh, *([slot_sh] * 8))
+        b, s = self.config.slots, self.config.max_len
+        k_sh = shd.named_sharding((shd.BATCH, shd.KV_HEADS, shd.HEAD_DIM, shd.SEQUENCE),
+                                  (b, c.num_kv_heads, c.head_dim, s), mesh)
+        v_sh = shd.named_sharding((shd.BATCH, shd.KV_HEADS, shd.SEQUENCE, shd.HEAD_DIM),
+                                  (b, c.num_kv_heads, s, c.head_dim), mesh)
+        slot_sh = shd.named_sharding((shd.BATCH,), (b,), mesh)
+        return DecodeState((k_sh,) * c.num_layers, (v_sh,) * c.num_layers, *([slot_sh] * 8))
 
     def init_state(self) -> DecodeState:
         c, s = self.model_config, self.config
-        shape = (c.num_layers, s.slots, s.max_len, c.num_kv_heads, c.head_dim)
+        k_shape = (s.slots, c.num_kv_heads, c.head_dim, s.max_len)
+        v_shape = (s.slots, c.num_kv_heads, s.max_len, c.head_dim)
         zeros = lambda dtype: np.zeros((s.slots,), dtype)  # noqa: E731
-        state = DecodeState(jnp.zeros(shape, c.jnp_dtype), jnp.zeros(shape, c.jnp_dtype), zeros(np.int32),
-                            zeros(np.int32), zeros(bool), zeros(np.int32), zeros(np.int32), zeros(np.int32),
-                            zeros(np.int32), zeros(np.int32))
+        state = DecodeState(tuple(jnp.zeros(k_shape, c.jnp_dtype) for _ in range(c.num_layers)),
+                            tuple(jnp.zeros(v_shape, c.jnp_dtype) for _ in range(c.num_layers)),
+                            zeros(np.int32), zeros(np.int32), zeros(bool), zeros(np.int32), zeros(np.int32),
+                            zeros(np.int32), zeros(np.int32), zeros(np.int32))
         if self.mesh is not None:
             return jax.device_put(state, self.state_shardings())
         return jax.tree.map(jnp.asarray, state)
@@ -187,7 +249,8 @@ class Engine:
                 samples: list[int], max_new: int):
         """Writes one prompt into ``slots`` (one per sample) and samples each first token.
 
-        Returns the new state and, per slot, (first token, its log-prob, finish code).
+        ``params`` as ``prepare`` returns them. Returns the new state and, per slot, (first
+        token, its log-prob, finish code).
         """
         if not prompt:
             raise ValueError("cannot prefill an empty prompt")
@@ -204,25 +267,29 @@ class Engine:
         self.traces["prefill"] += 1
         c = self.model_config
         p = tokens_1p.shape[1]
+        g = slots_g.shape[0]
         positions_1p = jnp.arange(p, dtype=jnp.int32)[None]
         # Padding after the prompt gets its own segment so it cannot disturb the prompt.
         segments_1p = (positions_1p >= prompt_len).astype(jnp.int32)
-        h_1pd, (k_l1pke, v_l1pke) = decoder.hidden_states(c, params, tokens_1p, positions_1p, segments_1p,
-                                                           mesh=self.mesh, return_kv=True)
-        h_11d = jax.lax.dynamic_slice_in_dim(h_1pd, prompt_len - 1, 1, axis=1)
+        mask_1pp = decoder.attention_mask(c, positions_1p, segments_1p)
+        x_1pd = shd.constrain(decoder.embed(c, params, tokens_1p), (shd.BATCH, shd.SEQUENCE, None), self.mesh)
+        k_cache, v_cache = list(state.k_bkes), list(state.v_bkse)
+        for l, layer in enumerate(params["layers"]):
+            x_1pd, (k_1pke, v_1pke) = decoder.block(c, layer, x_1pd, positions_1p, mask_1pp, self.mesh)
+            # The prompt's keys and values go to each of its G slots, in the cache layouts.
+            k_gkep = jnp.broadcast_to(jnp.transpose(k_1pke, (0, 2, 3, 1)), (g, *k_1pke.shape[2:], p))
+            v_gkpe = jnp.broadcast_to(jnp.transpose(v_1pke, (0, 2, 1, 3)), (g, k_1pke.shape[2], p, k_1pke.shape[3]))
+            k_cache[l] = k_cache[l].at[slots_g, :, :, :p].set(k_gkep.astype(k_cache[l].dtype))
+            v_cache[l] = v_cache[l].at[slots_g, :, :p].set(v_gkpe.astype(v_cache[l].dtype))
+        h_11d = jax.lax.dynamic_slice_in_dim(x_1pd, prompt_len - 1, 1, axis=1)
         logits_1v = decoder.unembed(c, params, h_11d)[:, 0]
-        g = slots_g.shape[0]
-        k_lgpke = jnp.broadcast_to(k_l1pke, (c.num_layers, g, *k_l1pke.shape[2:])).astype(state.k_lbske.dtype)
-        v_lgpke = jnp.broadcast_to(v_l1pke, (c.num_layers, g, *v_l1pke.shape[2:])).astype(state.v_lbske.dtype)
-        k_cache = state.k_lbske.at[:, slots_g, :p].set(k_lgpke)
-        v_cache = state.v_lbske.at[:, slots_g, :p].set(v_lgpke)
         uid_g = jnp.full((g,), uid, jnp.int32)
         keys_g = token_key(self.sampling.seed, uid_g, samples_g, jnp.full((g,), prompt_len, jnp.int32))
         token_g, logp_g = sample_tokens(jnp.broadcast_to(logits_1v, (g, logits_1v.shape[-1])), keys_g, self.sampling)
         finish_g = jnp.where(token_g == self.eos_id, EOS, jnp.where(max_new <= 1, LENGTH, RUNNING))
         at = lambda arr, val: arr.at[slots_g].set(val)  # noqa: E731
         state = DecodeState(
-            k_cache, v_cache, at(state.lengths_b, prompt_len), at(state.last_token_b, token_g),
+            tuple(k_cache), tuple(v_cache), at(state.lengths_b, prompt_len), at(state.last_token_b, token_g),
             at(state.active_b, finish_g == RUNNING), at(state.generated_b, 1), at(state.max_new_b, max_new),
             at(state.uid_b, uid), at(state.sample_b, samples_g), at(state.finish_b, finish_g))
         return state, (token_g, logp_g, finish_g)
@@ -236,6 +303,7 @@ class Engine:
     # ------------------------------------------------------------------ decode
 
     def decode(self, params, state: DecodeState) -> tuple[DecodeState, ChunkOutput]:
+        """Up to ``chunk_steps`` tokens for every active slot; ``params`` as ``prepare`` returns."""
         state, (tokens, logps, valid, finish, steps) = self._decode(params, state)
         return state, ChunkOutput(np.asarray(tokens), np.asarray(logps), np.asarray(valid), np.asarray(finish),
                                   int(steps))
@@ -264,27 +332,22 @@ class Engine:
         pos_b = state.lengths_b
         x_b1d = decoder.embed(c, params, state.last_token_b[:, None])
         s_idx = jnp.arange(self.config.max_len)
-        mask_b1s = (s_idx[None] <= pos_b[:, None])
+        mask_bs = s_idx[None] <= pos_b[:, None]
         if c.sliding_window is not None:
-            mask_b1s &= pos_b[:, None] - s_idx[None] < c.sliding_window
-        mask_b1s = mask_b1s[:, None]
+            mask_bs &= pos_b[:, None] - s_idx[None] < c.sliding_window
         # Finished and free slots write nowhere (an out-of-range index is dropped).
         write_b = jnp.where(state.active_b, pos_b, self.config.max_len)
         slot_idx = jnp.arange(self.config.slots)
-
-        def layer_fn(carry, layer_l):
-            x_b1d, k_cache, v_cache, l = carry
-            q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer_l, x_b1d, pos_b[:, None])
-            k_cache = k_cache.at[l, slot_idx, write_b].set(k_b1ke[:, 0].astype(k_cache.dtype), mode="drop")
-            v_cache = v_cache.at[l, slot_idx, write_b].set(v_b1ke[:, 0].astype(v_cache.dtype), mode="drop")
-            k_bske, v_bske = k_cache[l], v_cache[l]
+        k_cache, v_cache = list(state.k_bkes), list(state.v_bkse)
+        # The layers run as a Python loop (unrolled): each reads its own weights and cache.
+        for l, layer in enumerate(params["layers"]):
+            q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer, x_b1d, pos_b[:, None])
+            k_cache[l] = k_cache[l].at[slot_idx, :, :, write_b].set(k_b1ke[:, 0].astype(k_cache[l].dtype),
+                                                                   mode="drop")
+            v_cache[l] = v_cache[l].at[slot_idx, :, write_b].set(v_b1ke[:, 0].astype(v_cache[l].dtype), mode="drop")
             # A slot just written in this step reads its own new entry from the cache.
-            o_b1he = decoder.attend(q_b1he, k_bske.astype(x_b1d.dtype), v_bske.astype(x_b1d.dtype), mask_b1s)
-            x_b1d = decoder.layer_output(c, layer_l, x_b1d, o_b1he, self.mesh)
-            return (x_b1d, k_cache, v_cache, l + 1), None
-
-        (x_b1d, k_cache, v_cache, _), _ = jax.lax.scan(
-            layer_fn, (x_b1d, state.k_lbske, state.v_lbske, jnp.int32(0)), params["layers"])
+            o_b1he = attend_cache(q_b1he, k_cache[l], v_cache[l], mask_bs)
+            x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh)
         logits_bv = decoder.unembed(c, params, x_b1d)[:, 0]
         keys_b = token_key(self.sampling.seed, state.uid_b, state.sample_b, pos_b + 1)
         token_b, logp_b = sample_tokens(logits_bv, keys_b, self.sampling)
@@ -294,7 +357,7 @@ class Engine:
         out_of_room = (generated_b >= state.max_new_b) | (lengths_b >= self.config.max_len)
         finish_b = jnp.where(~valid_b, state.finish_b,
                              jnp.where(token_b == self.eos_id, EOS, jnp.where(out_of_room, LENGTH, RUNNING)))
-        state = DecodeState(k_cache, v_cache, lengths_b, jnp.where(valid_b, token_b, state.last_token_b),
+        state = DecodeState(tuple(k_cache), tuple(v_cache), lengths_b, jnp.where(valid_b, token_b, state.last_token_b),
                             valid_b & (finish_b == RUNNING), generated_b, state.max_new_b, state.uid_b,
                             state.sample_b, finish_b)
         return state, token_b, logp_b, valid_b

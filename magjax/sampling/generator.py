@@ -98,6 +98,7 @@ class Generator:
         self._pending: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()
         self._weights = (params, version)
+        self._prepared = (None, None)  # (the _weights entry it came from, engine.prepare's output)
         self._paused = False
         self._stopping = False
         self._draining = False
@@ -152,7 +153,10 @@ class Generator:
 
     def step(self) -> list[Completion]:
         """Admit what fits, run one decode chunk, harvest. Returns the finished completions."""
-        params, version = self._weights
+        weights = self._weights
+        if self._prepared[0] is not weights:  # a new version: lay it out for the engine once
+            self._prepared = (weights, self.engine.prepare(weights[0]))
+        params, version = self._prepared[1], weights[1]
         done = self._admit(params, version)
         if self._slots:
             saturated = bool(self._pending)
