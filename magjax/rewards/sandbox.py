@@ -2,7 +2,7 @@
 
 Each run gets a fresh temporary directory, a scrubbed environment, its own session and
 process group, and rlimits (address space, CPU seconds, file size, open files, processes,
-no core dumps), set by a tiny launcher (``python -m magjax.rewards.sandbox``) that then
+no core dumps), set by a tiny launcher (``confine.py``, run by path) that then
 ``exec``s the program, so no Python code runs between ``fork`` and ``exec`` in the
 (threaded) trainer process. Output is read with a byte cap; on timeout the whole process
 group is killed.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -39,6 +38,7 @@ import time
 import uuid
 
 MARKER = "MAGJAX_SANDBOX_RUN"
+CONFINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confine.py")  # the launcher, run by path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +132,7 @@ def run(argv: list[str], *, stdin: bytes = b"", limits: Limits = Limits(), workd
     own_dir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="magjax-sandbox-")
     run_id = uuid.uuid4().hex
-    launcher = [sys.executable, "-S", "-m", "magjax.rewards.sandbox", str(limits.memory_mb),
+    launcher = [sys.executable, "-I", "-S", CONFINE, str(limits.memory_mb),
                 str(int(limits.seconds) + 1), str(limits.file_bytes), str(limits.processes),
                 str(limits.open_files), "--", *argv]
     env = _scrubbed_env(workdir, run_id)
@@ -142,14 +142,14 @@ def run(argv: list[str], *, stdin: bytes = b"", limits: Limits = Limits(), workd
     if isolate and tier() == "namespaces":
         launcher = _unshare_prefix() + ["--wd", workdir] + launcher
         env["MAGJAX_SANDBOX_WRITABLE"] = workdir
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     start = time.perf_counter()
     proc = subprocess.Popen(launcher, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     out, err, timed_out, exceeded = _communicate(proc, stdin, limits)
     seconds = time.perf_counter() - start
     _kill_group(proc.pid)
-    _sweep(run_id)
+    if not (isolate and tier() == "namespaces"):  # there, the PID namespace's end killed everything
+        _sweep(run_id)
     _remove_cgroup(cgroup)
     if own_dir:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -218,31 +218,3 @@ def _sweep(run_id: str):
                     os.kill(int(pid), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             continue
-
-
-def _launch(args: list[str]):
-    """The launcher: set limits, drop privileges, exec the program. Runs in the child."""
-    memory_mb, cpu_s, file_bytes, nproc, nofile = (int(a) for a in args[:5])
-    argv = args[args.index("--") + 1:]
-    cgroup = os.environ.pop("MAGJAX_SANDBOX_CGROUP", None)
-    if cgroup:  # before anything else: every descendant is counted against pids.max
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-    writable = os.environ.pop("MAGJAX_SANDBOX_WRITABLE", None)
-    if writable:  # inside the private mount namespace: everything read-only but the run's directory
-        for cmd in (["mount", "--bind", "/", "/"], ["mount", "-o", "remount,bind,ro", "/"],
-                    ["mount", "--bind", writable, writable], ["mount", "-o", "remount,bind,rw", writable]):
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.chdir(writable)  # re-enter through the writable mount
-    if memory_mb > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    os.execvp(argv[0], argv)
-
-
-if __name__ == "__main__":
-    _launch(sys.argv[1:])
