@@ -18,7 +18,7 @@ COMMANDS = ("train", "sft", "eval", "filter", "validate-tests", "distill", "expo
 DEFAULT_GIN = {"train": "experiments/demo_cpu.gin"}
 
 
-def _bench(args) -> int:
+def _bench(args, bindings=()) -> int:
     if args.what == "train":
         from magjax.bench import train as bench
         result = bench.run(args.preset, dtype=args.dtype)
@@ -30,7 +30,7 @@ def _bench(args) -> int:
         result = bench.run()
     else:
         from magjax.bench import pipeline as bench
-        result = bench.run(steps=args.steps)
+        result = bench.run(steps=args.steps, bindings=tuple(bindings))
     print(bench.describe(result))
     if args.json:
         with open(args.json, "w") as f:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             flags = os.environ.get("XLA_FLAGS", "")
             if "xla_force_host_platform_device_count" not in flags:
                 os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
-        return _bench(args)
+        return _bench(args, bindings)
     if args.command == "plan":
         from magjax import config
         from magjax.plan import make_plan

@@ -2,7 +2,9 @@
 
 The cache is a pytree passed in and returned (donated), never hidden state: slot ``b``
 holds one sequence, ``lengths_b`` tokens of it in the cache and ``last_token_b`` sampled
-but not yet fed. ``prefill`` runs one prompt (padded to a length bucket) once and copies
+but not yet fed. It holds one array per layer, and the weights come in as ``prepare``
+lays them out (one dict per layer, once per weight version): a decode step is bound by
+memory traffic and kernel count, and slicing a stacked layer axis copies on every step. ``prefill`` runs one prompt (padded to a length bucket) once and copies
 its keys and values into the G slots of its samples; ``decode`` advances every active slot
 by up to ``chunk_steps`` tokens inside one compiled loop. Params are arguments: handing
 the next chunk new weights is the whole in-flight weight update; entries already in the
