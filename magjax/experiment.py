@@ -69,12 +69,17 @@ def datasets(data: DataConfig) -> tuple[list[Problem], list[Problem], list[tuple
     if data.train != "demo":
         return read_problems(data.train), read_problems(data.heldout) if data.heldout else [], []
     kw = dict(kinds=data.demo_kinds, difficulties=data.demo_difficulties, math_families=data.demo_math_families)
-    tasks = generate(data.demo_train_size, seed=data.seed, **kw)
+    # The held-out split is drawn first and its math prompts are kept out of training, so
+    # it keeps its size however small a task family's space is. The demo's code statements
+    # are a small family: held-out code problems share statements but have unseen tests.
     heldout_tasks = generate(data.demo_heldout_size, seed=data.seed + 10_000, **kw)
-    # Held-out math problems never appear in training; the demo's code statements are a
-    # small family, so held-out code problems share statements but have unseen tests.
-    train_prompts = {t.problem.prompt for t in tasks if t.problem.kind == "math"}
-    heldout = [t.problem for t in heldout_tasks if t.problem.prompt not in train_prompts]
+    seen, heldout = set(), []
+    for t in heldout_tasks:
+        if t.problem.kind != "math" or t.problem.prompt not in seen:
+            heldout.append(t.problem)
+            seen.add(t.problem.prompt)
+    tasks = [t for t in generate(data.demo_train_size, seed=data.seed, **kw)
+             if t.problem.kind != "math" or t.problem.prompt not in seen]
     chosen = [t for t in tasks if data.sft_languages is None or t.problem.language in data.sft_languages]
     if data.sft_code_fraction is not None:  # keep every math solution, enough code ones for the share
         math = [t for t in chosen if t.problem.kind == "math"]
@@ -156,6 +161,7 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
     elif heldout:
         print(f"[magjax] evaluating {len(heldout)} held-out problems after RL")
         results["eval_after"] = held_out(params)
+    if "eval_after" in results:
         results["table"] = format_table(results.get("eval_before", {}), results["eval_after"], evaluation.samples)
     if jax.process_index() == 0:  # one writer per job (every process holds the same params)
         _write_outputs(run_dir, model_config, params, results, reward)

@@ -1,11 +1,12 @@
 """The built-in demo tasks: small math and code problems a CPU-sized model can learn.
 
-Math: multi-digit addition, subtraction and multiplication (written as symbols, family
-``arith``, or with the operation in words of the prompt's language, family ``words``),
-comparisons (``larger`` / ``smaller`` of two numbers), linear equations (``a x + b = c``), and fraction sums (answers as reduced ``\\frac``),
-checkable by the math verifier. Code: short stdin/stdout programs (read integers, compute, print), in Python
-or C++, checkable by the sandbox. Prompts come in several natural languages; each task
-carries a worked solution in the Magistral response format (a think section, a short
+Math: addition, subtraction and multiplication (written as symbols, family ``arith``, or
+with the operation in words of the prompt's language, family ``words``), comparisons
+(``larger`` / ``smaller`` of two numbers of ``difficulty`` digits), linear equations
+(``a x + b = c``), and fraction sums (answers as reduced ``\\frac``), checkable by the
+math verifier. Code: short stdin/stdout programs (read integers, compute, print), in
+Python or C++, checkable by the sandbox. Prompts come in several natural languages; each
+task carries a worked solution in the Magistral response format (a think section, a short
 summary, then ``\\boxed{}`` or a fenced code block) for the SFT cold start. Everything
 is a pure function of the seed.
 """
@@ -72,8 +73,7 @@ def _math_task(rng: random.Random, i: int, language: str, difficulty: int,
         think = f"{a}{op}{b}={answer}"
         boxed = str(answer)
     elif family in ("larger", "smaller"):
-        lo2, hi2 = 10 ** difficulty, 10 ** (difficulty + 1) - 1  # two-digit numbers at difficulty 1
-        a, b = rng.sample(range(lo2, hi2 + 1), 2)
+        a, b = rng.sample(range(lo, hi + 1), 2)  # `difficulty` digits: one-digit numbers at 1
         answer = max(a, b) if family == "larger" else min(a, b)
         expr = f"{a} {OR_WORDS[language]} {b}"
         think = f"{max(a, b)}>{min(a, b)}"
