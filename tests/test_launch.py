@@ -103,4 +103,6 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     assert [r["step"] for r in records] == [1, 2]  # one writer for the job, not one per process
     # The smoke evaluates every batch: the last step's evaluation is the "after" one, not redone.
     assert records[-1]["eval/pass@1"] == results["eval_after"]["all"]["pass@1"]
-    assert "after RL" not in (logs / "process_0.log").read_text()
+    log = (logs / "process_0.log").read_text()
+    assert "held-out problems after RL" not in log  # no second evaluation
+    assert "Held-out accuracy before and after RL" in log  # but the table, from the reused one
