@@ -4,8 +4,9 @@ The cache is a pytree passed in and returned (donated), never hidden state: slot
 holds one sequence, ``lengths_b`` tokens of it in the cache and ``last_token_b`` sampled
 but not yet fed. It holds one array per layer, and the weights come in as ``prepare``
 lays them out (one dict per layer, once per weight version): a decode step is bound by
-memory traffic and kernel count, and slicing a stacked layer axis copies on every step. ``prefill`` runs one prompt (padded to a length bucket) once and copies
-its keys and values into the G slots of its samples; ``decode`` advances every active slot
+memory traffic and kernel count, and slicing a stacked layer axis copies on every step.
+``prefill`` runs one prompt (padded to a length bucket) once and copies its keys and
+values into the G slots of its samples; ``decode`` advances every active slot
 by up to ``chunk_steps`` tokens inside one compiled loop. Params are arguments: handing
 the next chunk new weights is the whole in-flight weight update; entries already in the
 cache stay as they were.
@@ -161,18 +162,11 @@ def prepare_params(config: ModelConfig, params: dict) -> dict:
 
 
 def prepared_shardings(config: ModelConfig, mesh) -> dict:
-    """NamedShardings of ``prepare_params``' output: each layer as its stacked slice."""
-    axes, shapes = decoder.param_axes(config), decoder.param_shapes(config)
-    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)  # noqa: E731
-    layer_axes = jax.tree.map(lambda a: a[1:], axes.pop("layers"), is_leaf=is_axes)
-    layer_shapes = jax.tree.map(lambda a: a[1:], shapes.pop("layers"), is_leaf=_is_shape)
-    out = shd.tree_shardings(axes, shapes, mesh)
-    out["layers"] = [shd.tree_shardings(layer_axes, layer_shapes, mesh)] * config.num_layers
-    return out
-
-
-def _is_shape(x) -> bool:
-    return isinstance(x, tuple) and all(isinstance(a, int) for a in x)
+    """NamedShardings of ``prepare_params``' output: each layer as its slice of the stacked
+    array (the layer axis is never sharded), so preparing moves no data between devices."""
+    stacked = decoder.param_shardings(config, mesh)
+    per_layer = jax.tree.map(lambda sh: NamedSharding(sh.mesh, PartitionSpec(*sh.spec[1:])), stacked["layers"])
+    return {**{k: v for k, v in stacked.items() if k != "layers"}, "layers": [per_layer] * config.num_layers}
 
 
 _COMPILED: dict = {}
