@@ -78,15 +78,16 @@ def test_sliding_window_limits_attention():
     np.testing.assert_allclose(a[0, 5:], b[0, 5:], atol=1e-6)
 
 
-def test_remat_and_bfloat16_paths():
+def test_remat_unrolled_and_bfloat16_paths():
     config = preset("test")
     params = decoder.init_params(config, jax.random.key(4))
     tokens = _inputs(config)[0]
     loss = lambda c, p: jnp.mean(forward(c, p, tokens).astype(jnp.float32) ** 2)  # noqa: E731
     g_plain = jax.grad(functools.partial(loss, config))(params)
-    g_remat = jax.grad(functools.partial(loss, config.replace(remat=True)))(params)
-    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    for variant in (config.replace(remat=True), config.replace(scan_unroll=config.num_layers)):
+        g_variant = jax.grad(functools.partial(loss, variant))(params)
+        for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_variant)):
+            np.testing.assert_allclose(a, b, atol=1e-6)
     bf16 = config.replace(param_dtype="bfloat16", dtype="bfloat16")
     logits = forward(bf16, decoder.init_params(bf16, jax.random.key(4)), tokens)
     assert logits.dtype == jnp.bfloat16 and bool(jnp.isfinite(logits.astype(jnp.float32)).all())

@@ -1,7 +1,8 @@
 """The decoder: a Flax NNX module whose math lives in pure functions over a params dict.
 
 Parameters are stored stacked along a leading ``layers`` axis and the layers run under
-``lax.scan``, so compile time does not grow with depth. The pure ``forward(config, params,
+``lax.scan``, so compile time does not grow with depth (``ModelConfig.scan_unroll`` trades
+some of that back for speed on small models). The pure ``forward(config, params,
 ...)`` is what jitted code (trainer, sampler) calls: params are arguments, never closed
 over, which is what makes swapping weights between decode chunks free. ``Decoder`` is
 the NNX face of the same thing: it owns the ``nnx.Param`` leaves, each annotated with its
@@ -249,7 +250,7 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
 
     if config.remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    x_btd, kv = jax.lax.scan(body, x_btd, params["layers"])
+    x_btd, kv = jax.lax.scan(body, x_btd, params["layers"], unroll=min(config.scan_unroll, config.num_layers))
     return (x_btd, kv) if return_kv else x_btd
 
 
