@@ -111,9 +111,9 @@ def test_export_writes_a_checkpoint_as_a_hugging_face_directory(sft_params, tmp_
     result = _run(sft_params, steps=1, run_dir=str(tmp_path / "run"))
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
     config, model = hf.load(tmp_path / "hf")
-    assert config == MODEL
+    assert config == MODEL.replace(scan_unroll=1)  # the shape round-trips; how to run it is the loader's choice
     tokens = np.arange(12, dtype=np.int32)[None] % MODEL.vocab_size
-    np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(decoder.forward(MODEL, result.params, tokens)))
+    np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(decoder.forward(config, result.params, tokens)))
 
 
 def test_periodic_evaluation_joins_the_step_metrics(sft_params):
