@@ -23,7 +23,7 @@ def test_bench_verifier_times_math_and_sandboxed_code():
 def test_bench_pipeline_runs_both_modes_on_the_same_work():
     shrink = ("RunConfig.n_batch = 16", "RunConfig.n_async = 16", "RunConfig.max_new_tokens = 24",
               "DataConfig.demo_train_size = 64", "DataConfig.demo_kinds = ('math',)")
-    r = pipeline.run(steps=3, sft_steps=20, bindings=shrink)
+    r = pipeline.run(steps=2, sft_steps=8, bindings=shrink)  # the first batch (compilation) is not timed
     for mode in ("sync", "async"):
         assert r[mode]["wall_s_per_batch"] > 0 and 0 <= r[mode]["trainer_busy_fraction"] <= 1
     assert r["async_over_sync"] > 0 and "async/sync speed ratio" in pipeline.describe(r)
