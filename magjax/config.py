@@ -13,11 +13,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from pathlib import Path
 
 import gin
 
-GIN_DIRS = [Path.cwd(), Path(__file__).resolve().parent.parent / "gin", Path(__file__).resolve().parent / "gin"]
+# The working directory, the source tree's gin/ (an editable install), and where a wheel
+# install puts it (setup.cfg's data_files).
+GIN_DIRS = [Path.cwd(), Path(__file__).resolve().parent.parent / "gin", Path(sys.prefix) / "share" / "magjax" / "gin"]
 
 
 class ConfigError(ValueError):
@@ -50,7 +53,8 @@ def find_gin_file(name: str) -> str:
     for c in candidates:
         if c.is_file():
             return str(c)
-    raise ConfigError(f"gin file {name!r} not found (searched the working directory and {GIN_DIRS[1]})")
+    searched = ", ".join(str(d) for d in GIN_DIRS if d.is_dir())
+    raise ConfigError(f"gin file {name!r} not found (searched {searched})")
 
 
 def parse(files: list[str], bindings: list[str]):

@@ -88,3 +88,23 @@ def test_plan_command_on_the_magistral_small_recipe(capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "23,572,403,200 parameters on 32 devices" in out and "optimizer state" in out
+
+
+def test_a_wheel_carries_every_module_and_gin_file():
+    """setup.cfg's find: packages only see directories with an __init__.py, and data_files
+    only the gin/ folders it lists: a module or gin file outside them would be missing from a
+    non-editable install (magjax.rewards once was)."""
+    import configparser
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder, _, files in os.walk(os.path.join(root, "magjax")):
+        if any(f.endswith(".py") for f in files) and "__pycache__" not in folder:
+            assert "__init__.py" in files, f"{folder} has modules but no __init__.py"
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(root, "setup.cfg"))
+    shipped = set()
+    for target, patterns in setup["options.data_files"].items():
+        for pattern in patterns.split(","):
+            shipped |= {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern.strip()))}
+    in_tree = {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "gin", "**", "*.gin"), recursive=True)}
+    assert in_tree and in_tree <= shipped, sorted(in_tree - shipped)
