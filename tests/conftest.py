@@ -1,6 +1,9 @@
 """Test setup: eight CPU devices, forced once before anything imports jax."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -9,12 +12,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # demo-model programs, and XLA compilation is most of their cost on two cores. A fresh
 # directory per session, so nothing compiled by another version of the code is reused.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import tempfile
-
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="magjax-test-xla-cache-")
-    import atexit
-    import shutil
-
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
