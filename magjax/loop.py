@@ -219,6 +219,8 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
         for i, s in enumerate(config.stages)]
     groups_per_batch = max(phase.n_batch for phase, _ in phases) // config.group_size
     trainer_mesh, generator_mesh = _meshes(config, processes)
+    if config.mode == "sync":
+        engine = _sync_engine(engine, max(phase.n_batch for phase, _ in phases) // processes, generator_mesh)
 
     # Trainer: state on its mesh, one jitted step.
     init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))
@@ -425,6 +427,14 @@ def _check_fits(config: RunConfig, engine: EngineConfig, packing: batching.Packi
     if engine.slots < config.n_async // processes:
         raise ValueError(f"EngineConfig.slots ({engine.slots}) must hold n_async ({config.n_async}) sequences"
                          + (f" / {processes} processes" if processes > 1 else ""))
+
+
+def _sync_engine(engine: EngineConfig, in_flight: int, mesh) -> EngineConfig:
+    """Sync mode holds one batch in flight, never ``n_async``: every slot runs every decode
+    step, so slots beyond the batch would only decode padding. Rounded up to a multiple of
+    the generator's data-parallel shards, and never more than configured."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    return dataclasses.replace(engine, slots=min(engine.slots, -(-in_flight // shards) * shards))
 
 
 def _meshes(config: RunConfig, processes: int):

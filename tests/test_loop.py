@@ -1,5 +1,7 @@
 """The RL loop end to end on 8 CPU devices: sync and async, colocated and disaggregated."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -19,10 +21,10 @@ ENGINE = EngineConfig(slots=32, max_len=64, prompt_buckets=(32,), chunk_steps=8)
 PACK = PackingConfig(rows=8, row_len=64)
 
 
-def _run(params, problems=SUMS, **overrides):
+def _run(params, problems=SUMS, engine=ENGINE, **overrides):
     config = dict(mode="sync", steps=3, group_size=8, n_batch=32, n_async=32, max_new_tokens=24)
     config |= overrides
-    return run(RunConfig(**config), problems=problems, model=MODEL, params=params, engine=ENGINE,
+    return run(RunConfig(**config), problems=problems, model=MODEL, params=params, engine=engine,
                optimizer=OptimizerConfig(learning_rate=3e-4), packing=PACK, console=False)
 
 
@@ -48,6 +50,16 @@ def test_sync_mode_is_bitwise_reproducible(sft_params):
 
 def test_a_small_group_queue_cannot_deadlock_sync_mode(sft_params):
     assert _run(sft_params, steps=1, queue_groups=1).step == 1  # 4 groups per batch, queue of 1
+
+
+def test_sync_mode_decodes_only_the_batch_whatever_n_async(sft_params):
+    # Sync mode has one batch (32 sequences) in flight; slots sized for n_async = 64 would
+    # each run every decode step on padding, halving the occupancy.
+    sized = _run(sft_params, steps=1)
+    oversized = _run(sft_params, steps=1, n_async=64, engine=dataclasses.replace(ENGINE, slots=64))
+    assert oversized.history[0]["rollout/slot_occupancy"] == sized.history[0]["rollout/slot_occupancy"] > 0.5
+    for x, y in zip(_leaves(sized.params), _leaves(oversized.params)):
+        np.testing.assert_array_equal(x, y)
 
 
 def _check_accounting(result):
