@@ -1,8 +1,10 @@
 """``magjax plan``: what a configuration needs per device, before anything is allocated.
 
 Parameters (storage dtype), optimizer state (AdamW: two float32 moments), gradients
-(float32 accumulators), activations of one microbatch and the sampler's KV cache, each
-divided over the mesh exactly as the sharding rules place it (an abstract mesh: no devices
+(float32 accumulators), activations of one microbatch, and the sampler's KV cache and its
+own copy of the layer weights (``Engine.prepare`` splits the stacked layers into one array
+per layer, once per weight version), each divided over the mesh exactly as the sharding
+rules place it (an abstract mesh: no devices
 needed, so a TPU pod's plan can be made on a laptop). A configuration over the device
 memory is flagged.
 
@@ -37,11 +39,13 @@ class Plan:
     gradient_bytes: float
     activation_bytes: float
     kv_cache_bytes: float
+    sampler_weights_bytes: float  # the sampler's per-layer copy of the layer weights
     device_memory_bytes: float | None = None
 
     @property
     def total_bytes(self) -> float:
-        return self.params_bytes + self.optimizer_bytes + self.gradient_bytes + self.activation_bytes + self.kv_cache_bytes
+        return (self.params_bytes + self.optimizer_bytes + self.gradient_bytes + self.activation_bytes
+                + self.kv_cache_bytes + self.sampler_weights_bytes)
 
     @property
     def fits(self) -> bool:
@@ -50,7 +54,8 @@ class Plan:
     def describe(self) -> str:
         rows = [("parameters", self.params_bytes), ("optimizer state", self.optimizer_bytes),
                 ("gradients", self.gradient_bytes), ("activations (one microbatch)", self.activation_bytes),
-                ("KV cache (sampler)", self.kv_cache_bytes), ("total", self.total_bytes)]
+                ("KV cache (sampler)", self.kv_cache_bytes), ("layer weights (sampler's copy)", self.sampler_weights_bytes),
+                ("total", self.total_bytes)]
         lines = [f"{self.params:,} parameters on {self.devices} devices, mesh {self.mesh}", "per device:"]
         lines += [f"  {name:<30}{b / GB:>10.2f} GB" for name, b in rows]
         if self.device_memory_bytes is not None:
@@ -77,6 +82,8 @@ def make_plan(model: ModelConfig, mesh_config: MeshConfig, devices: int, *, rows
     is_tuple = lambda x: isinstance(x, tuple)  # noqa: E731
     leaves = list(zip(jax.tree.leaves(axes, is_leaf=is_tuple), jax.tree.leaves(shapes, is_leaf=is_tuple)))
     per_device = sum(math.prod(s) * _sharded_fraction(a, s, mesh) for a, s in leaves)
+    layer_leaves = zip(jax.tree.leaves(axes["layers"], is_leaf=is_tuple), jax.tree.leaves(shapes["layers"], is_leaf=is_tuple))
+    layers_per_device = sum(math.prod(s) * _sharded_fraction(a, s, mesh) for a, s in layer_leaves)
     count = sum(math.prod(s) for _, s in leaves)
     p_bytes = np.dtype(model.jnp_param_dtype).itemsize
     c_bytes = np.dtype(model.jnp_dtype).itemsize
@@ -91,4 +98,4 @@ def make_plan(model: ModelConfig, mesh_config: MeshConfig, devices: int, *, rows
     kv_heads_split = 1 / dict(mesh.shape)["model"] if k % dict(mesh.shape)["model"] == 0 else 1.0
     kv = 2 * model.num_layers * slots * max_len * k * e * c_bytes * kv_split * kv_heads_split
     return Plan(devices, dict(mesh.shape), count, per_device * p_bytes, per_device * 8, per_device * 4,
-                activations, kv, device_memory_gb * GB if device_memory_gb else None)
+                activations, kv, layers_per_device * p_bytes, device_memory_gb * GB if device_memory_gb else None)
