@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--preset", default="tiny", help="model preset (magjax.models.PRESETS)")
             p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
             p.add_argument("--json", help="also write the result as JSON to this path")
-            p.add_argument("--steps", type=int, default=8, help="pipeline: batches per mode (the first is untimed)")
+            p.add_argument("--steps", type=int, default=12,
+                           help="pipeline: batches per mode (those that compile the train step are untimed)")
         elif name == "report":
             p.add_argument("run_dir", help="a run directory (with metrics.jsonl, or rl/metrics.jsonl)")
             p.add_argument("--weights", action="store_true",

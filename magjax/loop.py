@@ -363,6 +363,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
             spanning += sum(len(set(c.versions)) > 1 for g in groups for c in g.completions)
             m = _group_metrics(groups, version)
             batches, batch_stats = batching.make_minibatches(kept, loss, packing, config.n_minibatch) if kept else ([], {})
+            traced = step_fn.traces
             for batch in batches:
                 state, train_metrics = step_fn(state, train_step.place_batch(batch, trainer_mesh))
                 version += 1
@@ -375,6 +376,8 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
                   "pipeline/queue_depth": collector.groups.qsize(), "pipeline/version": version,
                   "pipeline/trainer_idle_fraction": trainer_wait / wall, "pipeline/trainer_wait_s": step_wait,
                   "pipeline/step_s": time.perf_counter() - wait_start,
+                  # A batch of a new microbatch count compiles the step (a few shapes per run).
+                  "pipeline/train_compiles": step_fn.traces - traced,
                   "pipeline/generator_idle_fraction": gstats.waiting_s / wall if config.mode == "async" else 0.0,
                   "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
                   "train/skipped_steps": int(state.skipped)} | verifier.stats()

@@ -26,4 +26,5 @@ def test_bench_pipeline_runs_both_modes_on_the_same_work():
     r = pipeline.run(steps=2, sft_steps=8, bindings=shrink)  # the first batch (compilation) is not timed
     for mode in ("sync", "async"):
         assert r[mode]["wall_s_per_batch"] > 0 and 0 <= r[mode]["trainer_busy_fraction"] <= 1
+        assert r[mode]["timed_batches"] == 1
     assert r["async_over_sync"] > 0 and "async/sync speed ratio" in pipeline.describe(r)

@@ -57,6 +57,20 @@ def test_continuous_batching_keeps_slots_busy():
     done = gen.generate(requests)
     assert len(done) == 120
     assert gen.stats.steady_occupancy > 0.9, gen.stats
+
+
+def test_a_feed_refills_every_freed_slot_before_the_next_chunk():
+    # Two-token completions: every slot finishes in each chunk's first step. The freed slots
+    # (eight groups' worth) must all be refilled from the feed before the next decode call,
+    # or that call decodes empty slots (an async run's generator gets its work this way).
+    params = decoder.init_params(CONFIG, jax.random.key(0))
+    gen = Generator(_engine(slots=16, chunk=4), params)
+    requests = iter([Request(f"r{i}", [1, 3 + i % 9], 2, 2) for i in range(40)])
+    gen.feed = lambda: next(requests, None)
+    done = []
+    while len(done) < 80:
+        done += gen.step()
+    assert gen.stats.occupancy == 1.0, gen.stats
     assert gen.stats.tokens == sum(len(c.tokens) for c in done)
 
 

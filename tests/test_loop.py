@@ -37,6 +37,9 @@ def test_sync_mode_learns_the_task(sft_params):
     accuracy = [h["reward/accuracy"] for h in result.history]
     assert np.mean(accuracy[-5:]) > np.mean(accuracy[:5]) + 0.1, accuracy
     assert result.version == 20 and max(h["pipeline/logprob_gap"] for h in result.history) < 1e-4
+    # The step compiles once per microbatch count (a power of two), the first time it is seen.
+    compiles = [h["pipeline/train_compiles"] for h in result.history]
+    assert compiles[0] == 1 and sum(compiles) <= 4 and set(compiles) <= {0, 1}, compiles
 
 
 def test_sync_mode_is_bitwise_reproducible(sft_params):

@@ -187,13 +187,18 @@ class Generator:
 
     def _admit(self, params, version) -> list[Completion]:
         done = []
-        if self.feed is not None and not self._draining:
-            while len(self._pending) < 2 and len(self._slots) < self.max_in_flight:
+        while not self._draining:
+            # Pull from the feed as requests are admitted, not once per chunk: a chunk can free
+            # many groups' slots, and each must refill before the next decode call or it
+            # decodes nothing for a whole chunk. Up to two requests wait ready, so the next
+            # one is known when slots free (and `steady` occupancy can tell demand exceeded room).
+            while self.feed is not None and len(self._pending) < 2 and len(self._slots) < self.max_in_flight:
                 request = self.feed()
                 if request is None:
                     break
                 self.submit([request])
-        while self._pending and not self._draining:
+            if not self._pending:
+                break
             req = self._pending[0]
             free = [s for s in range(self.engine.config.slots) if s not in self._slots]
             if len(free) < req.num_samples or len(self._slots) + req.num_samples > self.max_in_flight:
