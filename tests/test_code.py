@@ -221,3 +221,25 @@ def test_precompiled_header_is_built_once_and_used():
 def test_an_item_deadline_stops_further_tests():
     result = run_tests("print(input())", "python", [IOTest("1", "1")] * 3, FAST, deadline=0.0)
     assert result.verdicts == ["TLE"] and "deadline" in result.detail
+
+
+def test_identical_programs_on_identical_tests_run_once():
+    from magjax.rewards.code import SHARED
+
+    source = f"# {uuid.uuid4()}\na, b = map(int, input().split())\nprint(a + b)\n"
+    runs = SHARED.runs
+    results = [None] * 6
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run_tests(source, "python", ADD, FAST)))
+               for i in range(6)]  # as a group's samples reach the verifier's threads together
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.passed and r.verdicts == ["AC", "AC"] for r in results)
+    assert SHARED.runs == runs + 1
+    assert run_tests(source, "python", ADD[:1], FAST).passed and SHARED.runs == runs + 2  # other tests: runs
+    # A time-limit verdict depends on the machine's load: it is not kept, the item runs again.
+    spin = f"# {uuid.uuid4()}\nwhile True:\n    pass\n"
+    short = CodeLimits(test=sandbox.Limits(seconds=0.5, memory_mb=300))
+    assert run_tests(spin, "python", ADD[:1], short).verdicts == ["TLE"]
+    assert run_tests(spin, "python", ADD[:1], short).verdicts == ["TLE"] and SHARED.runs == runs + 4

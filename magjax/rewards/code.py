@@ -6,6 +6,12 @@ the sandbox. Tests are stdin/stdout pairs (compared token by token, optionally w
 float tolerance) or, for Python, HumanEval-style assertion code with an entry point.
 Correct means every test passed (Magistral's binary reward).
 
+Identical programs on identical tests are run once: the verifier's threads share the
+verdicts of recent (language, source, tests, limits) items, and a thread that finds the
+same item already running waits for it. The G samples of a group often write the same
+program (a converging policy almost always does), and each test run is a sandboxed
+process. Time-limit verdicts are not kept (they depend on the machine's load).
+
 Assertion tests are run by a harness that only accepts plain built-in values from the
 candidate (an object whose ``__eq__`` always says True is rejected) and that proves the
 checks ran to the end by printing a nonce it received on stdin: exit code 0 alone never
@@ -14,6 +20,7 @@ passes a test.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -179,13 +186,65 @@ def _compile_cpp(source: str, workdir: str, limits: CodeLimits) -> tuple[bool, s
     return True, ""
 
 
+class _SharedVerdicts:
+    """The verdicts of the last ``size`` items, and the items being run now."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._lock = threading.Lock()
+        self._done: collections.OrderedDict[str, CodeResult] = collections.OrderedDict()
+        self._running: dict[str, threading.Event] = {}
+        self.runs = self.shared = 0  # items run, items answered from another run
+
+    def get(self, key: str, run) -> CodeResult:
+        while True:
+            with self._lock:
+                if key in self._done:
+                    self._done.move_to_end(key)
+                    self.shared += 1
+                    return _copy(self._done[key])
+                running = self._running.get(key)
+                if running is None:
+                    self._running[key] = threading.Event()
+                    self.runs += 1
+                    break
+            running.wait()  # then take its verdict, or run it ourselves if it was not kept
+        result = None
+        try:
+            result = run()
+            return result
+        finally:
+            with self._lock:
+                event = self._running.pop(key)
+                if result is not None and "TLE" not in result.verdicts:
+                    self._done[key] = _copy(result)
+                    while len(self._done) > self.size:
+                        self._done.popitem(last=False)
+            event.set()
+
+
+def _copy(r: CodeResult) -> CodeResult:
+    return dataclasses.replace(r, verdicts=list(r.verdicts))
+
+
+SHARED = _SharedVerdicts()
+
+
 def run_tests(source: str, language: str, tests: list, limits: CodeLimits = CodeLimits(),
-              deadline: float | None = None) -> CodeResult:
+              deadline: float | None = None, *, share: bool = True) -> CodeResult:
     """Runs ``source`` against ``tests``; stops at the first failure (the reward is binary).
 
     ``deadline`` (a ``time.monotonic()`` instant) caps the whole item: past it, the next
-    test is not started and the item fails with a TLE verdict.
+    test is not started and the item fails with a TLE verdict. ``share``: answer an
+    identical item from a recent or concurrent run (see the module docstring).
     """
+    if not share:
+        return _run_tests(source, language, tests, limits, deadline)
+    key = hashlib.sha256(repr((language, source, tests, limits)).encode()).hexdigest()
+    return SHARED.get(key, lambda: _run_tests(source, language, tests, limits, deadline))
+
+
+def _run_tests(source: str, language: str, tests: list, limits: CodeLimits, deadline: float | None) -> CodeResult:
     if language not in ("python", "cpp"):
         raise ValueError(f"unsupported language {language!r} (python, cpp)")
     if not tests:
