@@ -38,10 +38,10 @@ def run(rounds: int = 10) -> dict:
     test = [IOTest("1 2\n", "3\n")]
     t0 = time.perf_counter()
     for _ in range(10):
-        code_lib.run_tests(PY_ADD, "python", test)
+        code_lib.run_tests(PY_ADD, "python", test, share=False)  # each one a real run
     python_run = (time.perf_counter() - t0) / 10
     t0 = time.perf_counter()
-    code_lib.run_tests(CPP_ADD, "cpp", test * 5)
+    code_lib.run_tests(CPP_ADD, "cpp", test * 5, share=False)
     cpp_total = time.perf_counter() - t0
     return {"bench": "verifier", "sandbox_tier": sandbox.tier(), "pids_cgroup": sandbox.pids_cgroup_available(),
             "math_ms_in_process": 1e3 * in_process, "math_ms_via_workers": 1e3 * via_workers,
