@@ -217,10 +217,11 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     stage_problems = [problems] + [
         curriculum.select(read_problems(s.data) if s.data else problems, s, f"RunConfig.stages[{i}]")
         for i, s in enumerate(config.stages)]
-    groups_per_batch = max(phase.n_batch for phase, _ in phases) // config.group_size
+    largest_batch = max(phase.n_batch for phase, _ in phases)
+    groups_per_batch = largest_batch // config.group_size
     trainer_mesh, generator_mesh = _meshes(config, processes)
     if config.mode == "sync":
-        engine = _sync_engine(engine, max(phase.n_batch for phase, _ in phases) // processes, generator_mesh)
+        engine = _sync_engine(engine, largest_batch // processes, generator_mesh)
 
     # Trainer: state on its mesh, one jitted step.
     init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))

@@ -4,9 +4,8 @@ Parameters (storage dtype), optimizer state (AdamW: two float32 moments), gradie
 (float32 accumulators), activations of one microbatch, and the sampler's KV cache and its
 own copy of the layer weights (``Engine.prepare`` splits the stacked layers into one array
 per layer, once per weight version), each divided over the mesh exactly as the sharding
-rules place it (an abstract mesh: no devices
-needed, so a TPU pod's plan can be made on a laptop). A configuration over the device
-memory is flagged.
+rules place it (an abstract mesh: no devices needed, so a TPU pod's plan can be made on a
+laptop). A configuration over the device memory is flagged.
 
 Activation estimate per layer and token, in the compute dtype, without rematerialisation:
 the residual, two norm outputs, q/k/v, the attention output, and the MLP's gate, up and
