@@ -53,7 +53,8 @@ class Plan:
     def describe(self) -> str:
         rows = [("parameters", self.params_bytes), ("optimizer state", self.optimizer_bytes),
                 ("gradients", self.gradient_bytes), ("activations (one microbatch)", self.activation_bytes),
-                ("KV cache (sampler)", self.kv_cache_bytes), ("layer weights (sampler's copy)", self.sampler_weights_bytes),
+                ("KV cache (sampler)", self.kv_cache_bytes),
+                ("layer weights (sampler's copy)", self.sampler_weights_bytes),
                 ("total", self.total_bytes)]
         lines = [f"{self.params:,} parameters on {self.devices} devices, mesh {self.mesh}", "per device:"]
         lines += [f"  {name:<30}{b / GB:>10.2f} GB" for name, b in rows]
@@ -73,17 +74,21 @@ def _sharded_fraction(axes, shape, mesh) -> float:
     return 1.0 / split
 
 
+def _values(axes, shapes, mesh) -> tuple[int, float]:
+    """(values in the tree, values each device holds) for parameters laid out by ``axes``."""
+    is_tuple = lambda x: isinstance(x, tuple)  # noqa: E731
+    leaves = list(zip(jax.tree.leaves(axes, is_leaf=is_tuple), jax.tree.leaves(shapes, is_leaf=is_tuple)))
+    return (sum(math.prod(s) for _, s in leaves),
+            sum(math.prod(s) * _sharded_fraction(a, s, mesh) for a, s in leaves))
+
+
 def make_plan(model: ModelConfig, mesh_config: MeshConfig, devices: int, *, rows: int, row_len: int,
               slots: int, max_len: int, device_memory_gb: float | None = None) -> Plan:
     sizes = mesh_config.resolve(devices)
     mesh = jax.sharding.AbstractMesh(sizes, AXES)
     axes, shapes = decoder.param_axes(model), decoder.param_shapes(model)
-    is_tuple = lambda x: isinstance(x, tuple)  # noqa: E731
-    leaves = list(zip(jax.tree.leaves(axes, is_leaf=is_tuple), jax.tree.leaves(shapes, is_leaf=is_tuple)))
-    per_device = sum(math.prod(s) * _sharded_fraction(a, s, mesh) for a, s in leaves)
-    layer_leaves = zip(jax.tree.leaves(axes["layers"], is_leaf=is_tuple), jax.tree.leaves(shapes["layers"], is_leaf=is_tuple))
-    layers_per_device = sum(math.prod(s) * _sharded_fraction(a, s, mesh) for a, s in layer_leaves)
-    count = sum(math.prod(s) for _, s in leaves)
+    count, per_device = _values(axes, shapes, mesh)
+    _, layers_per_device = _values(axes["layers"], shapes["layers"], mesh)  # the sampler's copy
     p_bytes = np.dtype(model.jnp_param_dtype).itemsize
     c_bytes = np.dtype(model.jnp_dtype).itemsize
     d, f, h, k, e = model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads, model.head_dim

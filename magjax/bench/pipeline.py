@@ -5,9 +5,10 @@ Both modes start from the same cold start (a short SFT, so that rewards vary and
 train) and run the same number of batches. Batches during which the train step compiled
 (the first, and the first of each new microbatch count: a few seconds each on two cores,
 as much as several steady batches) are left out of the timings, which measure the steady
-pipeline; how many were left out is reported. On a machine whose cores the generator and trainer share, async
-gains only what one of them leaves idle (host-side work, verifier round trips, small
-decode batches): ``describe`` prints the time split so the ratio can be read against it.
+pipeline; how many batches were timed is reported. On a machine whose cores the generator
+and trainer share, async gains only what one of them leaves idle (host-side work, verifier
+round trips, small decode batches): ``describe`` prints the time split so the ratio can be
+read against it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def describe(r: dict) -> str:
              f"without compilation"]
     for mode in ("sync", "async"):
         m = r[mode]
-        lines.append(f"  {mode:<5}  {m['timed_batches']} timed: {m['wall_s_per_batch']:.2f} s/batch ({m['wall_s']:.1f} s), trainer busy "
+        lines.append(f"  {mode:<5}  {m['timed_batches']} timed: {m['wall_s_per_batch']:.2f} s/batch "
+                     f"({m['wall_s']:.1f} s), trainer busy "
                      f"{100 * m['trainer_busy_fraction']:.0f}% ({m['trainer_s_per_batch']:.2f} s/batch training), "
                      f"{m['tokens_per_batch']:.0f} tokens/batch, lag {m['lag_tokens_mean']:.2f} versions")
     lines.append(f"  async/sync speed ratio: {r['async_over_sync']:.2f}x")
