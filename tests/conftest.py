@@ -5,7 +5,14 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# XLA compiles every test's programs without LLVM's optimisation passes: compilation is
+# most of the suite's time on two cores, and the programs (the same HLO) run fast enough
+# unoptimised. Numerical comparisons in the tests are between programs compiled alike. The
+# tests that run the demo and multi-process jobs start their subprocesses without these
+# flags, so those run as users run them.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS, "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole session, inherited by the subprocesses the
 # tests start (CLI runs, multi-process jobs, preempted attempts): many tests build the same
