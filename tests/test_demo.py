@@ -1,5 +1,5 @@
 """The demo (`magjax train` with no arguments), shortened: the same configuration and code path,
-40 RL batches instead of 120. Held-out accuracy after RL must exceed accuracy after the SFT
+40 RL batches instead of 200. Held-out accuracy after RL must exceed accuracy after the SFT
 cold start.
 
 Why 40: the demo's held-out accuracy (all problems, pass@1 over 4 samples) measured
