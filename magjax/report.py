@@ -2,8 +2,10 @@
 
 Reads ``metrics.jsonl`` (the RL phase's, under RUN_DIR/rl when present) and writes PNGs
 with matplotlib: reward and accuracy; completion length against the length-penalty
-threshold; entropy and clip fractions; policy lag; throughput and idle fractions; and the
-reward-versus-length scatter the Magistral authors used. ``index.html`` shows them all.
+threshold; entropy and clip fractions; policy lag; throughput and idle fractions; the
+reward-versus-length scatter the Magistral authors used; and, when the run evaluated a
+held-out set, its pass@1 per kind from before RL (RUN_DIR/eval_before.json) to the last
+evaluation. ``index.html`` shows them all.
 """
 
 from __future__ import annotations
@@ -93,12 +95,44 @@ def write_report(run_dir: str, *, length_threshold: float | None = None) -> list
     fig.savefig(os.path.join(out_dir, "reward_vs_length.png"), dpi=100)
     plt.close(fig)
     written.append("reward_vs_length.png")
+    curves = heldout_curves(run_dir, rows)
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, (xs, ys) in curves.items():
+            ax.plot(xs, 100 * np.asarray(ys), "o-", label=name)
+        ax.set(title="Held-out pass@1 (%; step 0: before RL)", xlabel="step", ylim=(0, 100))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "heldout.png"), dpi=100)
+        plt.close(fig)
+        written.append("heldout.png")
     items = "\n".join(f'<figure><img src="{html.escape(f)}"><figcaption>{html.escape(f)}</figcaption></figure>'
                       for f in written)
     with open(os.path.join(out_dir, "index.html"), "w") as f:
         f.write(f"<!doctype html><title>magjax report: {html.escape(run_dir)}</title>"
                 f"<h1>{html.escape(run_dir)}</h1><p>{len(rows)} steps</p>{items}")
     return [os.path.join(out_dir, f) for f in written + ["index.html"]]
+
+
+def heldout_curves(run_dir: str, rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """Held-out pass@1 over all problems and per kind: {name: (steps, values)}, starting at
+    step 0 with RUN_DIR/eval_before.json when the run wrote one. Empty: no evaluations."""
+    names = {"eval/pass@1": "all"} | {k: k.rsplit("/", 1)[1] for r in rows for k in r
+                                      if k.startswith("eval/pass@1/kind=")}
+    before = {}
+    before_file = os.path.join(run_dir, "eval_before.json")
+    if os.path.exists(before_file):
+        with open(before_file) as f:
+            before = json.load(f)
+    curves = {}
+    for key, name in sorted(names.items(), key=lambda kv: kv[1]):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if not points:
+            continue
+        if "pass@1" in before.get(name, {}):
+            points.insert(0, (0, before[name]["pass@1"]))
+        curves[name] = ([p[0] for p in points], [p[1] for p in points])
+    return curves
 
 
 def top_directions(x_np: np.ndarray, k: int = 2, oversample: int = 8, power_iters: int = 4, seed: int = 0):

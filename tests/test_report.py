@@ -18,7 +18,28 @@ def test_report_writes_every_plot(tmp_path):
     for name in [*PLOTS, "reward_vs_length.png", "index.html"]:
         path = tmp_path / "report" / name
         assert path.exists() and path.stat().st_size > 100, name
+    assert not (tmp_path / "report" / "heldout.png").exists()  # the run evaluated nothing
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_report_plots_held_out_accuracy_from_before_rl(tmp_path):
+    from magjax.report import heldout_curves, read_metrics
+
+    rows = [{"step": s, "reward/mean": 0.5} for s in range(1, 5)]
+    rows[1] |= {"eval/pass@1": 0.5, "eval/pass@1/kind=code": 0.75, "eval/pass@1/kind=math": 0.25,
+                "eval/pass@1/language=en": 0.5}
+    rows[3] |= {"eval/pass@1": 0.625, "eval/pass@1/kind=code": 1.0, "eval/pass@1/kind=math": 0.25,
+                "eval/pass@1/language=en": 0.625}
+    (tmp_path / "rl").mkdir()
+    (tmp_path / "rl" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "eval_before.json").write_text(json.dumps(
+        {"all": {"pass@1": 0.25}, "kind=code": {"pass@1": 0.5}, "kind=math": {"pass@1": 0.0}}))
+    assert heldout_curves(str(tmp_path), read_metrics(str(tmp_path))) == {
+        "all": ([0, 2, 4], [0.25, 0.5, 0.625]), "kind=code": ([0, 2, 4], [0.5, 0.75, 1.0]),
+        "kind=math": ([0, 2, 4], [0.0, 0.25, 0.25])}
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report" / "heldout.png").stat().st_size > 100
+    assert "heldout.png" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_randomized_directions_match_a_dense_svd():
