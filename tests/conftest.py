@@ -8,8 +8,8 @@ import tempfile
 # XLA compiles every test's programs without LLVM's optimisation passes: compilation is
 # most of the suite's time on two cores, and the programs (the same HLO) run fast enough
 # unoptimised. Numerical comparisons in the tests are between programs compiled alike. The
-# tests that run the demo and multi-process jobs start their subprocesses without these
-# flags, so those run as users run them.
+# tests that run `magjax` itself in a subprocess (the demo, the local launcher) start it
+# without these flags, so it runs as users run it.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS, "--xla_force_host_platform_device_count=8"]).strip()

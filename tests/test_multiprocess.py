@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 HERE = os.path.dirname(__file__)
 
@@ -22,7 +23,8 @@ def _free_port() -> int:
 def launch(script: list[str], processes: int = 2, timeout: float = 400, env: dict | None = None) -> list[str]:
     """Runs ``script`` as ``processes`` cooperating processes; returns each one's output."""
     port = _free_port()
-    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)} | (env or {})
+    # The suite's compile flags, not its device count: each process sets its own.
+    base = os.environ | {"XLA_FLAGS": TEST_XLA_FLAGS} | (env or {})
     procs = [subprocess.Popen([sys.executable, *script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=base | {"MAGJAX_COORDINATOR": f"127.0.0.1:{port}",
                                           "MAGJAX_NUM_PROCESSES": str(processes), "MAGJAX_PROCESS_ID": str(i)})
