@@ -5,7 +5,7 @@ cold start.
 Why 60: the run is asynchronous, so its gain varies from run to run (its "before" figure
 does not: the cold start and evaluation are seeded), and early in RL it is noisy. Held-out
 pass@1 over all problems gained +8.8, +4.9, +7.8 and +12.8 points after 40 batches in four
-runs, +2.7 and +4.7 after 50 in two, +10.4 and +11.5 after 60 in two, and only +1.3 after
+runs, +2.7 and +4.7 after 50 in two, +8.3 to +11.5 after 60 in four, and only +1.3 after
 20; code rises first (+6 to +20 after 40). About two and a half minutes on two cores.
 """
 
