@@ -211,6 +211,10 @@ def _split_gin_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a program, not a call: huge pages for the host allocator first (host_memory.py)
+        from magjax import host_memory
+
+        host_memory.reexec_with_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, bindings = _split_gin_bindings(argv)
     args = build_parser().parse_args(argv or ["train"])
