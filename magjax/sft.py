@@ -28,6 +28,25 @@ class SFTConfig:
     batch_size: int = 32  # sequences per step
     seed: int = 0
     mesh: MeshConfig = MeshConfig(data=1, fsdp=-1, model=1)
+    # Devices of each process to train on; -1 = all. The CPU demo trains on one: its
+    # simulated devices share two cores, and its 8-way step ran 378 ms against 204 ms on one
+    # (the collectives cost more than the split saves).
+    devices_per_process: int = -1
+
+    def __post_init__(self):
+        if self.devices_per_process == 0 or self.devices_per_process < -1:
+            raise ValueError(f"SFTConfig.devices_per_process must be -1 (all) or positive, got {self}")
+
+
+def sft_devices(per_process: int) -> list | None:
+    """The first ``per_process`` devices of every process, in process order (None for -1:
+    ``make_mesh`` then lays every device out for the topology)."""
+    if per_process == -1:
+        return None
+    available = len(jax.local_devices())
+    if per_process > available:
+        raise ValueError(f"SFTConfig.devices_per_process={per_process}, but a process has {available} devices")
+    return [d for p in range(jax.process_count()) for d in jax.local_devices(process_index=p)[:per_process]]
 
 
 def examples_to_groups(examples: list[tuple[str, str]], tokenizer: Tokenizer, chat: ChatFormat) -> list[ScoredGroup]:
@@ -47,7 +66,7 @@ def run_sft(examples: list[tuple[str, str]], model_config: ModelConfig, params: 
             metrics: MetricsWriter | None = None) -> tuple[dict, list[float]]:
     """Trains ``config.steps`` steps on shuffled ``examples``; returns (params, losses)."""
     check_vocab(tokenizer, model_config.vocab_size)
-    mesh = make_mesh(config.mesh)
+    mesh = make_mesh(config.mesh, sft_devices(config.devices_per_process))
     loss = LossConfig(kind="sft")
     init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))
     tx, schedule = opt_lib.make_optimizer(optimizer)

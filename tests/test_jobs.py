@@ -8,7 +8,7 @@ from magjax.cli import main
 def test_sft_then_eval_through_the_cli(tmp_path, capsys):
     sft_dir, eval_dir = tmp_path / "sft", tmp_path / "eval"
     assert main(["sft", "--run_dir", str(sft_dir), "--gin.SFTConfig.steps=4", "--gin.SFTConfig.batch_size=8",
-                 "--gin.DataConfig.demo_train_size=32"]) == 0
+                 "--gin.DataConfig.demo_train_size=32", "--gin.SFTConfig.devices_per_process=2"]) == 0
     records = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4] and all("train/loss" in r for r in records)
     assert (sft_dir / "final_hf" / "config.json").exists() and (sft_dir / "operative_config.gin").exists()
@@ -34,3 +34,17 @@ def test_sft_of_a_missing_trace_file_names_it(tmp_path, capsys):
     missing = tmp_path / "traces.jsonl"
     assert main(["sft", "--run_dir", str(tmp_path / "s"), f"--gin.sft_job.traces='{missing}'"]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_sft_devices_are_the_first_of_each_process_and_bad_counts_are_named():
+    import jax
+    import pytest
+
+    from magjax.sft import SFTConfig, sft_devices
+
+    assert sft_devices(-1) is None  # every device, laid out by make_mesh
+    assert sft_devices(2) == jax.local_devices()[:2]
+    with pytest.raises(ValueError, match="devices_per_process=99"):
+        sft_devices(99)
+    with pytest.raises(ValueError, match="devices_per_process"):
+        SFTConfig(devices_per_process=0)
