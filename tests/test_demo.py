@@ -6,10 +6,10 @@ RL must exceed accuracy after the SFT cold start.
 Why 50: the run is asynchronous, so its gain varies from run to run (its "before" figure
 does not: the cold start and evaluation are seeded), and early in RL it is noisy. With
 this cold start, held-out pass@1 over all problems gained +12.8, +9.6 and +10.8 points
-after 50 batches in three full runs and +7.5 in this test, and +11.2 after 60. (With the shipped eight-device
-cold start the early gains were smaller: +2.7 and +4.7 after 50, +7.8 to +11.5 after 60;
-its 200-batch math gains were larger, which is why the demo keeps it.) About two and a
-half minutes on two cores.
+after 50 batches in three full runs and +7.5 in this test, and +11.2 after 60. (With the
+shipped eight-device cold start the early gains were smaller: +2.7 and +4.7 after 50,
++7.8 to +11.5 after 60; its 200-batch math gains were larger, which is why the demo keeps
+it.) About two and a half minutes on two cores.
 """
 
 import json
