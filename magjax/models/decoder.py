@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from magjax import sharding as shd
+from magjax.kernels import panels
 from magjax.models.config import ModelConfig
 
 L, B, T = shd.LAYERS, shd.BATCH, shd.SEQUENCE
@@ -143,8 +144,11 @@ def dense(x, w, in_dims: int = 1):
 
     XLA:CPU runs the backward pass of a many-dimensional einsum (contracting batch and
     time together) several times slower than the same product on flattened [tokens, in]
-    operands, so every projection goes through here.
+    operands, so every projection goes through here. A ``PanelWeight`` (the sampler's
+    packed copy) goes to the native few-row kernel instead.
     """
+    if isinstance(w, panels.PanelWeight):
+        return panels.dense(x, w)
     lead = x.shape[: x.ndim - in_dims]
     in_shape, out_shape = w.shape[:in_dims], w.shape[in_dims:]
     x2 = x.reshape(math.prod(lead), math.prod(in_shape))
@@ -224,7 +228,7 @@ def embed(config: ModelConfig, params: dict, tokens_bt):
 def unembed(config: ModelConfig, params: dict, h_btd):
     """Final norm and output projection: logits in the compute dtype."""
     h_btd = rms_norm(h_btd, params["final_norm"], config.rms_norm_eps)
-    if config.tie_embeddings:
+    if config.tie_embeddings and "lm_head" not in params:  # the sampler's copy may carry it packed
         return dense(h_btd, params["embed"].T)
     return dense(h_btd, params["lm_head"])
 

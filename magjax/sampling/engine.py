@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from magjax import sharding as shd
+from magjax.kernels import panels
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
 
@@ -153,20 +154,46 @@ def _release_slots(state: DecodeState, mask_b) -> DecodeState:
     return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
 
 
-def prepare_params(config: ModelConfig, params: dict) -> dict:
+# The projections the native few-row kernel takes, with how many leading dims are inputs.
+PANEL_WEIGHTS = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}
+
+
+def prepare_params(config: ModelConfig, params: dict, use_panels: bool = False) -> dict:
     """The sampler's copy of the weights: the stacked layer arrays split into one dict per
     layer. A layer loop over stacked weights slices (copies) every weight on every decode
-    step; split once per weight version, each step reads them where they lie."""
+    step; split once per weight version, each step reads them where they lie.
+
+    With ``use_panels`` the projections (and the output matrix, tied or not, as
+    ``lm_head``) are packed for the native kernel (magjax.kernels.panels): a decode step's
+    products have one row per slot, and the packed layout streams each weight once.
+    """
     layers = [jax.tree.map(lambda a, l=l: a[l], params["layers"]) for l in range(config.num_layers)]
-    return {**{k: v for k, v in params.items() if k != "layers"}, "layers": layers}
+    prepared = {**{k: v for k, v in params.items() if k != "layers"}, "layers": layers}
+    if use_panels:
+        prepared["layers"] = [{k: panels.pack(w, PANEL_WEIGHTS[k]) if k in PANEL_WEIGHTS else w
+                               for k, w in layer.items()} for layer in layers]
+        prepared["lm_head"] = panels.pack(params["embed"].T if config.tie_embeddings else params["lm_head"])
+    return prepared
 
 
-def prepared_shardings(config: ModelConfig, mesh) -> dict:
+def prepared_shardings(config: ModelConfig, mesh, use_panels: bool = False) -> dict:
     """NamedShardings of ``prepare_params``' output: each layer as its slice of the stacked
-    array (the layer axis is never sharded), so preparing moves no data between devices."""
+    array (the layer axis is never sharded), so preparing moves no data between devices.
+    Panels are used on one device only, where every leaf is simply on it."""
+    if use_panels:
+        shapes = jax.eval_shape(lambda: prepare_params(config, decoder.init_params(config, jax.random.key(0)), True))
+        return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), shapes)
     stacked = decoder.param_shardings(config, mesh)
     per_layer = jax.tree.map(lambda sh: NamedSharding(sh.mesh, PartitionSpec(*sh.spec[1:])), stacked["layers"])
     return {**{k: v for k, v in stacked.items() if k != "layers"}, "layers": [per_layer] * config.num_layers}
+
+
+def panels_apply(model_config: ModelConfig, mesh) -> bool:
+    """Whether the sampler packs its weights for the native few-row kernel: float32 on a
+    single CPU device (sharded products stay XLA's), with the kernel built."""
+    devices = list(mesh.devices.flat) if mesh is not None else [jax.devices()[0]]
+    return (len(devices) == 1 and devices[0].platform == "cpu" and model_config.param_dtype == "float32"
+            and model_config.dtype == "float32" and panels.available())
 
 
 _COMPILED: dict = {}
@@ -187,20 +214,22 @@ class Engine:
         # a run that rebuilds its generator, or a test suite making many, compiles once.
         key = (model_config, engine_config, sampling, eos_id, mesh)
         if key in _COMPILED:
-            self._prepare, self._prefill, self._decode, self._release, self.traces = _COMPILED[key]
+            (self._prepare, self._prefill, self._decode, self._release, self.traces,
+             self.use_panels) = _COMPILED[key]
             return
         self.traces = {"prefill": 0, "decode": 0}
+        self.use_panels = panels_apply(model_config, mesh)
         shardings = self.state_shardings() if mesh is not None else None
-        params_sh = prepared_shardings(model_config, mesh) if mesh is not None else None
+        params_sh = prepared_shardings(model_config, mesh, self.use_panels) if mesh is not None else None
         kw = lambda ins, outs: {} if mesh is None else {"in_shardings": ins, "out_shardings": outs}  # noqa: E731
         rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
-        self._prepare = jax.jit(functools.partial(prepare_params, model_config),
+        self._prepare = jax.jit(functools.partial(prepare_params, model_config, use_panels=self.use_panels),
                                 **({} if mesh is None else {"out_shardings": params_sh}))
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
                                 **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
         self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
-        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces)
+        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces, self.use_panels)
 
     def prepare(self, params: dict) -> dict:
         """The weights in the layout ``prefill`` and ``decode`` read (one copy per version)."""

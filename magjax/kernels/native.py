@@ -1,0 +1,90 @@
+"""Builds magjax's native CPU kernels on first use and registers them with XLA.
+
+The kernels are C++ sources shipped in this package, compiled on the machine that runs
+them (``-march=native``, so one source serves AVX-512, AVX2 and Arm hosts) against the
+XLA FFI headers that come with jaxlib, and cached under ``~/.cache/magjax`` (or
+``$MAGJAX_CACHE_DIR``) keyed by source, compiler, flags, jaxlib and CPU. Without a C++
+compiler, or with ``MAGJAX_NATIVE_KERNELS=0``, nothing is built and callers keep XLA's own
+kernels: the kernels are an optimisation, never a requirement.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+
+import jax
+import jaxlib
+
+log = logging.getLogger("magjax.kernels")
+
+SOURCES = ("panel_matmul.cc",)
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul"}  # XLA custom-call name -> exported symbol
+_LOCK = threading.Lock()
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: a cache shared by different hosts must not mix them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def cache_dir() -> str:
+    root = os.environ.get("MAGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "magjax")
+    return os.path.join(root, "kernels")
+
+
+def _build(compiler: str) -> str:
+    """Compiles the sources into a cached shared library and returns its path."""
+    here = os.path.dirname(__file__)
+    sources = [os.path.join(here, s) for s in SOURCES]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    digest = hashlib.sha256()
+    for part in (version, " ".join(FLAGS), jaxlib.__version__, platform.machine(), _cpu_identity()):
+        digest.update(part.encode())
+    for path in sources:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    target = os.path.join(cache_dir(), f"magjax_kernels-{digest.hexdigest()[:16]}.so")
+    if os.path.exists(target):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+    cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), *sources, "-o", tmp]
+    built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if built.returncode != 0:
+        raise RuntimeError(f"compiling magjax's native kernels failed ({' '.join(cmd)}):\n{built.stderr[-2000:]}")
+    os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
+    return target
+
+
+@functools.cache
+def load() -> bool:
+    """Builds (once per machine) and registers the kernels; False where they are unavailable."""
+    if os.environ.get("MAGJAX_NATIVE_KERNELS", "1") == "0":
+        return False
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        log.warning("no C++ compiler found (set CXX): the sampler uses XLA's own matrix products on CPU")
+        return False
+    with _LOCK:
+        try:
+            library = ctypes.cdll.LoadLibrary(_build(compiler))
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+            log.warning("magjax's native CPU kernels are unavailable, using XLA's own: %s", e)
+            return False
+        for name, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return True
