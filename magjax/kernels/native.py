@@ -25,9 +25,10 @@ import jaxlib
 
 log = logging.getLogger("magjax.kernels")
 
-SOURCES = ("panel_matmul.cc",)
+SOURCES = ("panel_matmul.cc", "decode_attention.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
-TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul"}  # XLA custom-call name -> exported symbol
+TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul",  # XLA custom-call name -> exported symbol
+           "magjax_decode_attention": "MagjaxDecodeAttention"}
 _LOCK = threading.Lock()
 
 

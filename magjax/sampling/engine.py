@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from magjax import sharding as shd
-from magjax.kernels import panels
+from magjax.kernels import decode_attention, panels
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
 
@@ -188,9 +188,10 @@ def prepared_shardings(config: ModelConfig, mesh, use_panels: bool = False) -> d
     return {**{k: v for k, v in stacked.items() if k != "layers"}, "layers": [per_layer] * config.num_layers}
 
 
-def panels_apply(model_config: ModelConfig, mesh) -> bool:
-    """Whether the sampler packs its weights for the native few-row kernel: float32 on a
-    single CPU device (sharded products stay XLA's), with the kernel built."""
+def native_kernels_apply(model_config: ModelConfig, mesh) -> bool:
+    """Whether the sampler runs magjax's native CPU kernels (packed few-row products and
+    decode attention): float32 on a single CPU device (sharded work stays XLA's), with the
+    kernels built."""
     devices = list(mesh.devices.flat) if mesh is not None else [jax.devices()[0]]
     return (len(devices) == 1 and devices[0].platform == "cpu" and model_config.param_dtype == "float32"
             and model_config.dtype == "float32" and panels.available())
@@ -215,21 +216,21 @@ class Engine:
         key = (model_config, engine_config, sampling, eos_id, mesh)
         if key in _COMPILED:
             (self._prepare, self._prefill, self._decode, self._release, self.traces,
-             self.use_panels) = _COMPILED[key]
+             self.native) = _COMPILED[key]
             return
         self.traces = {"prefill": 0, "decode": 0}
-        self.use_panels = panels_apply(model_config, mesh)
+        self.native = native_kernels_apply(model_config, mesh)
         shardings = self.state_shardings() if mesh is not None else None
-        params_sh = prepared_shardings(model_config, mesh, self.use_panels) if mesh is not None else None
+        params_sh = prepared_shardings(model_config, mesh, self.native) if mesh is not None else None
         kw = lambda ins, outs: {} if mesh is None else {"in_shardings": ins, "out_shardings": outs}  # noqa: E731
         rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
-        self._prepare = jax.jit(functools.partial(prepare_params, model_config, use_panels=self.use_panels),
+        self._prepare = jax.jit(functools.partial(prepare_params, model_config, use_panels=self.native),
                                 **({} if mesh is None else {"out_shardings": params_sh}))
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
                                 **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
         self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
-        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces, self.use_panels)
+        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces, self.native)
 
     def prepare(self, params: dict) -> dict:
         """The weights in the layout ``prefill`` and ``decode`` read (one copy per version)."""
@@ -360,6 +361,9 @@ class Engine:
         mask_bs = s_idx[None] <= pos_b[:, None]
         if c.sliding_window is not None:
             mask_bs &= pos_b[:, None] - s_idx[None] < c.sliding_window
+        # The native kernel takes the same mask as a range of positions, [lo_b, pos_b].
+        native_attention = self.native and decode_attention.supports(c.head_dim)
+        lo_b = jnp.maximum(pos_b - c.sliding_window + 1, 0) if c.sliding_window is not None else jnp.zeros_like(pos_b)
         # Finished and free slots write nowhere (an out-of-range index is dropped).
         write_b = jnp.where(state.active_b, pos_b, self.config.max_len)
         slot_idx = jnp.arange(self.config.slots)
@@ -371,7 +375,13 @@ class Engine:
                                                                    mode="drop")
             v_cache[l] = v_cache[l].at[slot_idx, :, write_b].set(v_b1ke[:, 0].astype(v_cache[l].dtype), mode="drop")
             # A slot just written in this step reads its own new entry from the cache.
-            o_b1he = attend_cache(q_b1he, k_cache[l], v_cache[l], mask_bs)
+            if native_attention:
+                b, _, h, e = q_b1he.shape
+                o_bkge = decode_attention.attend(q_b1he.reshape(b, c.num_kv_heads, h // c.num_kv_heads, e),
+                                                 k_cache[l], v_cache[l], lo_b, pos_b + 1)
+                o_b1he = o_bkge.reshape(b, 1, h, e)
+            else:
+                o_b1he = attend_cache(q_b1he, k_cache[l], v_cache[l], mask_bs)
             x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh)
         logits_bv = decoder.unembed(c, params, x_b1d)[:, 0]
         keys_b = token_key(self.sampling.seed, state.uid_b, state.sample_b, pos_b + 1)

@@ -1,0 +1,231 @@
+// One decode step's attention: each slot's few query heads against its own cache rows.
+//
+// Why this exists: XLA:CPU runs this step as broadcast products and reductions over the
+// whole cache length (masked), several passes over memory where one suffices. Here each
+// (slot, kv head) reads exactly its valid key and value rows once: scores, a softmax with
+// a vector exp, then the value sum. Layouts are the sampler's cache layouts: keys
+// k[B, KV, E, S] (positions last, so a score block is a row sweep) and values
+// v[B, KV, S, E] (head dim last, so a value row is contiguous).
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// Aliases: a comma inside a template argument would split the handler macro's arguments.
+using Floats4 = ffi::Buffer<ffi::F32, 4>;
+using Ints1 = ffi::Buffer<ffi::S32, 1>;
+using Out4 = ffi::ResultBuffer<ffi::F32, 4>;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi16 __attribute__((vector_size(64), aligned(4)));
+
+constexpr int kW = 16;            // floats per vector
+constexpr int kSBlock = 64;       // positions per score block (4 vectors)
+constexpr int kGBlock = 4;        // query heads per register block
+constexpr int64_t kMinParallel = int64_t{1} << 16;  // multiply-adds below which one thread runs it
+
+inline v16 load(const float* p) { return *reinterpret_cast<const v16*>(p); }
+inline void store(float* p, v16 v) { *reinterpret_cast<v16*>(p) = v; }
+inline v16 splat(float x) { return v16{} + x; }
+
+// e^x for x <= 0 (softmax inputs after subtracting the max), within ~2 ulp down to
+// e^-87, flushed to 0 below: range reduction x = n ln2 + r, a degree-6 polynomial in r,
+// and 2^n assembled in the exponent bits.
+inline v16 exp_nonpositive(v16 x) {
+  const v16 lo = splat(-87.0f);
+  const vi16 under = x < lo;
+  x = x < lo ? lo : x;
+  const v16 shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  v16 n = x * splat(1.44269504088896341f) + shifter;
+  n -= shifter;
+  v16 r = x - n * splat(0.693145751953125f);
+  r -= n * splat(1.428606765330187045e-06f);
+  v16 p = splat(1.0f / 720);
+  p = p * r + splat(1.0f / 120);
+  p = p * r + splat(1.0f / 24);
+  p = p * r + splat(1.0f / 6);
+  p = p * r + splat(0.5f);
+  p = p * r + splat(1.0f);
+  p = p * r + splat(1.0f);
+  const vi16 bits = (__builtin_convertvector(n, vi16) + 127) << 23;
+  v16 y = p * reinterpret_cast<const v16&>(bits);
+  return under ? v16{} : y;
+}
+
+struct Job {
+  const float *q, *k, *v;
+  const int32_t *lo, *hi;
+  float* out;
+  float scale;
+  int64_t b, kv, g, e, s;
+  int64_t items_per_chunk, chunks;
+  std::atomic<int64_t> next{0}, done{0};
+};
+
+// scores[g][0, n) = scale * q[g] . k[:, lo + i] for one (slot, kv head).
+void scores(const Job& j, const float* q, const float* k, int64_t lo, int64_t n, float* sc, float* tail) {
+  for (int64_t s0 = 0; s0 < n; s0 += kSBlock) {
+    const int64_t w = std::min<int64_t>(kSBlock, n - s0);
+    const float* kb = k + lo + s0;
+    int64_t ld = j.s;
+    if (w < kSBlock) {  // a short last block: copy it out, zero-padded, to keep full vectors
+      for (int64_t e = 0; e < j.e; ++e) {
+        std::memset(tail + e * kSBlock, 0, kSBlock * sizeof(float));
+        std::memcpy(tail + e * kSBlock, kb + e * j.s, w * sizeof(float));
+      }
+      kb = tail;
+      ld = kSBlock;
+    }
+    for (int64_t g0 = 0; g0 < j.g; g0 += kGBlock) {
+      const int gn = static_cast<int>(std::min<int64_t>(kGBlock, j.g - g0));
+      v16 acc[kGBlock][kSBlock / kW] = {};
+      for (int64_t e = 0; e < j.e; ++e) {
+        v16 kv[kSBlock / kW];
+        for (int c = 0; c < kSBlock / kW; ++c) kv[c] = load(kb + e * ld + c * kW);
+        for (int g = 0; g < gn; ++g) {
+          const float qg = q[(g0 + g) * j.e + e];
+          for (int c = 0; c < kSBlock / kW; ++c) acc[g][c] += qg * kv[c];
+        }
+      }
+      float block[kSBlock];
+      for (int g = 0; g < gn; ++g) {
+        for (int c = 0; c < kSBlock / kW; ++c) store(block + c * kW, acc[g][c] * splat(j.scale));
+        std::memcpy(sc + (g0 + g) * j.s + s0, block, w * sizeof(float));
+      }
+    }
+  }
+}
+
+// Softmax of each row in place over [0, n); returns nothing, rows sum to 1.
+void softmax(const Job& j, float* sc, int64_t n) {
+  for (int64_t g = 0; g < j.g; ++g) {
+    float* row = sc + g * j.s;
+    float mx = row[0];
+    for (int64_t i = 1; i < n; ++i) mx = std::max(mx, row[i]);
+    v16 sum = v16{};
+    int64_t i = 0;
+    for (; i + kW <= n; i += kW) {
+      v16 p = exp_nonpositive(load(row + i) - splat(mx));
+      store(row + i, p);
+      sum += p;
+    }
+    if (i < n) {
+      float buf[kW];
+      std::fill(buf, buf + kW, -1e30f);
+      std::memcpy(buf, row + i, (n - i) * sizeof(float));
+      v16 p = exp_nonpositive(load(buf) - splat(mx));
+      store(buf, p);
+      std::memcpy(row + i, buf, (n - i) * sizeof(float));
+      sum += p;
+    }
+    float total = 0;
+    for (int c = 0; c < kW; ++c) total += sum[c];
+    const float inv = 1.0f / total;
+    for (int64_t t = 0; t < n; ++t) row[t] *= inv;
+  }
+}
+
+// out[g] = sum_i p[g][i] * v[lo + i] for one (slot, kv head); e is a multiple of 16.
+void values(const Job& j, const float* p, const float* v, int64_t lo, int64_t n, float* out) {
+  constexpr int kEBlock = 4;  // vectors of the head dim per register block
+  for (int64_t g0 = 0; g0 < j.g; g0 += kGBlock) {
+    const int gn = static_cast<int>(std::min<int64_t>(kGBlock, j.g - g0));
+    for (int64_t e0 = 0; e0 < j.e; e0 += kEBlock * kW) {
+      const int en = static_cast<int>(std::min<int64_t>(kEBlock, (j.e - e0) / kW));
+      v16 acc[kGBlock][kEBlock] = {};
+      for (int64_t i = 0; i < n; ++i) {
+        const float* row = v + (lo + i) * j.e + e0;
+        v16 vr[kEBlock];
+        for (int c = 0; c < en; ++c) vr[c] = load(row + c * kW);
+        for (int g = 0; g < gn; ++g) {
+          const float pg = p[(g0 + g) * j.s + i];
+          for (int c = 0; c < en; ++c) acc[g][c] += pg * vr[c];
+        }
+      }
+      for (int g = 0; g < gn; ++g)
+        for (int c = 0; c < en; ++c) store(out + (g0 + g) * j.e + e0 + c * kW, acc[g][c]);
+    }
+  }
+}
+
+void run_item(const Job& j, int64_t item, std::vector<float>& scratch) {
+  const int64_t b = item / j.kv;
+  const int64_t lo = std::clamp<int64_t>(j.lo[b], 0, j.s), hi = std::clamp<int64_t>(j.hi[b], 0, j.s);
+  float* out = j.out + item * j.g * j.e;
+  if (hi <= lo) {  // nothing to attend to (a free slot): zeros, never garbage
+    std::memset(out, 0, j.g * j.e * sizeof(float));
+    return;
+  }
+  scratch.resize(j.g * j.s + j.e * kSBlock);
+  float* sc = scratch.data();
+  const float* q = j.q + item * j.g * j.e;
+  scores(j, q, j.k + item * j.e * j.s, lo, hi - lo, sc, sc + j.g * j.s);
+  softmax(j, sc, hi - lo);
+  values(j, sc, j.v + item * j.s * j.e, lo, hi - lo, out);
+}
+
+void work(Job& j) {
+  std::vector<float> scratch;
+  for (int64_t c; (c = j.next.fetch_add(1, std::memory_order_relaxed)) < j.chunks;) {
+    const int64_t end = std::min(j.b * j.kv, (c + 1) * j.items_per_chunk);
+    for (int64_t item = c * j.items_per_chunk; item < end; ++item) run_item(j, item, scratch);
+    j.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints1 lo, Ints1 hi, Out4 out,
+                           float scale) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  const int64_t b = qd[0], kv = qd[1], g = qd[2], e = qd[3], s = kd[3];
+  if (kd[0] != b || kd[1] != kv || kd[2] != e || vd[0] != b || vd[1] != kv || vd[2] != s || vd[3] != e ||
+      lo.element_count() != b || hi.element_count() != b || e % kW != 0) {
+    return ffi::Error::InvalidArgument(
+        "magjax_decode_attention: expected q[B, KV, G, E], k[B, KV, E, S], v[B, KV, S, E], lo[B], hi[B], "
+        "E a multiple of 16");
+  }
+  auto job = std::make_shared<Job>();
+  job->q = q.typed_data();
+  job->k = k.typed_data();
+  job->v = v.typed_data();
+  job->lo = lo.typed_data();
+  job->hi = hi.typed_data();
+  job->out = out->typed_data();
+  job->scale = scale;
+  job->b = b, job->kv = kv, job->g = g, job->e = e, job->s = s;
+  const int64_t items = b * kv;
+  if (items == 0) return ffi::Error::Success();
+  const bool small = 2 * items * g * e * s < kMinParallel;
+  const int64_t threads = small ? 1 : std::max<int64_t>(1, pool.num_threads());
+  job->items_per_chunk = std::max<int64_t>(1, items / (threads * 4));
+  job->chunks = (items + job->items_per_chunk - 1) / job->items_per_chunk;
+  for (int64_t t = 1; t < std::min(threads, job->chunks); ++t) pool.Schedule([job] { work(*job); });
+  work(*job);
+  while (job->done.load(std::memory_order_acquire) < job->chunks) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MagjaxDecodeAttention, DecodeAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Floats4>()
+                                  .Arg<Floats4>()
+                                  .Arg<Floats4>()
+                                  .Arg<Ints1>()
+                                  .Arg<Ints1>()
+                                  .Ret<Floats4>()
+                                  .Attr<float>("scale"));
