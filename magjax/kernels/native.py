@@ -11,7 +11,6 @@ kernels: the kernels are an optimisation, never a requirement.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import logging
 import os
@@ -71,21 +70,32 @@ def _build(compiler: str) -> str:
     return target
 
 
-@functools.cache
+_LOADED: list[bool] = []  # the one outcome of load() in this process
+
+
 def load() -> bool:
-    """Builds (once per machine) and registers the kernels; False where they are unavailable."""
+    """Builds (once per machine) and registers the kernels; False where they are unavailable.
+
+    The first call decides for the whole process (thread-safe); later calls are free.
+    """
+    with _LOCK:
+        if not _LOADED:
+            _LOADED.append(_load())
+        return _LOADED[0]
+
+
+def _load() -> bool:
     if os.environ.get("MAGJAX_NATIVE_KERNELS", "1") == "0":
         return False
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
-        log.warning("no C++ compiler found (set CXX): the sampler uses XLA's own matrix products on CPU")
+        log.warning("no C++ compiler found (set CXX): magjax's native CPU kernels are off, XLA's own run instead")
         return False
-    with _LOCK:
-        try:
-            library = ctypes.cdll.LoadLibrary(_build(compiler))
-        except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
-            log.warning("magjax's native CPU kernels are unavailable, using XLA's own: %s", e)
-            return False
-        for name, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    try:
+        library = ctypes.cdll.LoadLibrary(_build(compiler))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("magjax's native CPU kernels are off, XLA's own run instead: %s", e)
+        return False
+    for name, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     return True

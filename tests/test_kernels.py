@@ -1,0 +1,171 @@
+"""magjax's native CPU kernels: exact against NumPy, used by the sampler, optional everywhere."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from magjax.kernels import decode_attention, native, panels
+from magjax.models import decoder, preset
+from magjax.rl.losses import token_logprobs
+from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
+from magjax.sampling.generator import Generator, Request
+
+HAS_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+needs_kernels = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the native kernels cannot be built")
+
+
+@needs_kernels
+def test_the_kernels_build_where_a_compiler_exists():
+    assert native.load(), "a C++ compiler is present, yet the native kernels did not build (see the log)"
+
+
+# (rows, input shape, output shape): one row and many; K across block edges; N not a
+# multiple of the panel width; two input dims (the attention output projection); and
+# 16 x 256 x 1024, above the size where the work is split between threads.
+PRODUCTS = [(1, (64,), (48,)), (5, (300,), (50,)), (16, (256,), (1024,)), (17, (64,), (33,)),
+            (40, (128,), (16,)), (3, (4, 16), (24,)), (16, (1024,), (4096,))]
+
+
+@needs_kernels
+@pytest.mark.parametrize("m, in_shape, out_shape", PRODUCTS)
+def test_panel_product_equals_numpy(m, in_shape, out_shape):
+    assert native.load()
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((2, m, *in_shape)).astype(np.float32)  # two lead dims flatten to rows
+    w = rng.standard_normal((*in_shape, *out_shape)).astype(np.float32)
+    packed = jax.jit(lambda w: panels.pack(w, len(in_shape)))(w)
+    assert packed.panels_pkc.shape == (-(-np.prod(out_shape) // 16), np.prod(in_shape), 16)
+    got = np.asarray(jax.jit(decoder.dense)(x, packed))
+    want = np.tensordot(x.astype(np.float64), w.astype(np.float64), axes=len(in_shape))
+    assert got.shape == (2, m, *out_shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_packing_rejects_what_the_kernel_cannot_take():
+    with pytest.raises(TypeError, match="float32"):
+        panels.pack(jnp.zeros((4, 4), jnp.bfloat16))
+    packed = panels.pack(jnp.zeros((8, 4), jnp.float32))
+    with pytest.raises(ValueError, match="input shape"):
+        panels.dense(jnp.zeros((2, 6), jnp.float32), packed)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        decode_attention.attend(*(jnp.zeros((1, 1, 1, 8)),) * 3, jnp.zeros(1, jnp.int32), jnp.ones(1, jnp.int32))
+
+
+def _attention_reference(q, k, v, lo, hi):
+    """NumPy, float64: softmax over positions [lo, hi) of each slot; zeros for none."""
+    b, kv, g, e = q.shape
+    out = np.zeros((b, kv, g, e))
+    for i in range(b):
+        if hi[i] <= lo[i]:
+            continue
+        scores = np.einsum("kge,kes->kgs", q[i], k[i][:, :, lo[i]:hi[i]]) / np.sqrt(e)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        out[i] = np.einsum("kgs,kse->kge", p / p.sum(-1, keepdims=True), v[i][:, lo[i]:hi[i]])
+    return out
+
+
+# (slots, kv heads, query heads per kv head, head dim, cache length): the small benchmark
+# shape (threaded), odd group sizes, a long head dim, ranges shorter than a score block.
+ATTENTION = [(16, 4, 4, 64, 257), (3, 2, 3, 16, 40), (5, 1, 7, 32, 100), (2, 2, 1, 128, 300)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("b, kv, g, e, s", ATTENTION)
+def test_decode_attention_equals_numpy(b, kv, g, e, s):
+    assert native.load()
+    rng = np.random.default_rng(s)
+    q = rng.standard_normal((b, kv, g, e)).astype(np.float32)
+    k = rng.standard_normal((b, kv, e, s)).astype(np.float32)
+    v = rng.standard_normal((b, kv, s, e)).astype(np.float32)
+    hi = rng.integers(1, s + 1, b).astype(np.int32)
+    hi[0] = s  # the whole cache
+    lo = np.maximum(0, hi - rng.integers(1, 70, b)).astype(np.int32)  # sliding windows, some 1 wide
+    lo[-1] = hi[-1]  # an empty range (a free slot): zeros
+    got = np.asarray(jax.jit(decode_attention.attend)(q, k, v, lo, hi))
+    np.testing.assert_allclose(got, _attention_reference(q, k, v, lo, hi), rtol=2e-5, atol=2e-6)
+    assert not got[-1].any()
+
+
+# head_dim 16 takes the native attention too (the "test" preset's 8 does not); the
+# sliding window makes the kernel's ranges start past 0.
+NATIVE_CONFIG = preset("test").replace(head_dim=16, sliding_window=12)
+ENGINE = EngineConfig(slots=8, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4)
+
+
+def _requests(n, samples, seed):
+    rng = np.random.default_rng(seed)
+    return [Request(f"r{i}", [1, *rng.integers(3, 60, int(rng.integers(2, 14))).tolist()], samples,
+                    int(rng.integers(6, 20))) for i in range(n)]
+
+
+@needs_kernels
+def test_sampler_on_the_native_kernels_matches_the_full_forward_pass():
+    """Through the real engine: greedy tokens are the forward pass's argmax and sampled
+    tokens' log-probs are the trainer's (1e-5), with packed weights and native attention."""
+    params = decoder.init_params(NATIVE_CONFIG, jax.random.key(3))
+    greedy = Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(temperature=0), 10_000)
+    assert greedy.native
+    prepared = greedy.prepare(params)
+    assert isinstance(prepared["lm_head"], panels.PanelWeight)
+    assert all(isinstance(prepared["layers"][0][name], panels.PanelWeight) for name in ("wq", "wo", "w_down"))
+    forward = jax.jit(lambda p, t: decoder.forward(NATIVE_CONFIG, p, t))
+    for c in Generator(greedy, params).generate(_requests(3, 1, seed=0)):
+        seq = list(c.prompt_tokens)
+        for token in c.tokens:
+            padded = np.zeros((1, ENGINE.max_len), np.int32)
+            padded[0, : len(seq)] = seq
+            assert token == int(jnp.argmax(forward(params, padded)[0, len(seq) - 1]))
+            seq.append(token)
+
+    @jax.jit
+    def trainer_logprobs(params, inputs, targets):
+        return token_logprobs(NATIVE_CONFIG, params, decoder.hidden_states(NATIVE_CONFIG, params, inputs), targets)[0]
+
+    sampled = Generator(Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(temperature=1.0), 10_000), params)
+    for c in sampled.generate(_requests(3, 2, seed=1)):
+        seq = np.zeros((1, ENGINE.max_len + 1), np.int32)
+        n = len(c.prompt_tokens) + len(c.tokens)
+        seq[0, :n] = [*c.prompt_tokens, *c.tokens]
+        want = np.asarray(trainer_logprobs(params, seq[:, :-1], seq[:, 1:]))[0, len(c.prompt_tokens) - 1: n - 1]
+        np.testing.assert_allclose(c.logprobs, want, atol=1e-5)
+
+
+def test_sharded_or_low_precision_samplers_keep_xla_kernels(mesh_2x4):
+    assert not Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(), 10_000, mesh=mesh_2x4).native
+    bf16 = NATIVE_CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
+    assert not Engine(bf16, ENGINE, SamplingConfig(), 10_000).native
+
+
+PROBE = textwrap.dedent("""
+    import logging, sys
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+    from magjax.kernels import native
+    print("loaded", native.load())
+""")
+
+
+def _probe(tmp_path, **env):
+    full = {**os.environ, "MAGJAX_CACHE_DIR": str(tmp_path), **env}
+    r = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@needs_kernels
+def test_kernels_build_once_per_cache_and_fall_back_without_a_compiler(tmp_path):
+    assert "loaded True" in _probe(tmp_path)
+    (library,) = (tmp_path / "kernels").glob("magjax_kernels-*.so")
+    built = library.stat().st_mtime_ns
+    assert "loaded True" in _probe(tmp_path)  # a second process loads the cached build
+    assert library.stat().st_mtime_ns == built
+    # A compiler that fails: a warning naming the failed build, and XLA's kernels instead.
+    out = _probe(tmp_path / "other", CXX=shutil.which("false"))
+    assert "loaded False" in out and "compiling magjax's native kernels failed" in out
+    assert "loaded False" in _probe(tmp_path, MAGJAX_NATIVE_KERNELS="0")
