@@ -114,7 +114,8 @@ def test_sampler_on_the_native_kernels_matches_the_full_forward_pass():
     assert greedy.native
     prepared = greedy.prepare(params)
     assert isinstance(prepared["lm_head"], panels.PanelWeight)
-    assert all(isinstance(prepared["layers"][0][name], panels.PanelWeight) for name in ("wq", "wo", "w_down"))
+    packed = ("wqkv", "wo", "w_gate_up", "w_down")
+    assert all(isinstance(prepared["layers"][0][name], panels.PanelWeight) for name in packed)
     forward = jax.jit(lambda p, t: decoder.forward(NATIVE_CONFIG, p, t))
     for c in Generator(greedy, params).generate(_requests(3, 1, seed=0)):
         seq = list(c.prompt_tokens)

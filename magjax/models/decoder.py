@@ -159,7 +159,14 @@ def dense(x, w, in_dims: int = 1):
 def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt):
     """Query, key and value for one layer: [b,t,h,e], [b,t,k,e], [b,t,k,e], rotary applied."""
     dt = x_btd.dtype
-    q, k, v = dense(x_btd, layer["wq"]), dense(x_btd, layer["wk"]), dense(x_btd, layer["wv"])
+    if "wqkv" in layer:  # the sampler's packed copy: one product, split after
+        h, kv, e = config.num_heads, config.num_kv_heads, config.head_dim
+        qkv = dense(x_btd, layer["wqkv"])
+        q, k, v = jnp.split(qkv, [h * e, (h + kv) * e], axis=-1)
+        lead = x_btd.shape[:-1]
+        q, k, v = q.reshape(*lead, h, e), k.reshape(*lead, kv, e), v.reshape(*lead, kv, e)
+    else:
+        q, k, v = dense(x_btd, layer["wq"]), dense(x_btd, layer["wk"]), dense(x_btd, layer["wv"])
     if config.qkv_bias:
         q, k, v = q + layer["bq"].astype(dt), k + layer["bk"].astype(dt), v + layer["bv"].astype(dt)
     if config.qk_norm:
@@ -198,6 +205,9 @@ def attention_mask(config: ModelConfig, positions_bt, segment_ids_bt):
 
 def mlp(layer: dict, x_btd):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
+    if "w_gate_up" in layer:  # the sampler's packed copy: one product, split after
+        gate, up = jnp.split(dense(x_btd, layer["w_gate_up"]), 2, axis=-1)
+        return dense(jax.nn.silu(gate) * up, layer["w_down"])
     return dense(jax.nn.silu(dense(x_btd, layer["w_gate"])) * dense(x_btd, layer["w_up"]), layer["w_down"])
 
 

@@ -154,8 +154,18 @@ def _release_slots(state: DecodeState, mask_b) -> DecodeState:
     return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
 
 
-# The projections the native few-row kernel takes, with how many leading dims are inputs.
-PANEL_WEIGHTS = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}
+def pack_layer(config: ModelConfig, layer: dict) -> dict:
+    """One layer's projections packed for the native few-row kernel. Products that read the
+    same input become one (q|k|v as ``wqkv``, gate|up as ``w_gate_up``): fewer, larger
+    calls, which matters where a decode step is mostly per-call overhead."""
+    d = config.hidden_size
+    flat = lambda w: w.reshape(d, -1)  # noqa: E731
+    packed = {k: w for k, w in layer.items() if k not in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")}
+    packed["wqkv"] = panels.pack(jnp.concatenate([flat(layer["wq"]), flat(layer["wk"]), flat(layer["wv"])], 1))
+    packed["wo"] = panels.pack(layer["wo"], in_dims=2)
+    packed["w_gate_up"] = panels.pack(jnp.concatenate([layer["w_gate"], layer["w_up"]], 1))
+    packed["w_down"] = panels.pack(layer["w_down"])
+    return packed
 
 
 def prepare_params(config: ModelConfig, params: dict, use_panels: bool = False) -> dict:
@@ -163,15 +173,14 @@ def prepare_params(config: ModelConfig, params: dict, use_panels: bool = False) 
     layer. A layer loop over stacked weights slices (copies) every weight on every decode
     step; split once per weight version, each step reads them where they lie.
 
-    With ``use_panels`` the projections (and the output matrix, tied or not, as
-    ``lm_head``) are packed for the native kernel (magjax.kernels.panels): a decode step's
-    products have one row per slot, and the packed layout streams each weight once.
+    With ``use_panels`` the projections (``pack_layer``) and the output matrix, tied or
+    not, as ``lm_head``, are packed for the native kernel (magjax.kernels.panels): a decode
+    step's products have one row per slot, and the packed layout streams each weight once.
     """
     layers = [jax.tree.map(lambda a, l=l: a[l], params["layers"]) for l in range(config.num_layers)]
     prepared = {**{k: v for k, v in params.items() if k != "layers"}, "layers": layers}
     if use_panels:
-        prepared["layers"] = [{k: panels.pack(w, PANEL_WEIGHTS[k]) if k in PANEL_WEIGHTS else w
-                               for k, w in layer.items()} for layer in layers]
+        prepared["layers"] = [pack_layer(config, layer) for layer in layers]
         prepared["lm_head"] = panels.pack(params["embed"].T if config.tie_embeddings else params["lm_head"])
     return prepared
 
