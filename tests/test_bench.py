@@ -1,6 +1,7 @@
 """`magjax bench ...` end to end on small shapes: each prints its figures from real runs."""
 
 from magjax.bench import pipeline, sampler, train, verifier
+from magjax.kernels import native
 
 
 def test_bench_train_measures_the_step_against_the_machine_peak():
@@ -13,6 +14,7 @@ def test_bench_sampler_reports_decode_prefill_and_roofline():
     r = sampler.run("test", batches=(1, 4), prompt_len=8, new_tokens=16, chunk=8)
     assert all(b["decode_tokens_per_s"] > 0 and b["roofline_fraction"] > 0 for b in r["batches"])
     assert "roofline" in sampler.describe(r)
+    assert r["kernels"] == ("native" if native.load() else "xla")  # the figures say which kernels ran
 
 
 def test_bench_verifier_times_math_and_sandboxed_code():

@@ -33,6 +33,7 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
     engine = Engine(config, EngineConfig(slots=batch, max_len=prompt_len + new_tokens + 1,
                                          prompt_buckets=(prompt_len,), chunk_steps=chunk),
                     SamplingConfig(temperature=1.0), eos_id=config.vocab_size)  # never emitted
+    kernels = "native" if engine.native else "xla"
     params = engine.prepare(params)
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, config.vocab_size, (batch, prompt_len)).tolist()
@@ -59,7 +60,8 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
     prefill_s = min(r[0] for r in runs)
     decode_s, steps = min((r[1], r[2]) for r in runs)
     return {"batch": batch, "prefill_tokens_per_s": batch * prompt_len / prefill_s,
-            "decode_tokens_per_s": batch * steps / decode_s, "decode_step_s": decode_s / steps, "steps": steps}
+            "decode_tokens_per_s": batch * steps / decode_s, "decode_step_s": decode_s / steps, "steps": steps,
+            "kernels": kernels}
 
 
 def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt_len: int = 64,
@@ -77,7 +79,8 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
         rows.append(row)
     return {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
             "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows}
+            "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
+            "kernels": rows[0]["kernels"] if rows else None}
 
 
 def describe(r: dict) -> str:
@@ -85,6 +88,8 @@ def describe(r: dict) -> str:
              f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;"
              f"  peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
              f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+             f"  decode kernels: {r['kernels']} (magjax.kernels on one CPU device in float32; "
+             "MAGJAX_NATIVE_KERNELS=0 for XLA's)",
              f"  {'batch':>5} {'decode tok/s':>13} {'roofline tok/s':>15} {'of roofline':>12} {'prefill tok/s':>14}"]
     for row in r["batches"]:
         lines.append(f"  {row['batch']:>5} {row['decode_tokens_per_s']:>13.0f} {row['roofline_tokens_per_s']:>15.0f}"
