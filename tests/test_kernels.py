@@ -55,7 +55,8 @@ def test_packing_rejects_what_the_kernel_cannot_take():
     with pytest.raises(ValueError, match="input shape"):
         panels.dense(jnp.zeros((2, 6), jnp.float32), packed)
     with pytest.raises(ValueError, match="multiple of 16"):
-        decode_attention.attend(*(jnp.zeros((1, 1, 1, 8)),) * 3, jnp.zeros(1, jnp.int32), jnp.ones(1, jnp.int32))
+        decode_attention.write_and_attend(jnp.zeros((1, 1, 1, 8)), *(jnp.zeros((1, 1, 8)),) * 2,
+                                          jnp.zeros((1, 1, 8, 4)), jnp.zeros((1, 1, 4, 8)), *(jnp.zeros(1, jnp.int32),) * 3)
 
 
 def _attention_reference(q, k, v, lo, hi):
@@ -78,19 +79,35 @@ ATTENTION = [(16, 4, 4, 64, 257), (3, 2, 3, 16, 40), (5, 1, 7, 32, 100), (2, 2, 
 
 @needs_kernels
 @pytest.mark.parametrize("b, kv, g, e, s", ATTENTION)
-def test_decode_attention_equals_numpy(b, kv, g, e, s):
+def test_decode_attention_writes_the_cache_and_equals_numpy(b, kv, g, e, s):
     assert native.load()
     rng = np.random.default_rng(s)
     q = rng.standard_normal((b, kv, g, e)).astype(np.float32)
+    k_new, v_new = rng.standard_normal((2, b, kv, e)).astype(np.float32)
     k = rng.standard_normal((b, kv, e, s)).astype(np.float32)
     v = rng.standard_normal((b, kv, s, e)).astype(np.float32)
     hi = rng.integers(1, s + 1, b).astype(np.int32)
     hi[0] = s  # the whole cache
     lo = np.maximum(0, hi - rng.integers(1, 70, b)).astype(np.int32)  # sliding windows, some 1 wide
     lo[-1] = hi[-1]  # an empty range (a free slot): zeros
-    got = np.asarray(jax.jit(decode_attention.attend)(q, k, v, lo, hi))
-    np.testing.assert_allclose(got, _attention_reference(q, k, v, lo, hi), rtol=2e-5, atol=2e-6)
-    assert not got[-1].any()
+    at = (hi - 1).astype(np.int32)  # each slot writes the last position it reads
+    at[1 % b] = s  # out of range: a finished slot writes nothing
+    want_k, want_v = k.copy(), v.copy()
+    for i in range(b):
+        if at[i] < s:
+            want_k[i, :, :, at[i]], want_v[i, :, at[i]] = k_new[i], v_new[i]
+    # Donated caches, as in the decode loop: XLA aliases them to the outputs.
+    call = jax.jit(decode_attention.write_and_attend, donate_argnums=(3, 4))
+    out, k2, v2 = call(q, k_new, v_new, jnp.asarray(k), jnp.asarray(v), lo, hi, at)
+    np.testing.assert_array_equal(np.asarray(k2), want_k)
+    np.testing.assert_array_equal(np.asarray(v2), want_v)
+    np.testing.assert_allclose(np.asarray(out), _attention_reference(q, want_k, want_v, lo, hi), rtol=2e-5, atol=2e-6)
+    assert not np.asarray(out)[-1].any()
+    # Not donated: XLA copies the caches first and the inputs stay as they were.
+    k_in = jnp.asarray(k)
+    _, k3, _ = jax.jit(decode_attention.write_and_attend)(q, k_new, v_new, k_in, jnp.asarray(v), lo, hi, at)
+    np.testing.assert_array_equal(np.asarray(k3), want_k)
+    np.testing.assert_array_equal(np.asarray(k_in), k)
 
 
 # head_dim 16 takes the native attention too (the "test" preset's 8 does not); the

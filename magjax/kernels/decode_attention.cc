@@ -1,9 +1,12 @@
-// One decode step's attention: each slot's few query heads against its own cache rows.
+// One decode step's attention: each slot writes its new key and value into its cache
+// rows, then attends with its few query heads to its own valid rows.
 //
 // Why this exists: XLA:CPU runs this step as broadcast products and reductions over the
 // whole cache length (masked), several passes over memory where one suffices. Here each
 // (slot, kv head) reads exactly its valid key and value rows once: scores, a softmax with
-// a vector exp, then the value sum. Layouts are the sampler's cache layouts: keys
+// a vector exp, then the value sum. The caches are updated in place (XLA aliases them to
+// the outputs): the new key's column write, a scatter XLA runs element by element, is
+// 64 stores here. Layouts are the sampler's cache layouts: keys
 // k[B, KV, E, S] (positions last, so a score block is a row sweep) and values
 // v[B, KV, S, E] (head dim last, so a value row is contiguous).
 
@@ -19,6 +22,7 @@
 namespace ffi = xla::ffi;
 
 // Aliases: a comma inside a template argument would split the handler macro's arguments.
+using Floats3 = ffi::Buffer<ffi::F32, 3>;
 using Floats4 = ffi::Buffer<ffi::F32, 4>;
 using Ints1 = ffi::Buffer<ffi::S32, 1>;
 using Out4 = ffi::ResultBuffer<ffi::F32, 4>;
@@ -62,8 +66,9 @@ inline v16 exp_nonpositive(v16 x) {
 }
 
 struct Job {
-  const float *q, *k, *v;
-  const int32_t *lo, *hi;
+  const float *q, *k_new, *v_new;
+  float *k, *v;  // the caches, written at `at` and read
+  const int32_t *lo, *hi, *at;
   float* out;
   float scale;
   int64_t b, kv, g, e, s;
@@ -159,6 +164,12 @@ void values(const Job& j, const float* p, const float* v, int64_t lo, int64_t n,
 
 void run_item(const Job& j, int64_t item, std::vector<float>& scratch) {
   const int64_t b = item / j.kv;
+  if (j.at[b] >= 0 && j.at[b] < j.s) {  // out of range: the slot writes nothing (finished or free)
+    float* k = j.k + item * j.e * j.s + j.at[b];
+    const float* k_new = j.k_new + item * j.e;
+    for (int64_t e = 0; e < j.e; ++e) k[e * j.s] = k_new[e];
+    std::memcpy(j.v + (item * j.s + j.at[b]) * j.e, j.v_new + item * j.e, j.e * sizeof(float));
+  }
   const int64_t lo = std::clamp<int64_t>(j.lo[b], 0, j.s), hi = std::clamp<int64_t>(j.hi[b], 0, j.s);
   float* out = j.out + item * j.g * j.e;
   if (hi <= lo) {  // nothing to attend to (a free slot): zeros, never garbage
@@ -182,22 +193,32 @@ void work(Job& j) {
   }
 }
 
-ffi::Error DecodeAttention(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints1 lo, Ints1 hi, Out4 out,
-                           float scale) {
-  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+ffi::Error DecodeAttention(ffi::ThreadPool pool, Floats4 q, Floats3 k_new, Floats3 v_new, Floats4 k_in,
+                           Floats4 v_in, Ints1 lo, Ints1 hi, Ints1 at, Out4 out, Out4 k, Out4 v, float scale) {
+  const auto qd = q.dimensions(), kd = k->dimensions(), vd = v->dimensions();
   const int64_t b = qd[0], kv = qd[1], g = qd[2], e = qd[3], s = kd[3];
   if (kd[0] != b || kd[1] != kv || kd[2] != e || vd[0] != b || vd[1] != kv || vd[2] != s || vd[3] != e ||
-      lo.element_count() != b || hi.element_count() != b || e % kW != 0) {
+      k_new.element_count() != b * kv * e || v_new.element_count() != b * kv * e || lo.element_count() != b ||
+      hi.element_count() != b || at.element_count() != b || e % kW != 0) {
     return ffi::Error::InvalidArgument(
-        "magjax_decode_attention: expected q[B, KV, G, E], k[B, KV, E, S], v[B, KV, S, E], lo[B], hi[B], "
-        "E a multiple of 16");
+        "magjax_decode_attention: expected q[B, KV, G, E], new k and v [B, KV, E], caches k[B, KV, E, S] and "
+        "v[B, KV, S, E], lo, hi and at [B], E a multiple of 16");
   }
+  // The caches' outputs alias their inputs; should XLA have had to copy instead, start
+  // from the inputs.
+  if (k->typed_data() != k_in.typed_data())
+    std::memcpy(k->typed_data(), k_in.typed_data(), k_in.element_count() * sizeof(float));
+  if (v->typed_data() != v_in.typed_data())
+    std::memcpy(v->typed_data(), v_in.typed_data(), v_in.element_count() * sizeof(float));
   auto job = std::make_shared<Job>();
   job->q = q.typed_data();
-  job->k = k.typed_data();
-  job->v = v.typed_data();
+  job->k_new = k_new.typed_data();
+  job->v_new = v_new.typed_data();
+  job->k = k->typed_data();
+  job->v = v->typed_data();
   job->lo = lo.typed_data();
   job->hi = hi.typed_data();
+  job->at = at.typed_data();
   job->out = out->typed_data();
   job->scale = scale;
   job->b = b, job->kv = kv, job->g = g, job->e = e, job->s = s;
@@ -222,10 +243,15 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MagjaxDecodeAttention, DecodeAttention,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<Floats4>()
-                                  .Arg<Floats4>()
-                                  .Arg<Floats4>()
-                                  .Arg<Ints1>()
-                                  .Arg<Ints1>()
-                                  .Ret<Floats4>()
+                                  .Arg<Floats4>()  // q
+                                  .Arg<Floats3>()  // new key
+                                  .Arg<Floats3>()  // new value
+                                  .Arg<Floats4>()  // key cache
+                                  .Arg<Floats4>()  // value cache
+                                  .Arg<Ints1>()    // lo
+                                  .Arg<Ints1>()    // hi
+                                  .Arg<Ints1>()    // at: where each slot writes
+                                  .Ret<Floats4>()  // attention output
+                                  .Ret<Floats4>()  // key cache, updated
+                                  .Ret<Floats4>()  // value cache, updated
                                   .Attr<float>("scale"));

@@ -406,16 +406,18 @@ class Engine:
         # The layers run as a Python loop (unrolled): each reads its own weights and cache.
         for l, layer in enumerate(params["layers"]):
             q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer, x_b1d, pos_b[:, None])
-            k_cache[l] = k_cache[l].at[slot_idx, :, :, write_b].set(k_b1ke[:, 0].astype(k_cache[l].dtype),
-                                                                   mode="drop")
-            v_cache[l] = v_cache[l].at[slot_idx, :, write_b].set(v_b1ke[:, 0].astype(v_cache[l].dtype), mode="drop")
             # A slot just written in this step reads its own new entry from the cache.
             if native_attention:
                 b, _, h, e = q_b1he.shape
-                o_bkge = decode_attention.attend(q_b1he.reshape(b, c.num_kv_heads, h // c.num_kv_heads, e),
-                                                 k_cache[l], v_cache[l], lo_b, pos_b + 1)
+                o_bkge, k_cache[l], v_cache[l] = decode_attention.write_and_attend(
+                    q_b1he.reshape(b, c.num_kv_heads, h // c.num_kv_heads, e), k_b1ke[:, 0], v_b1ke[:, 0],
+                    k_cache[l], v_cache[l], lo_b, pos_b + 1, write_b)
                 o_b1he = o_bkge.reshape(b, 1, h, e)
             else:
+                k_cache[l] = k_cache[l].at[slot_idx, :, :, write_b].set(k_b1ke[:, 0].astype(k_cache[l].dtype),
+                                                                       mode="drop")
+                v_cache[l] = v_cache[l].at[slot_idx, :, write_b].set(v_b1ke[:, 0].astype(v_cache[l].dtype),
+                                                                     mode="drop")
                 o_b1he = attend_cache(q_b1he, k_cache[l], v_cache[l], mask_bs)
             x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh)
         logits_bv = decoder.unembed(c, params, x_b1d)[:, 0]
