@@ -11,12 +11,11 @@
 // v[B, KV, S, E] (head dim last, so a value row is contiguous).
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -72,8 +71,6 @@ struct Job {
   float* out;
   float scale;
   int64_t b, kv, g, e, s;
-  int64_t items_per_chunk, chunks;
-  std::atomic<int64_t> next{0}, done{0};
 };
 
 // scores[g][0, n) = scale * q[g] . k[:, lo + i] for one (slot, kv head).
@@ -184,15 +181,6 @@ void run_item(const Job& j, int64_t item, std::vector<float>& scratch) {
   values(j, sc, j.v + item * j.s * j.e, lo, hi - lo, out);
 }
 
-void work(Job& j) {
-  std::vector<float> scratch;
-  for (int64_t c; (c = j.next.fetch_add(1, std::memory_order_relaxed)) < j.chunks;) {
-    const int64_t end = std::min(j.b * j.kv, (c + 1) * j.items_per_chunk);
-    for (int64_t item = c * j.items_per_chunk; item < end; ++item) run_item(j, item, scratch);
-    j.done.fetch_add(1, std::memory_order_release);
-  }
-}
-
 ffi::Error DecodeAttention(ffi::ThreadPool pool, Floats4 q, Floats3 k_new, Floats3 v_new, Floats4 k_in,
                            Floats4 v_in, Ints1 lo, Ints1 hi, Ints1 at, Out4 out, Out4 k, Out4 v, float scale) {
   const auto qd = q.dimensions(), kd = k->dimensions(), vd = v->dimensions();
@@ -210,31 +198,13 @@ ffi::Error DecodeAttention(ffi::ThreadPool pool, Floats4 q, Floats3 k_new, Float
     std::memcpy(k->typed_data(), k_in.typed_data(), k_in.element_count() * sizeof(float));
   if (v->typed_data() != v_in.typed_data())
     std::memcpy(v->typed_data(), v_in.typed_data(), v_in.element_count() * sizeof(float));
-  auto job = std::make_shared<Job>();
-  job->q = q.typed_data();
-  job->k_new = k_new.typed_data();
-  job->v_new = v_new.typed_data();
-  job->k = k->typed_data();
-  job->v = v->typed_data();
-  job->lo = lo.typed_data();
-  job->hi = hi.typed_data();
-  job->at = at.typed_data();
-  job->out = out->typed_data();
-  job->scale = scale;
-  job->b = b, job->kv = kv, job->g = g, job->e = e, job->s = s;
-  const int64_t items = b * kv;
-  if (items == 0) return ffi::Error::Success();
-  const bool small = 2 * items * g * e * s < kMinParallel;
-  const int64_t threads = small ? 1 : std::max<int64_t>(1, pool.num_threads());
-  job->items_per_chunk = std::max<int64_t>(1, items / (threads * 4));
-  job->chunks = (items + job->items_per_chunk - 1) / job->items_per_chunk;
-  for (int64_t t = 1; t < std::min(threads, job->chunks); ++t) pool.Schedule([job] { work(*job); });
-  work(*job);
-  while (job->done.load(std::memory_order_acquire) < job->chunks) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
+  Job job{q.typed_data(), k_new.typed_data(), v_new.typed_data(), k->typed_data(), v->typed_data(),
+          lo.typed_data(), hi.typed_data(), at.typed_data(), out->typed_data(), scale, b, kv, g, e, s};
+  const bool small = 2 * b * kv * g * e * s < kMinParallel;
+  magjax::parallel_for(pool, small ? 1 : pool.num_threads(), b * kv, [&job](int64_t begin, int64_t end) {
+    std::vector<float> scratch;
+    for (int64_t item = begin; item < end; ++item) run_item(job, item, scratch);
+  });
   return ffi::Error::Success();
 }
 

@@ -25,6 +25,7 @@ import jaxlib
 log = logging.getLogger("magjax.kernels")
 
 SOURCES = ("panel_matmul.cc", "decode_attention.cc")
+HEADERS = ("parallel.h",)
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul",  # XLA custom-call name -> exported symbol
            "magjax_decode_attention": "MagjaxDecodeAttention"}
@@ -54,7 +55,7 @@ def _build(compiler: str) -> str:
     digest = hashlib.sha256()
     for part in (version, " ".join(FLAGS), jaxlib.__version__, platform.machine(), _cpu_identity()):
         digest.update(part.encode())
-    for path in sources:
+    for path in [*sources, *(os.path.join(here, h) for h in HEADERS)]:
         with open(path, "rb") as f:
             digest.update(f.read())
     target = os.path.join(cache_dir(), f"magjax_kernels-{digest.hexdigest()[:16]}.so")

@@ -12,12 +12,11 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <utility>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -76,36 +75,23 @@ constexpr std::array<TileFn, sizeof...(R)> tiles(std::integer_sequence<int, R...
 }
 constexpr auto kTiles = tiles(std::make_integer_sequence<int, kRows>{});
 
-// One call's work, split into chunks of panels that threads claim from a counter. It is
-// shared-owned: a helper task that starts after the call has finished finds no chunk left
-// and never touches the (by then released) buffers.
+// One call's operands: x[m, k], the panels of w, y[m, n].
 struct Job {
   const float* x;
   const float* w;
   float* y;
-  int64_t m, k, n, panels, panels_per_chunk, chunks;
-  std::atomic<int64_t> next{0}, done{0};
+  int64_t m, k, n, panels;
 };
 
-void run_chunk(const Job& j, int64_t c) {
-  const int64_t p_end = std::min(j.panels, (c + 1) * j.panels_per_chunk);
-  for (int64_t p = c * j.panels_per_chunk; p < p_end; ++p) {
-    const int cols = static_cast<int>(std::min<int64_t>(kPanel, j.n - p * kPanel));
-    for (int64_t k0 = 0; k0 < j.k; k0 += kDepth) {
-      const int64_t kb = std::min(kDepth, j.k - k0);
-      for (int64_t m0 = 0; m0 < j.m; m0 += kRows) {
-        const int64_t rows = std::min<int64_t>(kRows, j.m - m0);
-        kTiles[rows - 1](j.x + m0 * j.k + k0, j.k, j.w + (p * j.k + k0) * kPanel, kb,
-                         j.y + m0 * j.n + p * kPanel, j.n, k0 == 0, cols);
-      }
+void run_panel(const Job& j, int64_t p) {
+  const int cols = static_cast<int>(std::min<int64_t>(kPanel, j.n - p * kPanel));
+  for (int64_t k0 = 0; k0 < j.k; k0 += kDepth) {
+    const int64_t kb = std::min(kDepth, j.k - k0);
+    for (int64_t m0 = 0; m0 < j.m; m0 += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, j.m - m0);
+      kTiles[rows - 1](j.x + m0 * j.k + k0, j.k, j.w + (p * j.k + k0) * kPanel, kb, j.y + m0 * j.n + p * kPanel,
+                       j.n, k0 == 0, cols);
     }
-  }
-}
-
-void work(Job& j) {
-  for (int64_t c; (c = j.next.fetch_add(1, std::memory_order_relaxed)) < j.chunks;) {
-    run_chunk(j, c);
-    j.done.fetch_add(1, std::memory_order_release);
   }
 }
 
@@ -117,32 +103,16 @@ ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
     return ffi::Error::InvalidArgument(
         "magjax_panel_matmul: expected x[M, K], w[ceil(N / 16), K, 16] and y[M, N]");
   }
-  auto job = std::make_shared<Job>();
-  job->x = x.typed_data();
-  job->w = w.typed_data();
-  job->y = y->typed_data();
-  job->m = xd[0];
-  job->k = xd[1];
-  job->n = yd[1];
-  job->panels = wd[0];
-  if (job->m == 0 || job->n == 0) return ffi::Error::Success();
-  if (job->k == 0) {
-    std::memset(job->y, 0, job->m * job->n * sizeof(float));
+  Job job{x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], yd[1], wd[0]};
+  if (job.m == 0 || job.n == 0) return ffi::Error::Success();
+  if (job.k == 0) {
+    std::memset(job.y, 0, job.m * job.n * sizeof(float));
     return ffi::Error::Success();
   }
-  const bool small = job->m * job->k * job->n < kMinParallel;
-  const int64_t threads = small ? 1 : std::max<int64_t>(1, pool.num_threads());
-  // A few chunks per thread, so a thread slowed by other work does not hold up the call.
-  job->panels_per_chunk = std::max<int64_t>(1, job->panels / (threads * 4));
-  job->chunks = (job->panels + job->panels_per_chunk - 1) / job->panels_per_chunk;
-  for (int64_t t = 1; t < std::min(threads, job->chunks); ++t) pool.Schedule([job] { work(*job); });
-  work(*job);
-  // Every chunk is claimed by now; wait for the ones helpers are still running.
-  while (job->done.load(std::memory_order_acquire) < job->chunks) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-  }
+  const bool small = job.m * job.k * job.n < kMinParallel;
+  magjax::parallel_for(pool, small ? 1 : pool.num_threads(), job.panels, [&job](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) run_panel(job, p);
+  });
   return ffi::Error::Success();
 }
 
