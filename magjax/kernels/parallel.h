@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <thread>
 #include <utility>
 
 #include "xla/ffi/api/ffi.h"
@@ -37,11 +38,17 @@ void parallel_for(xla::ffi::ThreadPool& pool, int64_t threads, int64_t items, Ru
   auto state = std::make_shared<State>(std::move(run), items, std::max<int64_t>(1, items / (threads * 4)));
   for (int64_t t = 1; t < std::min(threads, state->chunks); ++t) pool.Schedule([state] { state->work(); });
   state->work();
-  // Every chunk is claimed by now; wait for the ones helpers are still running.
-  while (state->done.load(std::memory_order_acquire) < state->chunks) {
+  // Every chunk is claimed by now; wait for the ones helpers are still running. Spin
+  // briefly (a chunk takes microseconds), then yield: with more busy threads than cores (a
+  // trainer beside the sampler), a spinning caller must not keep a helper off its core.
+  for (int spins = 0; state->done.load(std::memory_order_acquire) < state->chunks; ++spins) {
+    if (spins < 4096) {
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
+    } else {
+      std::this_thread::yield();
+    }
   }
 }
 
