@@ -392,13 +392,16 @@ class Engine:
         c = self.model_config
         pos_b = state.lengths_b
         x_b1d = decoder.embed(c, params, state.last_token_b[:, None])
-        s_idx = jnp.arange(self.config.max_len)
-        mask_bs = s_idx[None] <= pos_b[:, None]
-        if c.sliding_window is not None:
-            mask_bs &= pos_b[:, None] - s_idx[None] < c.sliding_window
-        # The native kernel takes the same mask as a range of positions, [lo_b, pos_b].
+        # The native kernel takes the attention mask as a range of positions, [lo_b, pos_b];
+        # XLA's path as a [slots, max_len] mask.
         native_attention = self.native and decode_attention.supports(c.head_dim)
-        lo_b = jnp.maximum(pos_b - c.sliding_window + 1, 0) if c.sliding_window is not None else jnp.zeros_like(pos_b)
+        if native_attention:
+            lo_b = jnp.maximum(pos_b - c.sliding_window + 1, 0) if c.sliding_window is not None else 0 * pos_b
+        else:
+            s_idx = jnp.arange(self.config.max_len)
+            mask_bs = s_idx[None] <= pos_b[:, None]
+            if c.sliding_window is not None:
+                mask_bs &= pos_b[:, None] - s_idx[None] < c.sliding_window
         # Finished and free slots write nowhere (an out-of-range index is dropped).
         write_b = jnp.where(state.active_b, pos_b, self.config.max_len)
         slot_idx = jnp.arange(self.config.slots)
