@@ -24,11 +24,13 @@ import jaxlib
 
 log = logging.getLogger("magjax.kernels")
 
-SOURCES = ("panel_matmul.cc", "decode_attention.cc")
-HEADERS = ("parallel.h",)
+SOURCES = ("panel_matmul.cc", "decode_attention.cc", "causal_attention.cc")
+HEADERS = ("parallel.h", "vec.h")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul",  # XLA custom-call name -> exported symbol
-           "magjax_decode_attention": "MagjaxDecodeAttention"}
+           "magjax_decode_attention": "MagjaxDecodeAttention",
+           "magjax_attention_forward": "MagjaxAttentionForward",
+           "magjax_attention_backward": "MagjaxAttentionBackward"}
 _LOCK = threading.Lock()
 
 
@@ -40,6 +42,13 @@ def _cpu_identity() -> str:
         return "".join(sorted(set(lines)))
     except OSError:
         return platform.processor()
+
+
+def on_one_cpu(mesh) -> bool:
+    """Whether work placed on ``mesh`` (None: the default device) runs on a single CPU
+    device, where the kernels apply; sharded work stays with XLA's partitioner."""
+    devices = list(mesh.devices.flat) if mesh is not None else [jax.devices()[0]]
+    return len(devices) == 1 and devices[0].platform == "cpu"
 
 
 def cache_dir() -> str:

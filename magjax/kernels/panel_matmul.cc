@@ -17,22 +17,22 @@
 #include <utility>
 
 #include "parallel.h"
+#include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
+using magjax::load;
+using magjax::store;
+using magjax::v16;
 
 constexpr int kPanel = 16;        // output columns per panel (one vector)
 constexpr int kRows = 16;         // rows accumulated together in registers
 constexpr int64_t kDepth = 256;   // K per block: the block's panel slice and rows stay in L1
 constexpr int64_t kPrefetch = 1024;  // floats ahead in the panel stream (4 KiB)
 constexpr int64_t kMinParallel = int64_t{1} << 21;  // multiply-adds below which one thread runs it
-
-inline v16 load(const float* p) { return *reinterpret_cast<const v16*>(p); }
-inline void store(float* p, v16 v) { *reinterpret_cast<v16*>(p) = v; }
 
 // Rows [0, R) of x (stride ldx) times one panel block w[kb, 16] into y (stride ldy),
 // adding to what y holds unless `first`. Only `cols` (<= 16) columns of y exist.

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from magjax import sharding as shd
-from magjax.kernels import panels
+from magjax.kernels import causal_attention, panels
 from magjax.models.config import ModelConfig
 
 L, B, T = shd.LAYERS, shd.BATCH, shd.SEQUENCE
@@ -224,10 +224,22 @@ def layer_output(config: ModelConfig, layer: dict, x_btd, o_bthe, mesh=None):
     return shd.constrain(x_btd, (B, T, None), mesh)
 
 
-def block(config: ModelConfig, layer: dict, x_btd, positions_bt, mask_bts, mesh=None):
-    """One pre-norm transformer layer over whole sequences; also returns its keys and values."""
+def attention_fn(config: ModelConfig, positions_bt, segment_ids_bt, native: bool = False):
+    """``attend(q, k, v)`` over whole packed sequences: causal, within a segment, within the
+    sliding window. ``native``: the native CPU kernel (see ``causal_attention.applies``),
+    which never builds the [b, t, t] mask; otherwise XLA's masked attention."""
+    if native:
+        window = config.sliding_window or 0
+        return lambda q, k, v: causal_attention.attend(q, k, v, segment_ids_bt, positions_bt, window)
+    mask_bts = attention_mask(config, positions_bt, segment_ids_bt)
+    return lambda q, k, v: attend(q, k, v, mask_bts)
+
+
+def block(config: ModelConfig, layer: dict, x_btd, positions_bt, attend_fn, mesh=None):
+    """One pre-norm transformer layer over whole sequences; also returns its keys and values.
+    ``attend_fn`` is ``attention_fn(...)`` for these sequences."""
     q_bthe, k_btke, v_btke = attention_inputs(config, layer, x_btd, positions_bt)
-    o_bthe = attend(q_bthe, k_btke, v_btke, mask_bts)
+    o_bthe = attend_fn(q_bthe, k_btke, v_btke)
     return layer_output(config, layer, x_btd, o_bthe, mesh), (k_btke, v_btke)
 
 
@@ -244,22 +256,23 @@ def unembed(config: ModelConfig, params: dict, h_btd):
 
 
 def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=None,
-                  segment_ids_bt=None, *, mesh=None, return_kv: bool = False):
+                  segment_ids_bt=None, *, mesh=None, return_kv: bool = False, native_attention: bool = False):
     """The residual stream after the last layer (before the final norm): [b, t, d].
 
     With ``return_kv`` also every layer's keys and values, ``[l, b, t, k, e]`` each (the
-    sampler's prefill writes them into its cache).
+    sampler's prefill writes them into its cache). ``native_attention``: see
+    ``attention_fn``.
     """
     b, t = tokens_bt.shape
     if positions_bt is None:
         positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if segment_ids_bt is None:
         segment_ids_bt = jnp.zeros((b, t), jnp.int32)
-    mask_bts = attention_mask(config, positions_bt, segment_ids_bt)
+    attend_fn = attention_fn(config, positions_bt, segment_ids_bt, native_attention)
     x_btd = shd.constrain(embed(config, params, tokens_bt), (B, T, None), mesh)
 
     def body(x_btd, layer):
-        x_btd, kv = block(config, layer, x_btd, positions_bt, mask_bts, mesh)
+        x_btd, kv = block(config, layer, x_btd, positions_bt, attend_fn, mesh)
         return x_btd, (kv if return_kv else None)
 
     if config.remat:
@@ -269,9 +282,10 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
 
 
 def forward(config: ModelConfig, params: dict, tokens_bt, positions_bt=None, segment_ids_bt=None,
-            *, mesh=None):
+            *, mesh=None, native_attention: bool = False):
     """Logits [b, t, v] (compute dtype). Segment ids keep packed sequences apart."""
-    h_btd = hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt, mesh=mesh)
+    h_btd = hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt, mesh=mesh,
+                          native_attention=native_attention)
     return unembed(config, params, h_btd)
 
 

@@ -18,6 +18,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from magjax import distributed, sharding as shd
+from magjax.kernels import causal_attention
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
 from magjax.rl.losses import LossConfig, k3_kl, policy_objective, token_logprobs
@@ -66,9 +67,10 @@ def place_batch(batch: TrainBatch, mesh) -> TrainBatch:
 
 
 def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, mb: TrainBatch,
-                    ref_params=None, mesh=None):
+                    ref_params=None, mesh=None, native_attention: bool = False):
     """The weighted loss of one microbatch [b, t] and its token statistics (sums)."""
-    h_btd = decoder.hidden_states(model_config, params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh)
+    hidden = functools.partial(decoder.hidden_states, model_config, mesh=mesh, native_attention=native_attention)
+    h_btd = hidden(params, mb.tokens, mb.positions, mb.segment_ids)
     logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk)
     w_bt = mb.weights
     mask_bt = (w_bt > 0).astype(jnp.float32)
@@ -79,7 +81,7 @@ def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, 
         loss, stats = policy_objective(logp_bt, mb.old_logprobs, mb.advantages, w_bt,
                                        loss_config.eps_low, loss_config.eps_high)
     if loss_config.kl_coef > 0:
-        ref_h = decoder.hidden_states(model_config, ref_params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh)
+        ref_h = hidden(ref_params, mb.tokens, mb.positions, mb.segment_ids)
         ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets, loss_config.logprob_chunk)
         kl_bt = k3_kl(logp_bt, jax.lax.stop_gradient(ref_logp_bt))
         loss = loss + loss_config.kl_coef * jnp.sum(w_bt * kl_bt)
@@ -92,10 +94,11 @@ def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, 
 
 
 def accumulate_gradients(model_config: ModelConfig, loss_config: LossConfig, params, batch: TrainBatch,
-                         ref_params=None, mesh=None):
+                         ref_params=None, mesh=None, native_attention: bool = False):
     """Loss, float32 gradient and summed statistics over all microbatches of ``batch``."""
     grad_fn = jax.value_and_grad(
-        functools.partial(microbatch_loss, model_config, loss_config, mesh=mesh), has_aux=True)
+        functools.partial(microbatch_loss, model_config, loss_config, mesh=mesh, native_attention=native_attention),
+        has_aux=True)
 
     def body(carry, mb):
         loss_acc, grads_acc, stats_acc = carry
@@ -139,11 +142,14 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
     """
     if loss_config.kl_coef > 0 and shardings is not None and shardings.ref_params is None:
         raise ValueError("kl_coef > 0 needs a TrainState with ref_params")
+    # On one CPU device attention runs in magjax's native kernel (forward and backward);
+    # sharded and accelerator steps keep XLA's.
+    native_attention = causal_attention.applies(model_config, mesh)
 
     def step(state: TrainState, batch: TrainBatch):
         wrapped.traces += 1
         loss, grads, stats = accumulate_gradients(model_config, loss_config, state.params, batch,
-                                                  state.ref_params, mesh)
+                                                  state.ref_params, mesh, native_attention)
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
@@ -165,4 +171,5 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
 
     wrapped.traces = 0
     wrapped.jitted = jitted
+    wrapped.native_attention = native_attention
     return wrapped
