@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import functools
 import textwrap
 
 import jax
@@ -11,11 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from magjax.kernels import decode_attention, native, panels
+from magjax.kernels import causal_attention, decode_attention, native, panels
 from magjax.models import decoder, preset
-from magjax.rl.losses import token_logprobs
+from magjax.rl import batching, optimizer, train_step
+from magjax.rl.losses import LossConfig, token_logprobs
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
 from magjax.sampling.generator import Generator, Request
+from rollouts import random_groups
 
 HAS_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 needs_kernels = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the native kernels cannot be built")
@@ -108,6 +111,97 @@ def test_decode_attention_writes_the_cache_and_equals_numpy(b, kv, g, e, s):
     _, k3, _ = jax.jit(decode_attention.write_and_attend)(q, k_new, v_new, k_in, jnp.asarray(v), lo, hi, at)
     np.testing.assert_array_equal(np.asarray(k3), want_k)
     np.testing.assert_array_equal(np.asarray(k_in), k)
+
+
+def _causal_reference(q, k, v, segments, positions, window, do):
+    """NumPy, float64: attention under decoder.attention_mask's rule and its gradients
+    (dV = P^T dO; dS = P (dP - rowsum(dO O)); dQ = dS K / sqrt(e); dK = dS^T Q / sqrt(e))."""
+    b, t, h, e = q.shape
+    g = h // k.shape[2]
+    k, v = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)  # query head j reads kv head j // g
+    idx = np.arange(t)
+    visible = (idx[:, None] >= idx[None, :]) & (segments[:, :, None] == segments[:, None, :])
+    if window:
+        visible &= positions[:, :, None] - positions[:, None, :] < window
+    s = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(e)
+    s = np.where(visible[:, None], s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = np.einsum("bhqk,bkhe->bqhe", p, v)
+    dv = np.einsum("bhqk,bqhe->bkhe", p, do)
+    dp = np.einsum("bqhe,bkhe->bhqk", do, v)
+    ds = p * (dp - np.einsum("bqhe,bqhe->bhq", do, o)[..., None])
+    dq = np.einsum("bhqk,bkhe->bqhe", ds, k) / np.sqrt(e)
+    dk = np.einsum("bhqk,bqhe->bkhe", ds, q) / np.sqrt(e)
+    fold = lambda x: x.reshape(b, t, h // g, g, e).sum(3)  # noqa: E731  (kv heads sum their query heads)
+    return o, dq, fold(dk), fold(dv)
+
+
+def _segments(kind, b, t, rng):
+    if kind == "one":
+        return np.zeros((b, t), np.int32)
+    if kind == "packed":  # sequences of 1 to 30 tokens back to back, as batching.pack lays them out
+        return np.stack([np.repeat(np.arange(t), rng.integers(1, 31, t))[:t] for _ in range(b)]).astype(np.int32)
+    # A segment id that comes back after another one: visible again, as the mask says.
+    seg = np.zeros((b, t), np.int32)
+    seg[:, t // 4: t // 2] = 1
+    return seg
+
+
+# (batch, length, query heads, kv heads, head dim, window, segments): grouped queries with
+# a length off the vector width; a window; packed rows with a head dim of 5 vectors; more
+# query heads per kv head than a row block holds; one row, below the threading size.
+CAUSAL = [(2, 37, 4, 2, 64, 0, "one"), (3, 50, 4, 4, 32, 7, "one"), (2, 70, 6, 2, 80, 0, "packed"),
+          (1, 40, 48, 1, 16, 0, "recurring"), (1, 8, 2, 1, 16, 0, "one"), (2, 130, 8, 2, 32, 40, "packed")]
+
+
+@needs_kernels
+@pytest.mark.parametrize("b, t, h, kv, e, window, segments", CAUSAL)
+def test_causal_attention_and_its_gradients_equal_numpy(b, t, h, kv, e, window, segments):
+    assert native.load()
+    rng = np.random.default_rng(t)
+    q, do = rng.standard_normal((2, b, t, h, e)).astype(np.float32)
+    k, v = rng.standard_normal((2, b, t, kv, e)).astype(np.float32)
+    seg = _segments(segments, b, t, rng)
+    pos = np.stack([np.arange(t) - np.searchsorted(s, s) for s in seg]).astype(np.int32)  # restart per segment
+    want = _causal_reference(*(x.astype(np.float64) for x in (q, k, v)), seg, pos, window, do.astype(np.float64))
+
+    def loss(q, k, v):
+        o = causal_attention.attend(q, k, v, seg, pos, window)
+        return jnp.sum(o * do), o
+
+    (dq, dk, dv), o = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), (o, dq, dk, dv), want):
+        np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=2e-5 * np.abs(ref).max(), err_msg=name)
+
+
+def test_native_attention_rejects_an_odd_head_dim_and_stays_off_where_it_does_not_apply(mesh_2x4):
+    with pytest.raises(ValueError, match="multiple of 16"):
+        causal_attention.attend(*(jnp.zeros((1, 4, 2, 8)),) * 3, *(jnp.zeros((1, 4), jnp.int32),) * 2)
+    config = preset("test").replace(head_dim=16)
+    assert not causal_attention.applies(config, mesh_2x4)  # sharded: XLA's partitioner
+    assert not causal_attention.applies(config.replace(param_dtype="bfloat16", dtype="bfloat16"), None)
+    assert not causal_attention.applies(preset("test"), None)  # head dim 8
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["grpo", "sft"])
+def test_train_step_on_native_attention_equals_xla_attention(kind):
+    """The train step's gradient through the native kernel equals XLA's attention (1e-5)
+    on packed microbatches with a sliding window, and the step uses the kernel."""
+    config = preset("test").replace(head_dim=16, sliding_window=12)
+    loss = LossConfig(kind=kind)
+    opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3))
+    assert train_step.make_train_step(config, loss, opt, schedule).native_attention
+    (batch,), _ = batching.make_minibatches(random_groups(4, 4, seed=2), loss, batching.PackingConfig(2, 32))
+    assert batch.tokens.shape[0] > 1 and (batch.segment_ids.max(-1) > 1).any()  # microbatches of packed rows
+    params = decoder.init_params(config, jax.random.key(4))
+    results = [jax.jit(functools.partial(train_step.accumulate_gradients, config, loss, native_attention=native))(
+        params, batch) for native in (False, True)]
+    (loss_xla, grads_xla, _), (loss_native, grads_native, _) = results
+    np.testing.assert_allclose(loss_native, loss_xla, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_native), jax.tree.leaves(grads_xla)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 # head_dim 16 takes the native attention too (the "test" preset's 8 does not); the
