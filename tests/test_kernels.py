@@ -113,10 +113,20 @@ def test_decode_attention_writes_the_cache_and_equals_numpy(b, kv, g, e, s):
     np.testing.assert_array_equal(np.asarray(k_in), k)
 
 
-def _causal_reference(q, k, v, segments, positions, window, do):
-    """NumPy, float64: attention under decoder.attention_mask's rule and its gradients
-    (dV = P^T dO; dS = P (dP - rowsum(dO O)); dQ = dS K / sqrt(e); dK = dS^T Q / sqrt(e))."""
+def _rotate(x, cos, sin, sign=1):
+    """Rotate-half rotary embedding of x [b, t, heads, e] (sign -1: its transpose)."""
+    half = x.shape[-1] // 2
+    c, s = cos[:, :, None], sign * sin[:, :, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+
+
+def _causal_reference(q, k, v, segments, positions, cos, sin, window, do):
+    """NumPy, float64: rotary embedding, attention under decoder.attention_mask's rule, and
+    the gradients (dV = P^T dO; dS = P (dP - rowsum(dO O)); dQ = dS K / sqrt(e);
+    dK = dS^T Q / sqrt(e); rotated back to the unrotated inputs)."""
     b, t, h, e = q.shape
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
     g = h // k.shape[2]
     k, v = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)  # query head j reads kv head j // g
     idx = np.arange(t)
@@ -134,7 +144,7 @@ def _causal_reference(q, k, v, segments, positions, window, do):
     dq = np.einsum("bhqk,bkhe->bqhe", ds, k) / np.sqrt(e)
     dk = np.einsum("bhqk,bqhe->bkhe", ds, q) / np.sqrt(e)
     fold = lambda x: x.reshape(b, t, h // g, g, e).sum(3)  # noqa: E731  (kv heads sum their query heads)
-    return o, dq, fold(dk), fold(dv)
+    return o, _rotate(dq, cos, sin, -1), _rotate(fold(dk), cos, sin, -1), fold(dv)
 
 
 def _segments(kind, b, t, rng):
@@ -164,10 +174,13 @@ def test_causal_attention_and_its_gradients_equal_numpy(b, t, h, kv, e, window, 
     k, v = rng.standard_normal((2, b, t, kv, e)).astype(np.float32)
     seg = _segments(segments, b, t, rng)
     pos = np.stack([np.arange(t) - np.searchsorted(s, s) for s in seg]).astype(np.int32)  # restart per segment
-    want = _causal_reference(*(x.astype(np.float64) for x in (q, k, v)), seg, pos, window, do.astype(np.float64))
+    inv_freq = decoder.rope_inv_freq(preset("test").replace(head_dim=e, rope_theta=100.0))  # turns a lot
+    cos, sin = (np.asarray(x) for x in decoder.rotary_tables(pos, inv_freq))
+    f64 = lambda x: x.astype(np.float64)  # noqa: E731
+    want = _causal_reference(*map(f64, (q, k, v)), seg, pos, *map(f64, (cos, sin)), window, f64(do))
 
     def loss(q, k, v):
-        o = causal_attention.attend(q, k, v, seg, pos, window)
+        o = causal_attention.attend(q, k, v, seg, pos, cos, sin, window)
         return jnp.sum(o * do), o
 
     (dq, dk, dv), o = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
@@ -177,7 +190,8 @@ def test_causal_attention_and_its_gradients_equal_numpy(b, t, h, kv, e, window, 
 
 def test_native_attention_rejects_an_odd_head_dim_and_stays_off_where_it_does_not_apply(mesh_2x4):
     with pytest.raises(ValueError, match="multiple of 16"):
-        causal_attention.attend(*(jnp.zeros((1, 4, 2, 8)),) * 3, *(jnp.zeros((1, 4), jnp.int32),) * 2)
+        causal_attention.attend(*(jnp.zeros((1, 4, 2, 8)),) * 3, *(jnp.zeros((1, 4), jnp.int32),) * 2,
+                                *(jnp.zeros((1, 4, 4)),) * 2)
     config = preset("test").replace(head_dim=16)
     assert not causal_attention.applies(config, mesh_2x4)  # sharded: XLA's partitioner
     assert not causal_attention.applies(config.replace(param_dtype="bfloat16", dtype="bfloat16"), None)

@@ -12,6 +12,9 @@
 //
 // Semantics are exactly `decoder.attention_mask`: key j is visible from query i when
 // j <= i, segment[j] == segment[i], and (with a window) position[i] - position[j] < window.
+// Queries and keys come in unrotated with the rotary tables cos, sin [B, T, E/2]: the
+// kernel rotates each row as it reads it (rotate-half convention, as `decoder.apply_rope`)
+// and rotates the gradients back, so the step spends no separate passes on it.
 // Layouts are the model's: q[B, T, H, E], k and v [B, T, KV, E] with query head
 // h = kv * G + gi; the log-sum-exp is [B, T, H]. E is a multiple of 16.
 
@@ -75,11 +78,34 @@ struct Shape {
   int64_t kv_row(int64_t bi, int64_t ti, int64_t ki) const { return ((bi * t + ti) * kv + ki) * e; }
 };
 
+// The rotary embedding of one model: cos, sin [B, T, E/2]. `apply` rotates a row of E
+// (rotate-half: x1 c - x2 s, x2 c + x1 s); `undo` applies the transpose, which takes a
+// gradient back to the unrotated input.
+struct Rotary {
+  const float *cos, *sin;
+  int64_t t, half;
+  void apply(int64_t bi, int64_t ti, const float* x, float* out) const {
+    const float *c = cos + (bi * t + ti) * half, *s = sin + (bi * t + ti) * half;
+    for (int64_t i = 0; i < half; ++i) {
+      out[i] = x[i] * c[i] - x[i + half] * s[i];
+      out[i + half] = x[i + half] * c[i] + x[i] * s[i];
+    }
+  }
+  void undo(int64_t bi, int64_t ti, const float* y, float scale, float* out) const {
+    const float *c = cos + (bi * t + ti) * half, *s = sin + (bi * t + ti) * half;
+    for (int64_t i = 0; i < half; ++i) {
+      out[i] = scale * (y[i] * c[i] + y[i + half] * s[i]);
+      out[i + half] = scale * (y[i + half] * c[i] - y[i] * s[i]);
+    }
+  }
+};
+
 // One work item's state: a (batch row, kv head), its keys and values, its mask data, and
 // the scratch of one row block.
 struct Item {
   int64_t bi, ki;
-  std::vector<float> kt, vt;      // keys / values transposed, [e][tp], zero past t
+  std::vector<float> kr;          // rotated keys [tp][e], zero past t
+  std::vector<float> kt, vt;      // rotated keys / values transposed, [e][tp], zero past t
   std::vector<int32_t> seg, pos;  // [tp], readable past t (never visible: index > any row's)
   std::vector<int64_t> first;     // [t]: where each position's segment first occurs
   std::vector<float> a, b2, c;    // block rows [rows][e]: queries, output grads, outputs
@@ -105,21 +131,34 @@ struct Item {
     row_stat.assign(sh.block_rows, 0.0f);
   }
 
-  // dst[e][tp] = the item's rows of src[B, T, KV, E], transposed, zero past t.
-  void transpose_in(const Shape& sh, const float* src, std::vector<float>& dst) const {
+  // The item's keys, rotated, into kr[tp][e] and transposed into kt[e][tp].
+  void keys_in(const Shape& sh, const float* k, const Rotary& rot) {
+    kr.assign(sh.tp * sh.e, 0.0f);
+    for (int64_t j = 0; j < sh.t; ++j) rot.apply(bi, j, k + sh.kv_row(bi, j, ki), kr.data() + j * sh.e);
+    transpose(sh, kr.data(), sh.e, kt);
+  }
+
+  // dst[e][tp] = rows [0, t) of src (row stride ld), transposed, zero past t.
+  void transpose(const Shape& sh, const float* src, int64_t ld, std::vector<float>& dst) const {
     dst.assign(sh.e * sh.tp, 0.0f);
-    for (int64_t j = 0; j < sh.t; ++j) {
-      const float* row = src + sh.kv_row(bi, j, ki);
-      for (int64_t i = 0; i < sh.e; ++i) dst[i * sh.tp + j] = row[i];
-    }
+    for (int64_t j = 0; j < sh.t; ++j)
+      for (int64_t i = 0; i < sh.e; ++i) dst[i * sh.tp + j] = src[j * ld + i];
   }
 
   // Copies the block's rows of src[B, T, H, E] (positions [t0, t1), this item's g heads,
-  // which are contiguous per position) into dst[rows][e]; padding rows stay zero.
-  void gather(const Shape& sh, const float* src, int64_t t0, int64_t t1, std::vector<float>& dst) const {
-    for (int64_t ti = t0; ti < t1; ++ti)
-      std::memcpy(dst.data() + (ti - t0) * sh.g * sh.e, src + sh.q_row(bi, ti, ki * sh.g),
-                  sh.g * sh.e * sizeof(float));
+  // which are contiguous per position) into dst[rows][e], rotated when `rot` is given;
+  // padding rows stay zero.
+  void gather(const Shape& sh, const float* src, int64_t t0, int64_t t1, std::vector<float>& dst,
+              const Rotary* rot = nullptr) const {
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const float* from = src + sh.q_row(bi, ti, ki * sh.g);
+      float* to = dst.data() + (ti - t0) * sh.g * sh.e;
+      if (rot == nullptr) {
+        std::memcpy(to, from, sh.g * sh.e * sizeof(float));
+      } else {
+        for (int64_t gi = 0; gi < sh.g; ++gi) rot->apply(bi, ti, from + gi * sh.e, to + gi * sh.e);
+      }
+    }
   }
 };
 
@@ -145,16 +184,17 @@ void times_transposed(const float* a, int64_t rows, const float* bt, const Shape
   }
 }
 
-// out[r][:] = sum_{j in [lo, hi)} p[r][j] * src_row(j) for rows [0, rows), where src_row(j)
-// is the item's row j of a [B, T, KV, E] array. EN vectors of the head dim per pass.
+// out[r][:] = sum_{j in [lo, hi)} p[r][j] * src[j * ld, + e) for rows [0, rows): the
+// item's value rows (in the [B, T, KV, E] input) or rotated key rows. EN vectors of the
+// head dim per pass.
 template <int EN>
-void rows_times_keys(const float* p, int64_t rows, const float* src, const Shape& sh, const Item& it,
-                     int64_t lo, int64_t hi, int64_t e0, float* out) {
+void rows_times_keys(const float* p, int64_t rows, const float* src, int64_t ld, const Shape& sh, int64_t lo,
+                     int64_t hi, int64_t e0, float* out) {
   for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
     v16 acc[kRowTile][EN] = {};
     const float* pr = p + r0 * sh.tp;
     for (int64_t j = lo; j < hi; ++j) {
-      const float* row = src + sh.kv_row(it.bi, j, it.ki) + e0;
+      const float* row = src + j * ld + e0;
       v16 sv[EN];
       for (int c = 0; c < EN; ++c) sv[c] = load(row + c * kW);
       for (int r = 0; r < kRowTile; ++r) {
@@ -167,11 +207,11 @@ void rows_times_keys(const float* p, int64_t rows, const float* src, const Shape
   }
 }
 
-void rows_times_keys(const float* p, int64_t rows, const float* src, const Shape& sh, const Item& it, int64_t lo,
+void rows_times_keys(const float* p, int64_t rows, const float* src, int64_t ld, const Shape& sh, int64_t lo,
                      int64_t hi, float* out) {
   int64_t e0 = 0;
-  for (; e0 + 4 * kW <= sh.e; e0 += 4 * kW) rows_times_keys<4>(p, rows, src, sh, it, lo, hi, e0, out);
-  for (; e0 < sh.e; e0 += kW) rows_times_keys<1>(p, rows, src, sh, it, lo, hi, e0, out);
+  for (; e0 + 4 * kW <= sh.e; e0 += 4 * kW) rows_times_keys<4>(p, rows, src, ld, sh, lo, hi, e0, out);
+  for (; e0 < sh.e; e0 += kW) rows_times_keys<1>(p, rows, src, ld, sh, lo, hi, e0, out);
 }
 
 // acc[j][:] += scale * sum_r x[r][j] * y[r][:] for keys j in [lo, hi) (whole groups of 4,
@@ -221,7 +261,8 @@ inline void key_range(const Shape& sh, const Item& it, int64_t t0, int64_t t1, i
   hi = t1;
 }
 
-void forward_item(const Shape& sh, Item& it, const float* q, const float* v, float* o, float* lse) {
+void forward_item(const Shape& sh, Item& it, const Rotary& rot, const float* q, const float* v, float* o,
+                  float* lse) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t t0 = 0; t0 < sh.t; t0 += sh.block_positions) {
     const int64_t t1 = std::min(sh.t, t0 + sh.block_positions), rows = (t1 - t0) * sh.g;
@@ -229,7 +270,7 @@ void forward_item(const Shape& sh, Item& it, const float* q, const float* v, flo
     key_range(sh, it, t0, t1, lo, hi);
     const int64_t hi16 = round_up(hi, kW);
     std::fill(it.a.begin(), it.a.end(), 0.0f);
-    it.gather(sh, q, t0, t1, it.a);
+    it.gather(sh, q, t0, t1, it.a, &rot);
     times_transposed(it.a.data(), sh.block_rows, it.kt.data(), sh, lo, hi, it.s.data());
     // Softmax of each row over its visible keys, unnormalised (the output is divided by
     // the row's sum instead); invisible keys and padding rows get 0.
@@ -261,7 +302,8 @@ void forward_item(const Shape& sh, Item& it, const float* q, const float* v, flo
       it.row_stat[r] = total;
       lse[sh.q_row(it.bi, ti, it.ki * sh.g + r % sh.g) / sh.e] = m + std::log(total);
     }
-    rows_times_keys(it.s.data(), sh.block_rows, v, sh, it, lo, hi, it.c.data());
+    rows_times_keys(it.s.data(), sh.block_rows, v + sh.kv_row(it.bi, 0, it.ki), sh.kv * sh.e, sh, lo, hi,
+                    it.c.data());
     for (int64_t r = 0; r < rows; ++r) {
       const float inv = 1.0f / it.row_stat[r];
       float* dst = o + sh.q_row(it.bi, t0 + r / sh.g, it.ki * sh.g + r % sh.g);
@@ -270,7 +312,7 @@ void forward_item(const Shape& sh, Item& it, const float* q, const float* v, flo
   }
 }
 
-void backward_item(const Shape& sh, Item& it, const float* q, const float* k, const float* o, const float* lse,
+void backward_item(const Shape& sh, Item& it, const Rotary& rot, const float* q, const float* o, const float* lse,
                    const float* dout, float* dq, float* dk, float* dv) {
   it.dk.assign(sh.tp * sh.e, 0.0f);
   it.dv.assign(sh.tp * sh.e, 0.0f);
@@ -281,7 +323,7 @@ void backward_item(const Shape& sh, Item& it, const float* q, const float* k, co
     const int64_t hi16 = round_up(hi, kW);
     std::fill(it.a.begin(), it.a.end(), 0.0f);
     std::fill(it.b2.begin(), it.b2.end(), 0.0f);
-    it.gather(sh, q, t0, t1, it.a);
+    it.gather(sh, q, t0, t1, it.a, &rot);
     it.gather(sh, dout, t0, t1, it.b2);
     it.gather(sh, o, t0, t1, it.c);
     times_transposed(it.a.data(), sh.block_rows, it.kt.data(), sh, lo, hi, it.s.data());   // scores
@@ -308,30 +350,32 @@ void backward_item(const Shape& sh, Item& it, const float* q, const float* k, co
         store(d_row + j, p * (load(d_row + j) - splat(delta)));
       }
     }
-    // dQ = scale * dS . K for the block's rows.
-    rows_times_keys(it.d.data(), sh.block_rows, k, sh, it, lo, hi, it.c.data());
-    for (int64_t r = 0; r < rows; ++r) {
-      float* dst = dq + sh.q_row(it.bi, t0 + r / sh.g, it.ki * sh.g + r % sh.g);
-      for (int64_t i = 0; i < sh.e; i += kW) store(dst + i, load(it.c.data() + r * sh.e + i) * splat(sh.scale));
-    }
+    // dQ = scale * dS . K for the block's rows, rotated back.
+    rows_times_keys(it.d.data(), sh.block_rows, it.kr.data(), sh.e, sh, lo, hi, it.c.data());
+    for (int64_t r = 0; r < rows; ++r)
+      rot.undo(it.bi, t0 + r / sh.g, it.c.data() + r * sh.e, sh.scale,
+               dq + sh.q_row(it.bi, t0 + r / sh.g, it.ki * sh.g + r % sh.g));
     keys_times_rows(it.s.data(), sh.block_rows, it.b2.data(), sh, lo, hi, 1.0f, it.dv.data());     // dV += P^T dO
     keys_times_rows(it.d.data(), sh.block_rows, it.a.data(), sh, lo, hi, sh.scale, it.dk.data());  // dK += dS^T Q
   }
   for (int64_t j = 0; j < sh.t; ++j) {
-    std::memcpy(dk + sh.kv_row(it.bi, j, it.ki), it.dk.data() + j * sh.e, sh.e * sizeof(float));
+    rot.undo(it.bi, j, it.dk.data() + j * sh.e, 1.0f, dk + sh.kv_row(it.bi, j, it.ki));
     std::memcpy(dv + sh.kv_row(it.bi, j, it.ki), it.dv.data() + j * sh.e, sh.e * sizeof(float));
   }
 }
 
-ffi::Error check(const char* name, Floats4& q, Floats4& k, Floats4& v, Ints2& seg, Ints2& pos) {
+ffi::Error check(const char* name, Floats4& q, Floats4& k, Floats4& v, Ints2& seg, Ints2& pos, Floats3& cos,
+                 Floats3& sin) {
   const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  const int64_t bt = qd[0] * qd[1];
   const bool ok = kd[0] == qd[0] && kd[1] == qd[1] && kd[3] == qd[3] && kd[2] > 0 && qd[2] % kd[2] == 0 &&
                   vd[0] == kd[0] && vd[1] == kd[1] && vd[2] == kd[2] && vd[3] == kd[3] && qd[3] % kW == 0 &&
-                  seg.element_count() == qd[0] * qd[1] && pos.element_count() == qd[0] * qd[1];
+                  seg.element_count() == bt && pos.element_count() == bt &&
+                  cos.element_count() == bt * qd[3] / 2 && sin.element_count() == bt * qd[3] / 2;
   if (ok) return ffi::Error::Success();
   return ffi::Error::InvalidArgument(std::string(name) +
                                      ": expected q[B, T, H, E], k and v [B, T, KV, E] with H a multiple of KV "
-                                     "and E of 16, segment ids and positions [B, T]");
+                                     "and E of 16, segment ids and positions [B, T], cos and sin [B, T, E/2]");
 }
 
 int64_t threads_for(ffi::ThreadPool& pool, const Shape& sh) {
@@ -339,34 +383,37 @@ int64_t threads_for(ffi::ThreadPool& pool, const Shape& sh) {
   return work < kMinParallel ? 1 : pool.num_threads();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 seg, Ints2 pos, Out4 o,
-                   Out3 lse, float scale, int64_t window) {
-  if (auto e = check("magjax_attention_forward", q, k, v, seg, pos); e.failure()) return e;
+ffi::Error Forward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 seg, Ints2 pos, Floats3 cos,
+                   Floats3 sin, Out4 o, Out3 lse, float scale, int64_t window) {
+  if (auto e = check("magjax_attention_forward", q, k, v, seg, pos, cos, sin); e.failure()) return e;
   const auto qd = q.dimensions();
   const Shape sh(qd[0], qd[1], qd[2], k.dimensions()[2], qd[3], scale, window);
+  const Rotary rot{cos.typed_data(), sin.typed_data(), sh.t, sh.e / 2};
   magjax::parallel_for(pool, threads_for(pool, sh), sh.b * sh.kv, [&](int64_t begin, int64_t end) {
     Item it;
     for (int64_t item = begin; item < end; ++item) {
       it.start(sh, item, seg.typed_data(), pos.typed_data());
-      it.transpose_in(sh, k.typed_data(), it.kt);
-      forward_item(sh, it, q.typed_data(), v.typed_data(), o->typed_data(), lse->typed_data());
+      it.keys_in(sh, k.typed_data(), rot);
+      forward_item(sh, it, rot, q.typed_data(), v.typed_data(), o->typed_data(), lse->typed_data());
     }
   });
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 seg, Ints2 pos, Floats4 o,
-                    Floats3 lse, Floats4 dout, Out4 dq, Out4 dk, Out4 dv, float scale, int64_t window) {
-  if (auto e = check("magjax_attention_backward", q, k, v, seg, pos); e.failure()) return e;
+ffi::Error Backward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 seg, Ints2 pos, Floats3 cos,
+                    Floats3 sin, Floats4 o, Floats3 lse, Floats4 dout, Out4 dq, Out4 dk, Out4 dv, float scale,
+                    int64_t window) {
+  if (auto e = check("magjax_attention_backward", q, k, v, seg, pos, cos, sin); e.failure()) return e;
   const auto qd = q.dimensions();
   const Shape sh(qd[0], qd[1], qd[2], k.dimensions()[2], qd[3], scale, window);
+  const Rotary rot{cos.typed_data(), sin.typed_data(), sh.t, sh.e / 2};
   magjax::parallel_for(pool, threads_for(pool, sh), sh.b * sh.kv, [&](int64_t begin, int64_t end) {
     Item it;
     for (int64_t item = begin; item < end; ++item) {
       it.start(sh, item, seg.typed_data(), pos.typed_data());
-      it.transpose_in(sh, k.typed_data(), it.kt);
-      it.transpose_in(sh, v.typed_data(), it.vt);
-      backward_item(sh, it, q.typed_data(), k.typed_data(), o.typed_data(), lse.typed_data(), dout.typed_data(),
+      it.keys_in(sh, k.typed_data(), rot);
+      it.transpose(sh, v.typed_data() + sh.kv_row(it.bi, 0, it.ki), sh.kv * sh.e, it.vt);
+      backward_item(sh, it, rot, q.typed_data(), o.typed_data(), lse.typed_data(), dout.typed_data(),
                     dq->typed_data(), dk->typed_data(), dv->typed_data());
     }
   });
@@ -383,6 +430,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MagjaxAttentionForward, Forward,
                                   .Arg<Floats4>()  // v
                                   .Arg<Ints2>()    // segment ids
                                   .Arg<Ints2>()    // positions
+                                  .Arg<Floats3>()  // rotary cos
+                                  .Arg<Floats3>()  // rotary sin
                                   .Ret<Floats4>()  // output
                                   .Ret<Floats3>()  // log-sum-exp of each row's scores
                                   .Attr<float>("scale")
@@ -396,6 +445,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MagjaxAttentionBackward, Backward,
                                   .Arg<Floats4>()  // v
                                   .Arg<Ints2>()    // segment ids
                                   .Arg<Ints2>()    // positions
+                                  .Arg<Floats3>()  // rotary cos
+                                  .Arg<Floats3>()  // rotary sin
                                   .Arg<Floats4>()  // forward output
                                   .Arg<Floats3>()  // forward log-sum-exp
                                   .Arg<Floats4>()  // output gradient

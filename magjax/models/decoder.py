@@ -15,6 +15,7 @@ RMSNorm computed in float32, SwiGLU), so Hugging Face weights map without permut
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -128,11 +129,17 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
+def rotary_tables(positions_bt, inv_freq_e2):
+    """cos and sin of every position's rotary angles, [b, t, e/2] float32 each."""
+    angles_bte2 = positions_bt[..., None].astype(jnp.float32) * inv_freq_e2
+    return jnp.cos(angles_bte2), jnp.sin(angles_bte2)
+
+
 def apply_rope(x_bthe, positions_bt, inv_freq_e2):
     """Rotate-half rotary embedding (Hugging Face convention), computed in float32."""
-    angles_bte2 = positions_bt[..., None].astype(jnp.float32) * inv_freq_e2
-    cos = jnp.cos(jnp.concatenate([angles_bte2, angles_bte2], -1))[:, :, None, :]
-    sin = jnp.sin(jnp.concatenate([angles_bte2, angles_bte2], -1))[:, :, None, :]
+    cos_bte2, sin_bte2 = rotary_tables(positions_bt, inv_freq_e2)
+    cos = jnp.concatenate([cos_bte2, cos_bte2], -1)[:, :, None, :]
+    sin = jnp.concatenate([sin_bte2, sin_bte2], -1)[:, :, None, :]
     x = x_bthe.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
@@ -156,8 +163,9 @@ def dense(x, w, in_dims: int = 1):
     return y2.reshape(*lead, *out_shape)
 
 
-def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt):
-    """Query, key and value for one layer: [b,t,h,e], [b,t,k,e], [b,t,k,e], rotary applied."""
+def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt, rotate: bool = True):
+    """Query, key and value for one layer: [b,t,h,e], [b,t,k,e], [b,t,k,e], rotary applied
+    unless ``rotate`` is False (the native attention kernel rotates as it reads)."""
     dt = x_btd.dtype
     if "wqkv" in layer:  # the sampler's packed copy: one product, split after
         h, kv, e = config.num_heads, config.num_kv_heads, config.head_dim
@@ -172,6 +180,8 @@ def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt):
     if config.qk_norm:
         q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
+    if not rotate:
+        return q, k, v
     inv_freq = rope_inv_freq(config)
     return apply_rope(q, positions_bt, inv_freq), apply_rope(k, positions_bt, inv_freq), v
 
@@ -211,10 +221,11 @@ def mlp(layer: dict, x_btd):
     return dense(jax.nn.silu(dense(x_btd, layer["w_gate"])) * dense(x_btd, layer["w_up"]), layer["w_down"])
 
 
-def attention_inputs(config: ModelConfig, layer: dict, x_btd, positions_bt):
-    """The first half of a layer: normalised input projected to rotated q, k and v."""
+def attention_inputs(config: ModelConfig, layer: dict, x_btd, positions_bt, rotate: bool = True):
+    """The first half of a layer: normalised input projected to q, k and v (rotated unless
+    ``rotate`` is False)."""
     h_btd = rms_norm(x_btd, layer["attn_norm"], config.rms_norm_eps)
-    return project_qkv(config, layer, h_btd, positions_bt)
+    return project_qkv(config, layer, h_btd, positions_bt, rotate)
 
 
 def layer_output(config: ModelConfig, layer: dict, x_btd, o_bthe, mesh=None):
@@ -224,22 +235,34 @@ def layer_output(config: ModelConfig, layer: dict, x_btd, o_bthe, mesh=None):
     return shd.constrain(x_btd, (B, T, None), mesh)
 
 
-def attention_fn(config: ModelConfig, positions_bt, segment_ids_bt, native: bool = False):
-    """``attend(q, k, v)`` over whole packed sequences: causal, within a segment, within the
-    sliding window. ``native``: the native CPU kernel (see ``causal_attention.applies``),
-    which never builds the [b, t, t] mask; otherwise XLA's masked attention."""
+class Attention(NamedTuple):
+    """How the layers of one forward pass attend over its whole packed sequences."""
+
+    attend: Callable  # (q [b,t,h,e], k [b,t,k,e], v [b,t,k,e]) -> [b,t,h,e]
+    rotates: bool  # attend applies the rotary embedding itself: q and k come unrotated
+
+
+def attention_fn(config: ModelConfig, positions_bt, segment_ids_bt, native: bool = False) -> Attention:
+    """Attention over whole packed sequences: causal, within a segment, within the sliding
+    window. ``native``: the native CPU kernel (see ``causal_attention.applies``), which
+    rotates queries and keys itself and never builds the [b, t, t] mask; otherwise XLA's
+    masked attention on rotated inputs."""
     if native:
         window = config.sliding_window or 0
-        return lambda q, k, v: causal_attention.attend(q, k, v, segment_ids_bt, positions_bt, window)
+        cos_bte2, sin_bte2 = rotary_tables(positions_bt, rope_inv_freq(config))
+        return Attention(lambda q, k, v: causal_attention.attend(q, k, v, segment_ids_bt, positions_bt, cos_bte2,
+                                                                 sin_bte2, window), rotates=True)
     mask_bts = attention_mask(config, positions_bt, segment_ids_bt)
-    return lambda q, k, v: attend(q, k, v, mask_bts)
+    return Attention(lambda q, k, v: attend(q, k, v, mask_bts), rotates=False)
 
 
-def block(config: ModelConfig, layer: dict, x_btd, positions_bt, attend_fn, mesh=None):
-    """One pre-norm transformer layer over whole sequences; also returns its keys and values.
-    ``attend_fn`` is ``attention_fn(...)`` for these sequences."""
-    q_bthe, k_btke, v_btke = attention_inputs(config, layer, x_btd, positions_bt)
-    o_bthe = attend_fn(q_bthe, k_btke, v_btke)
+def block(config: ModelConfig, layer: dict, x_btd, positions_bt, attention: Attention, mesh=None):
+    """One pre-norm transformer layer over whole sequences; also returns its keys (rotated)
+    and values. ``attention`` is ``attention_fn(...)`` for these sequences."""
+    q_bthe, k_btke, v_btke = attention_inputs(config, layer, x_btd, positions_bt, rotate=not attention.rotates)
+    o_bthe = attention.attend(q_bthe, k_btke, v_btke)
+    if attention.rotates:  # only a caller that keeps the keys (the sampler's prefill) pays for this
+        k_btke = apply_rope(k_btke, positions_bt, rope_inv_freq(config))
     return layer_output(config, layer, x_btd, o_bthe, mesh), (k_btke, v_btke)
 
 
@@ -268,11 +291,11 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
         positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if segment_ids_bt is None:
         segment_ids_bt = jnp.zeros((b, t), jnp.int32)
-    attend_fn = attention_fn(config, positions_bt, segment_ids_bt, native_attention)
+    attention = attention_fn(config, positions_bt, segment_ids_bt, native_attention)
     x_btd = shd.constrain(embed(config, params, tokens_bt), (B, T, None), mesh)
 
     def body(x_btd, layer):
-        x_btd, kv = block(config, layer, x_btd, positions_bt, attend_fn, mesh)
+        x_btd, kv = block(config, layer, x_btd, positions_bt, attention, mesh)
         return x_btd, (kv if return_kv else None)
 
     if config.remat:

@@ -332,12 +332,12 @@ class Engine:
         positions_1p = jnp.arange(p, dtype=jnp.int32)[None]
         # Padding after the prompt gets its own segment so it cannot disturb the prompt.
         segments_1p = (positions_1p >= prompt_len).astype(jnp.int32)
-        attend_fn = decoder.attention_fn(c, positions_1p, segments_1p,
+        attention = decoder.attention_fn(c, positions_1p, segments_1p,
                                          self.native and causal_attention.supports(c.head_dim))
         x_1pd = shd.constrain(decoder.embed(c, params, tokens_1p), (shd.BATCH, shd.SEQUENCE, None), self.mesh)
         k_cache, v_cache = list(state.k_bkes), list(state.v_bkse)
         for l, layer in enumerate(params["layers"]):
-            x_1pd, (k_1pke, v_1pke) = decoder.block(c, layer, x_1pd, positions_1p, attend_fn, self.mesh)
+            x_1pd, (k_1pke, v_1pke) = decoder.block(c, layer, x_1pd, positions_1p, attention, self.mesh)
             # The prompt's keys and values go to each of its G slots, in the cache layouts.
             k_gkep = jnp.broadcast_to(jnp.transpose(k_1pke, (0, 2, 3, 1)), (g, *k_1pke.shape[2:], p))
             v_gkpe = jnp.broadcast_to(jnp.transpose(v_1pke, (0, 2, 1, 3)), (g, k_1pke.shape[2], p, k_1pke.shape[3]))
