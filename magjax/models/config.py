@@ -43,11 +43,12 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of the weights
     dtype: str = "float32"  # compute dtype of activations and matmuls
     remat: bool = False  # recompute each layer's activations in the backward pass
-    # Layers per lax.scan iteration (num_layers = the loop fully unrolled). Unrolled, the
-    # backward pass reads each layer's saved activations where they were written instead
-    # of stacking them into [layers, ...] buffers and slicing them back out (measured on
-    # 2 CPU cores: the tiny preset's train step 1.03 -> 0.91 s; small's, whose matrix
-    # products dwarf those copies, unchanged at 25.5 s); compile time grows with depth.
+    # Layers per lax.scan iteration; num_layers (or more): no scan, a plain loop over the
+    # layers. A scan stacks every layer's saved activations (and its weight slice) into
+    # [layers, ...] buffers and slices them back out in the backward pass; the loop reads
+    # them where they were written (measured on 2 CPU cores: the tiny preset's train step
+    # 1.03 -> 0.91 s when unrolling; small's as a loop, 20.3 -> 19.4 s). Compile time
+    # grows with depth, so deep models keep the scan.
     scan_unroll: int = 1
 
     def __post_init__(self):
@@ -99,15 +100,16 @@ PRESETS: dict[str, ModelConfig] = {
     "demo": ModelConfig(vocab_size=272, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                         head_dim=32, intermediate_size=384, tie_embeddings=True),
     # Benchmark shapes shared with the peers' scripts (fp32 Mistral layout, rope theta 1e6).
-    # Tiny unrolls its layer loop (see scan_unroll): a 12% faster train step, and at this
-    # depth no slower to compile. (The demo keeps the scan: its step gains only 7%, and its
-    # recipe was tuned, and its results measured, with the scanned numerics.)
+    # Both run their layers as a plain loop (see scan_unroll): tiny's train step 12%
+    # faster, small's 5%, and at these depths no slower to compile. (The demo keeps the
+    # scan: its step gains only 7%, and its recipe was tuned, and its results measured,
+    # with the scanned numerics.)
     "tiny": ModelConfig(family="mistral", vocab_size=256, hidden_size=256, num_layers=4, num_heads=4,
                         num_kv_heads=2, head_dim=64, intermediate_size=1024, rope_theta=1e6,
                         rms_norm_eps=1e-5, scan_unroll=4),
     "small": ModelConfig(family="mistral", vocab_size=32000, hidden_size=1024, num_layers=8,
                          num_heads=16, num_kv_heads=4, head_dim=64, intermediate_size=4096,
-                         rope_theta=1e6, rms_norm_eps=1e-5),
+                         rope_theta=1e6, rms_norm_eps=1e-5, scan_unroll=8),
     # Published open-weight models (shapes from their Hugging Face config.json).
     "mistral-7b": ModelConfig(family="mistral", vocab_size=32768, hidden_size=4096, num_layers=32,
                               num_heads=32, num_kv_heads=8, head_dim=128, intermediate_size=14336,

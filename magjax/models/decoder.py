@@ -2,7 +2,7 @@
 
 Parameters are stored stacked along a leading ``layers`` axis and the layers run under
 ``lax.scan``, so compile time does not grow with depth (``ModelConfig.scan_unroll`` trades
-some of that back for speed on small models). The pure ``forward(config, params,
+some of that back for speed on small models: fully unrolled, a plain loop). The pure ``forward(config, params,
 ...)`` is what jitted code (trainer, sampler) calls: params are arguments, never closed
 over, which is what makes swapping weights between decode chunks free. ``Decoder`` is
 the NNX face of the same thing: it owns the ``nnx.Param`` leaves, each annotated with its
@@ -300,8 +300,31 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
 
     if config.remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    x_btd, kv = jax.lax.scan(body, x_btd, params["layers"], unroll=min(config.scan_unroll, config.num_layers))
+    if config.scan_unroll >= config.num_layers:  # fully unrolled: a plain loop, see ModelConfig.scan_unroll
+        kvs = []
+        for layer in unstack_layers(params["layers"], config.num_layers):
+            x_btd, kv = body(x_btd, layer)
+            kvs.append(kv)
+        kv = jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *kvs) if return_kv else None
+    else:
+        x_btd, kv = jax.lax.scan(body, x_btd, params["layers"], unroll=config.scan_unroll)
     return (x_btd, kv) if return_kv else x_btd
+
+
+def unstack_layers(layers: dict, n: int) -> list[dict]:
+    """The stacked layer weights as ``n`` per-layer dicts, with a gradient that stacks the
+    layers' gradients back in one concatenation (the plain transpose of n slices would be
+    n zero-padded full-size arrays summed)."""
+
+    @jax.custom_vjp
+    def unstack(layers):
+        return [jax.tree.map(lambda w: w[i], layers) for i in range(n)]
+
+    def unstack_bwd(_, per_layer_grads):
+        return (jax.tree.map(lambda *g: jnp.stack(g), *per_layer_grads),)
+
+    unstack.defvjp(lambda layers: (unstack(layers), None), unstack_bwd)
+    return unstack(layers)
 
 
 def forward(config: ModelConfig, params: dict, tokens_bt, positions_bt=None, segment_ids_bt=None,
