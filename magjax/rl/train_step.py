@@ -150,12 +150,19 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
         wrapped.traces += 1
         loss, grads, stats = accumulate_gradients(model_config, loss_config, state.params, batch,
                                                   state.ref_params, mesh, native_attention)
-        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o).astype(o.dtype), new, old)  # noqa: E731
-        new_state = TrainState(state.step + 1, keep(new_params, state.params), keep(new_opt, state.opt_state),
-                               state.skipped + (~finite).astype(jnp.int32), state.ref_params)
+
+        def update(params, opt_state):
+            updates, new_opt = optimizer.update(grads, opt_state, params)
+            new_params = jax.tree.map(lambda n, o: n.astype(o.dtype), optax.apply_updates(params, updates), params)
+            return new_params, new_opt
+
+        # A branch, not a select between old and new: a select needs the old parameters and
+        # moments alive beside the new ones, so XLA copies every donated buffer first.
+        new_params, new_opt = jax.lax.cond(finite, update, lambda params, opt_state: (params, opt_state),
+                                           state.params, state.opt_state)
+        new_state = TrainState(state.step + 1, new_params, new_opt, state.skipped + (~finite).astype(jnp.int32),
+                               state.ref_params)
         lr = schedule(state.step - state.skipped)
         return new_state, _metrics(loss, grads, stats, lr, finite)
 
