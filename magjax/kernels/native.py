@@ -22,6 +22,8 @@ import threading
 import jax
 import jaxlib
 
+from magjax import build_cache
+
 log = logging.getLogger("magjax.kernels")
 
 SOURCES = ("panel_matmul.cc", "decode_attention.cc", "causal_attention.cc")
@@ -52,8 +54,7 @@ def on_one_cpu(mesh) -> bool:
 
 
 def cache_dir() -> str:
-    root = os.environ.get("MAGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "magjax")
-    return os.path.join(root, "kernels")
+    return os.path.join(build_cache.root(), "kernels")
 
 
 def _build(compiler: str) -> str:
@@ -67,17 +68,15 @@ def _build(compiler: str) -> str:
     for path in [*sources, *(os.path.join(here, h) for h in HEADERS)]:
         with open(path, "rb") as f:
             digest.update(f.read())
-    target = os.path.join(cache_dir(), f"magjax_kernels-{digest.hexdigest()[:16]}.so")
-    if os.path.exists(target):
-        return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
-    cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), *sources, "-o", tmp]
-    built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if built.returncode != 0:
-        raise RuntimeError(f"compiling magjax's native kernels failed ({' '.join(cmd)}):\n{built.stderr[-2000:]}")
-    os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
-    return target
+
+    def compile_to(tmp: str) -> None:
+        cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), *sources, "-o", tmp]
+        built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if built.returncode != 0:
+            raise RuntimeError(f"compiling magjax's native kernels failed ({' '.join(cmd)}):\n{built.stderr[-2000:]}")
+
+    return build_cache.build_once(os.path.join(cache_dir(), f"magjax_kernels-{digest.hexdigest()[:16]}.so"),
+                                  compile_to)
 
 
 _LOADED: list[bool] = []  # the one outcome of load() in this process

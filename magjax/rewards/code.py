@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 
+from magjax import build_cache
 from magjax.rewards import sandbox
 from magjax.types import AssertTest, IOTest  # noqa: F401  (re-exported for callers)
 
@@ -150,22 +151,20 @@ def precompiled_header_dir() -> str | None:
         try:
             version = subprocess.run([gxx, "--version"], capture_output=True, text=True, timeout=10).stdout
             key = hashlib.sha256((version + " ".join(CPP_FLAGS)).encode()).hexdigest()[:16]
-            root = os.path.join(os.path.expanduser("~"), ".cache", "magjax", f"pch-{key}")
-            target = os.path.join(root, "bits", "stdc++.h.gch")
-            if os.path.exists(target):
-                return root
-            pre = subprocess.run([gxx, *CPP_FLAGS, "-x", "c++", "-E", "-"], input="#include <bits/stdc++.h>\n",
-                                 capture_output=True, text=True, timeout=60)
-            header = re.search(r'^# 1 "([^"]*bits/stdc\+\+\.h)"', pre.stdout, re.M)
-            if header is None:
-                return None
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.{os.getpid()}.tmp"
-            built = subprocess.run([gxx, *CPP_FLAGS, "-x", "c++-header", header.group(1), "-o", tmp],
-                                   capture_output=True, timeout=120)
-            if built.returncode != 0:
-                return None
-            os.replace(tmp, target)
+            root = os.path.join(build_cache.root(), f"pch-{key}")
+
+            def precompile(tmp: str) -> None:
+                pre = subprocess.run([gxx, *CPP_FLAGS, "-x", "c++", "-E", "-"], input="#include <bits/stdc++.h>\n",
+                                     capture_output=True, text=True, timeout=60)
+                header = re.search(r'^# 1 "([^"]*bits/stdc\+\+\.h)"', pre.stdout, re.M)
+                if header is None:
+                    raise OSError("bits/stdc++.h not found")
+                built = subprocess.run([gxx, *CPP_FLAGS, "-x", "c++-header", header.group(1), "-o", tmp],
+                                       capture_output=True, timeout=120)
+                if built.returncode != 0:
+                    raise OSError("precompiling bits/stdc++.h failed")
+
+            build_cache.build_once(os.path.join(root, "bits", "stdc++.h.gch"), precompile)
             return root
         except (OSError, subprocess.TimeoutExpired):
             return None

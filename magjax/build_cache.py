@@ -1,0 +1,37 @@
+"""What magjax compiles on the machine that runs it (the native kernels, the C++
+verifier's precompiled header), cached across processes.
+
+Entries live under ``~/.cache/magjax`` (``$MAGJAX_CACHE_DIR`` moves it), named by a key
+over everything the output depends on, so a stale entry is never reused: it is simply
+not found. An entry is built under a temporary name and renamed into place, so processes
+building the same entry at once never read a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable
+
+
+def root() -> str:
+    return os.environ.get("MAGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "magjax")
+
+
+def build_once(path: str, build: Callable[[str], None]) -> str:
+    """``path``, first made by ``build(temporary_path)`` unless it exists already.
+
+    ``build`` writes the file at the path it is given or raises; nothing is left behind
+    by a failed build.
+    """
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        build(tmp)
+        os.replace(tmp, path)  # atomic: a concurrent build of the same key writes the same bytes
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
