@@ -27,28 +27,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ffi_types.h"
 #include "parallel.h"
 #include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
-namespace ffi = xla::ffi;
-
-// Aliases: a comma inside a template argument would split the handler macro's arguments.
-using Floats3 = ffi::Buffer<ffi::F32, 3>;
-using Floats4 = ffi::Buffer<ffi::F32, 4>;
-using Ints2 = ffi::Buffer<ffi::S32, 2>;
-using Out3 = ffi::ResultBuffer<ffi::F32, 3>;
-using Out4 = ffi::ResultBuffer<ffi::F32, 4>;
+using namespace magjax;  // NOLINT: the kernels' vector and FFI buffer types
 
 namespace {
-
-using magjax::exp_nonpositive;
-using magjax::kW;
-using magjax::load;
-using magjax::splat;
-using magjax::store;
-using magjax::v16;
-using magjax::vi16;
 
 constexpr int64_t kBlockRows = 32;  // query rows ((position, head) pairs) per block
 constexpr int64_t kKeyTile = 64;    // keys per score tile: 4 vectors
@@ -252,26 +238,31 @@ inline vi16 visible(const Shape& sh, const Item& it, int64_t j0, int64_t ti) {
   return ok;
 }
 
-// The block's key range: from its earliest row's segment start (aligned down to a vector)
-// to its last position.
-inline void key_range(const Shape& sh, const Item& it, int64_t t0, int64_t t1, int64_t& lo, int64_t& hi) {
+// A row block: its rows (positions from t0, g heads each) and the keys they may see,
+// [lo, hi): from the earliest row's segment start (aligned down to a vector) to the last
+// position; hi16 is hi rounded up to a vector.
+struct Block {
+  int64_t rows, lo, hi, hi16;
+};
+
+// The block of positions from t0, with its rows' rotated queries in it.a and their raw
+// scores against its keys in it.s.
+Block start_block(const Shape& sh, Item& it, const Rotary& rot, const float* q, int64_t t0) {
+  const int64_t t1 = std::min(sh.t, t0 + sh.block_positions);
   int64_t first = t0;
   for (int64_t ti = t0; ti < t1; ++ti) first = std::min(first, it.first[ti]);
-  lo = first / kW * kW;
-  hi = t1;
+  const Block blk{(t1 - t0) * sh.g, first / kW * kW, t1, round_up(t1, kW)};
+  std::fill(it.a.begin(), it.a.end(), 0.0f);
+  it.gather(sh, q, t0, t1, it.a, &rot);
+  times_transposed(it.a.data(), sh.block_rows, it.kt.data(), sh, blk.lo, blk.hi, it.s.data());
+  return blk;
 }
 
 void forward_item(const Shape& sh, Item& it, const Rotary& rot, const float* q, const float* v, float* o,
                   float* lse) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t t0 = 0; t0 < sh.t; t0 += sh.block_positions) {
-    const int64_t t1 = std::min(sh.t, t0 + sh.block_positions), rows = (t1 - t0) * sh.g;
-    int64_t lo, hi;
-    key_range(sh, it, t0, t1, lo, hi);
-    const int64_t hi16 = round_up(hi, kW);
-    std::fill(it.a.begin(), it.a.end(), 0.0f);
-    it.gather(sh, q, t0, t1, it.a, &rot);
-    times_transposed(it.a.data(), sh.block_rows, it.kt.data(), sh, lo, hi, it.s.data());
+    const auto [rows, lo, hi, hi16] = start_block(sh, it, rot, q, t0);
     // Softmax of each row over its visible keys, unnormalised (the output is divided by
     // the row's sum instead); invisible keys and padding rows get 0.
     for (int64_t r = 0; r < sh.block_rows; ++r) {
@@ -317,16 +308,11 @@ void backward_item(const Shape& sh, Item& it, const Rotary& rot, const float* q,
   it.dk.assign(sh.tp * sh.e, 0.0f);
   it.dv.assign(sh.tp * sh.e, 0.0f);
   for (int64_t t0 = 0; t0 < sh.t; t0 += sh.block_positions) {
-    const int64_t t1 = std::min(sh.t, t0 + sh.block_positions), rows = (t1 - t0) * sh.g;
-    int64_t lo, hi;
-    key_range(sh, it, t0, t1, lo, hi);
-    const int64_t hi16 = round_up(hi, kW);
-    std::fill(it.a.begin(), it.a.end(), 0.0f);
+    const auto [rows, lo, hi, hi16] = start_block(sh, it, rot, q, t0);  // scores in it.s
+    const int64_t t1 = t0 + rows / sh.g;
     std::fill(it.b2.begin(), it.b2.end(), 0.0f);
-    it.gather(sh, q, t0, t1, it.a, &rot);
     it.gather(sh, dout, t0, t1, it.b2);
     it.gather(sh, o, t0, t1, it.c);
-    times_transposed(it.a.data(), sh.block_rows, it.kt.data(), sh, lo, hi, it.s.data());   // scores
     times_transposed(it.b2.data(), sh.block_rows, it.vt.data(), sh, lo, hi, it.d.data());  // dP = dO . v
     // P = exp(scale * s - lse) on visible keys; dS = P * (dP - dO . O). Padding rows: 0.
     for (int64_t r = 0; r < sh.block_rows; ++r) {
@@ -383,9 +369,12 @@ int64_t threads_for(ffi::ThreadPool& pool, const Shape& sh) {
   return work < kMinParallel ? 1 : pool.num_threads();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 seg, Ints2 pos, Floats3 cos,
-                   Floats3 sin, Out4 o, Out3 lse, float scale, int64_t window) {
-  if (auto e = check("magjax_attention_forward", q, k, v, seg, pos, cos, sin); e.failure()) return e;
+// Checks the inputs, then calls per_item(shape, rotary, item) for every (batch row, kv
+// head) with the item's mask data and rotated keys in place, split over the pool.
+template <typename PerItem>
+ffi::Error for_each_item(const char* name, ffi::ThreadPool& pool, Floats4& q, Floats4& k, Floats4& v, Ints2& seg,
+                         Ints2& pos, Floats3& cos, Floats3& sin, float scale, int64_t window, PerItem per_item) {
+  if (auto e = check(name, q, k, v, seg, pos, cos, sin); e.failure()) return e;
   const auto qd = q.dimensions();
   const Shape sh(qd[0], qd[1], qd[2], k.dimensions()[2], qd[3], scale, window);
   const Rotary rot{cos.typed_data(), sin.typed_data(), sh.t, sh.e / 2};
@@ -394,59 +383,57 @@ ffi::Error Forward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 
     for (int64_t item = begin; item < end; ++item) {
       it.start(sh, item, seg.typed_data(), pos.typed_data());
       it.keys_in(sh, k.typed_data(), rot);
-      forward_item(sh, it, rot, q.typed_data(), v.typed_data(), o->typed_data(), lse->typed_data());
+      per_item(sh, rot, it);
     }
   });
   return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 seg, Ints2 pos, Floats3 cos,
+                   Floats3 sin, Out4 o, Out3 lse, float scale, int64_t window) {
+  return for_each_item("magjax_attention_forward", pool, q, k, v, seg, pos, cos, sin, scale, window,
+                       [&](const Shape& sh, const Rotary& rot, Item& it) {
+                         forward_item(sh, it, rot, q.typed_data(), v.typed_data(), o->typed_data(),
+                                      lse->typed_data());
+                       });
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, Floats4 q, Floats4 k, Floats4 v, Ints2 seg, Ints2 pos, Floats3 cos,
                     Floats3 sin, Floats4 o, Floats3 lse, Floats4 dout, Out4 dq, Out4 dk, Out4 dv, float scale,
                     int64_t window) {
-  if (auto e = check("magjax_attention_backward", q, k, v, seg, pos, cos, sin); e.failure()) return e;
-  const auto qd = q.dimensions();
-  const Shape sh(qd[0], qd[1], qd[2], k.dimensions()[2], qd[3], scale, window);
-  const Rotary rot{cos.typed_data(), sin.typed_data(), sh.t, sh.e / 2};
-  magjax::parallel_for(pool, threads_for(pool, sh), sh.b * sh.kv, [&](int64_t begin, int64_t end) {
-    Item it;
-    for (int64_t item = begin; item < end; ++item) {
-      it.start(sh, item, seg.typed_data(), pos.typed_data());
-      it.keys_in(sh, k.typed_data(), rot);
-      it.transpose(sh, v.typed_data() + sh.kv_row(it.bi, 0, it.ki), sh.kv * sh.e, it.vt);
-      backward_item(sh, it, rot, q.typed_data(), o.typed_data(), lse.typed_data(), dout.typed_data(),
-                    dq->typed_data(), dk->typed_data(), dv->typed_data());
-    }
-  });
-  return ffi::Error::Success();
+  return for_each_item("magjax_attention_backward", pool, q, k, v, seg, pos, cos, sin, scale, window,
+                       [&](const Shape& sh, const Rotary& rot, Item& it) {
+                         it.transpose(sh, v.typed_data() + sh.kv_row(it.bi, 0, it.ki), sh.kv * sh.e, it.vt);
+                         backward_item(sh, it, rot, q.typed_data(), o.typed_data(), lse.typed_data(),
+                                       dout.typed_data(), dq->typed_data(), dk->typed_data(), dv->typed_data());
+                       });
+}
+
+
+// The inputs both passes take, in order.
+auto bind_inputs() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<Floats4>()   // q
+      .Arg<Floats4>()   // k
+      .Arg<Floats4>()   // v
+      .Arg<Ints2>()     // segment ids
+      .Arg<Ints2>()     // positions
+      .Arg<Floats3>()   // rotary cos
+      .Arg<Floats3>();  // rotary sin
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MagjaxAttentionForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<Floats4>()  // q
-                                  .Arg<Floats4>()  // k
-                                  .Arg<Floats4>()  // v
-                                  .Arg<Ints2>()    // segment ids
-                                  .Arg<Ints2>()    // positions
-                                  .Arg<Floats3>()  // rotary cos
-                                  .Arg<Floats3>()  // rotary sin
+                              bind_inputs()
                                   .Ret<Floats4>()  // output
                                   .Ret<Floats3>()  // log-sum-exp of each row's scores
                                   .Attr<float>("scale")
                                   .Attr<int64_t>("window"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MagjaxAttentionBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<Floats4>()  // q
-                                  .Arg<Floats4>()  // k
-                                  .Arg<Floats4>()  // v
-                                  .Arg<Ints2>()    // segment ids
-                                  .Arg<Ints2>()    // positions
-                                  .Arg<Floats3>()  // rotary cos
-                                  .Arg<Floats3>()  // rotary sin
+                              bind_inputs()
                                   .Arg<Floats4>()  // forward output
                                   .Arg<Floats3>()  // forward log-sum-exp
                                   .Arg<Floats4>()  // output gradient

@@ -15,26 +15,14 @@
 #include <cstring>
 #include <vector>
 
+#include "ffi_types.h"
 #include "parallel.h"
 #include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
-namespace ffi = xla::ffi;
-
-// Aliases: a comma inside a template argument would split the handler macro's arguments.
-using Floats3 = ffi::Buffer<ffi::F32, 3>;
-using Floats4 = ffi::Buffer<ffi::F32, 4>;
-using Ints1 = ffi::Buffer<ffi::S32, 1>;
-using Out4 = ffi::ResultBuffer<ffi::F32, 4>;
+using namespace magjax;  // NOLINT: the kernels' vector and FFI buffer types
 
 namespace {
-
-using magjax::exp_nonpositive;
-using magjax::kW;
-using magjax::load;
-using magjax::splat;
-using magjax::store;
-using magjax::v16;
 
 constexpr int kSBlock = 64;       // positions per score block (4 vectors)
 constexpr int kGBlock = 4;        // query heads per register block

@@ -27,7 +27,7 @@ from magjax import build_cache
 log = logging.getLogger("magjax.kernels")
 
 SOURCES = ("panel_matmul.cc", "decode_attention.cc", "causal_attention.cc")
-HEADERS = ("parallel.h", "vec.h")
+HEADERS = ("ffi_types.h", "parallel.h", "vec.h")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul",  # XLA custom-call name -> exported symbol
            "magjax_decode_attention": "MagjaxDecodeAttention",
