@@ -70,14 +70,14 @@ struct Shape {
 struct Rotary {
   const float *cos, *sin;
   int64_t t, half;
-  void apply(int64_t bi, int64_t ti, const float* x, float* out) const {
+  void apply(int64_t bi, int64_t ti, const float* __restrict x, float* __restrict out) const {
     const float *c = cos + (bi * t + ti) * half, *s = sin + (bi * t + ti) * half;
     for (int64_t i = 0; i < half; ++i) {
       out[i] = x[i] * c[i] - x[i + half] * s[i];
       out[i + half] = x[i + half] * c[i] + x[i] * s[i];
     }
   }
-  void undo(int64_t bi, int64_t ti, const float* y, float scale, float* out) const {
+  void undo(int64_t bi, int64_t ti, const float* __restrict y, float scale, float* __restrict out) const {
     const float *c = cos + (bi * t + ti) * half, *s = sin + (bi * t + ti) * half;
     for (int64_t i = 0; i < half; ++i) {
       out[i] = scale * (y[i] * c[i] + y[i + half] * s[i]);
