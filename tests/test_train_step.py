@@ -67,16 +67,17 @@ def test_sharded_steps_match_unsharded_and_trace_once(mesh_1x8, mesh_2x4):
 def test_nan_in_batch_skips_the_update_and_counts_it():
     state, step = _setup()
     (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=8), LossConfig(), batching.PackingConfig(8, 32))
-    before = _host(state.params)
+    state, _ = step(state, batch)  # moments that are not zero, so an unchanged state means something
+    before = _host((state.params, state.opt_state))
     bad = jax.tree.map(np.array, batch)
     i = np.argwhere(bad.weights > 0)[0]
     bad.old_logprobs[tuple(i)] = np.nan
     state, metrics = step(state, bad)
     assert int(state.skipped) == 1 and int(metrics["train/applied"]) == 0
-    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_host(state.params))):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_host((state.params, state.opt_state)))):
+        np.testing.assert_array_equal(a, b)  # parameters and optimizer state (moments, count) as they were
     state, metrics = step(state, batch)  # a good batch afterwards is applied
-    assert int(state.skipped) == 1 and int(metrics["train/applied"]) == 1
+    assert int(state.skipped) == 1 and int(metrics["train/applied"]) == 1 and int(state.step) == 3
 
 
 def test_grpo_raises_a_toy_reward():
