@@ -2,11 +2,12 @@
 
 Parameters are stored stacked along a leading ``layers`` axis and the layers run under
 ``lax.scan``, so compile time does not grow with depth (``ModelConfig.scan_unroll`` trades
-some of that back for speed on small models: fully unrolled, a plain loop). The pure ``forward(config, params,
-...)`` is what jitted code (trainer, sampler) calls: params are arguments, never closed
-over, which is what makes swapping weights between decode chunks free. ``Decoder`` is
-the NNX face of the same thing: it owns the ``nnx.Param`` leaves, each annotated with its
-logical axes (``axes`` metadata, resolved by magjax.sharding).
+some of that back for speed on small models; fully unrolled, the layers are a plain loop).
+The pure ``forward(config, params, ...)`` is what jitted code (trainer, sampler) calls:
+params are arguments, never closed over, which is what makes swapping weights between
+decode chunks free. ``Decoder`` is the NNX face of the same thing: it owns the
+``nnx.Param`` leaves, each annotated with its logical axes (``axes`` metadata, resolved by
+magjax.sharding).
 
 Conventions follow Hugging Face's Llama implementation (rotate-half rotary embedding,
 RMSNorm computed in float32, SwiGLU), so Hugging Face weights map without permutation.

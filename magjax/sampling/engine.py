@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from magjax import sharding as shd
-from magjax.kernels import causal_attention, decode_attention, panels
+from magjax.kernels import causal_attention, decode_attention, native, panels
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
 
@@ -227,9 +227,8 @@ def native_kernels_apply(model_config: ModelConfig, mesh) -> bool:
     """Whether the sampler runs magjax's native CPU kernels (packed few-row products and
     decode attention): float32 on a single CPU device (sharded work stays XLA's), with the
     kernels built."""
-    devices = list(mesh.devices.flat) if mesh is not None else [jax.devices()[0]]
-    return (len(devices) == 1 and devices[0].platform == "cpu" and model_config.param_dtype == "float32"
-            and model_config.dtype == "float32" and panels.available())
+    return (native.on_one_cpu(mesh) and model_config.param_dtype == "float32" and model_config.dtype == "float32"
+            and panels.available())
 
 
 _COMPILED: dict = {}
