@@ -80,6 +80,23 @@ def test_nan_in_batch_skips_the_update_and_counts_it():
     assert int(state.skipped) == 1 and int(metrics["train/applied"]) == 1 and int(state.step) == 3
 
 
+def test_bfloat16_state_keeps_its_dtypes_through_steps():
+    """bfloat16 weights (as on accelerators) take float32 gradients and updates; the state
+    that comes out has the dtypes that went in, so the jitted step is traced once."""
+    config = CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
+    opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-2))
+    state = train_step.init_state(decoder.init_params(config, jax.random.key(0)), opt)
+    step = train_step.make_train_step(config, LossConfig(), opt, schedule)
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=3), LossConfig(), batching.PackingConfig(8, 32))
+    dtypes = [x.dtype for x in jax.tree.leaves(state)]
+    before = _host(state.params)
+    for _ in range(2):
+        state, metrics = step(state, batch)
+    assert [x.dtype for x in jax.tree.leaves(state)] == dtypes and step.traces == 1
+    assert int(metrics["train/applied"]) == 1 and int(state.skipped) == 0
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_host(state.params))))
+
+
 def test_grpo_raises_a_toy_reward():
     # Reward: the fraction of sampled tokens equal to TARGET; 8 prompts x G=8, 8 new tokens.
     target = 7

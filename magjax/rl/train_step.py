@@ -154,8 +154,9 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
 
         def update(params, opt_state):
             updates, new_opt = optimizer.update(grads, opt_state, params)
-            new_params = jax.tree.map(lambda n, o: n.astype(o.dtype), optax.apply_updates(params, updates), params)
-            return new_params, new_opt
+            # The state keeps its dtypes (bfloat16 weights and moments take float32 updates).
+            same_dtypes = lambda new, old: jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)  # noqa: E731
+            return same_dtypes(optax.apply_updates(params, updates), params), same_dtypes(new_opt, opt_state)
 
         # A branch, not a select between old and new: a select needs the old parameters and
         # moments alive beside the new ones, so XLA copies every donated buffer first.
