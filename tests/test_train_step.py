@@ -97,6 +97,35 @@ def test_bfloat16_state_keeps_its_dtypes_through_steps():
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_host(state.params))))
 
 
+def test_kl_to_a_reference_starts_at_zero_and_pulls_back(mesh_2x4):
+    """The optional k3 penalty to a frozen reference: zero (value and gradient) while the
+    policy equals the reference, then positive and changing the update."""
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=5), LossConfig(), batching.PackingConfig(8, 32))
+    opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=3e-2, weight_decay=0.0))
+    params = decoder.init_params(CONFIG, jax.random.key(6))
+    runs = {}
+    for kl_coef in (0.0, 1.0):
+        loss = LossConfig(kl_coef=kl_coef)
+        state = train_step.init_state(params, opt, ref_params=params if kl_coef else None)
+        step = train_step.make_train_step(CONFIG, loss, opt, schedule)
+        history = []
+        for _ in range(3):
+            state, metrics = step(state, batch)
+            history.append((_host(state.params), {k: float(v) for k, v in metrics.items()}))
+        runs[kl_coef] = history
+    (plain_1, _), (kl_1, m_1) = runs[0.0][0], runs[1.0][0]
+    assert m_1["train/kl_to_reference"] == 0.0
+    for a, b in zip(jax.tree.leaves(plain_1), jax.tree.leaves(kl_1)):
+        np.testing.assert_allclose(a, b, atol=1e-6)  # the first update is the plain one
+    assert runs[1.0][2][1]["train/kl_to_reference"] > 0
+    assert any(not np.allclose(a, b, atol=1e-6)
+               for a, b in zip(jax.tree.leaves(runs[0.0][2][0]), jax.tree.leaves(runs[1.0][2][0])))
+    sharded = train_step.state_shardings(train_step.init_state(
+        jax.device_put(params, decoder.param_shardings(CONFIG, mesh_2x4)), opt))
+    with pytest.raises(ValueError, match="ref_params"):
+        train_step.make_train_step(CONFIG, LossConfig(kl_coef=0.1), opt, schedule, mesh=mesh_2x4, shardings=sharded)
+
+
 def test_grpo_raises_a_toy_reward():
     # Reward: the fraction of sampled tokens equal to TARGET; 8 prompts x G=8, 8 new tokens.
     target = 7
