@@ -28,7 +28,7 @@ log = logging.getLogger("magjax.kernels")
 
 SOURCES = ("panel_matmul.cc", "decode_attention.cc", "causal_attention.cc")
 HEADERS = ("ffi_types.h", "parallel.h", "vec.h")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-w")  # compiling; linking adds -shared
 TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul",  # XLA custom-call name -> exported symbol
            "magjax_decode_attention": "MagjaxDecodeAttention",
            "magjax_attention_forward": "MagjaxAttentionForward",
@@ -70,13 +70,37 @@ def _build(compiler: str) -> str:
             digest.update(f.read())
 
     def compile_to(tmp: str) -> None:
-        cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), *sources, "-o", tmp]
-        built = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if built.returncode != 0:
-            raise RuntimeError(f"compiling magjax's native kernels failed ({' '.join(cmd)}):\n{built.stderr[-2000:]}")
+        # One compiler per source, all at once (the first use waits on the slowest, not
+        # the sum), then one link.
+        objects = [f"{tmp}.{i}.o" for i in range(len(sources))]
+        compiles = [[compiler, *FLAGS, "-I", jax.ffi.include_dir(), "-c", src, "-o", obj]
+                    for src, obj in zip(sources, objects)]
+        running: list[subprocess.Popen] = []
+        try:
+            for cmd in compiles:
+                running.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            errors = [proc.communicate(timeout=300)[1] for proc in running]  # every compiler done first
+            for cmd, proc, stderr in zip(compiles, running, errors):
+                _raise_if_failed(cmd, proc.returncode, stderr)
+            link = [compiler, "-shared", *objects, "-o", tmp]
+            linked = subprocess.run(link, capture_output=True, text=True, timeout=300)
+            _raise_if_failed(link, linked.returncode, linked.stderr)
+        finally:
+            for proc in running:  # after a timeout or a failed start: no compiler left behind
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for obj in objects:
+                if os.path.exists(obj):
+                    os.remove(obj)
 
     return build_cache.build_once(os.path.join(cache_dir(), f"magjax_kernels-{digest.hexdigest()[:16]}.so"),
                                   compile_to)
+
+
+def _raise_if_failed(cmd: list[str], returncode: int, stderr: str) -> None:
+    if returncode != 0:
+        raise RuntimeError(f"compiling magjax's native kernels failed ({' '.join(cmd)}):\n{stderr[-2000:]}")
 
 
 _LOADED: list[bool] = []  # the one outcome of load() in this process
