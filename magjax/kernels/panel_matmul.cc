@@ -16,17 +16,14 @@
 #include <cstring>
 #include <utility>
 
+#include "ffi_types.h"
 #include "parallel.h"
 #include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
-namespace ffi = xla::ffi;
+using namespace magjax;  // NOLINT: the kernels' vector and FFI buffer types
 
 namespace {
-
-using magjax::load;
-using magjax::store;
-using magjax::v16;
 
 constexpr int kPanel = 16;        // output columns per panel (one vector)
 constexpr int kRows = 16;         // rows accumulated together in registers
