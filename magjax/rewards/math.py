@@ -42,6 +42,8 @@ grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
   ``\\pm 7``) form an unordered list, equal to another list or to a set with the same
   members; a one-member set answers with its member.
 * Text (``\\text{Monday}``, words) compares case-insensitively, ignoring punctuation.
+* A multiple-choice gold with its value, ``\\textbf{(C)}\\ 5``, is answered by the letter
+  (``C``, ``(C)``, ``\\text{C}``) or by the value (5); another letter or value is rejected.
 * Anything outside the grammar or its guards, and any check that passes its deadline
   (pool.py), is not equivalent.
 
@@ -67,7 +69,7 @@ MAX_EXPAND_POWER = 64  # no SymPy expand of (..)^n beyond this: it grows without
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
-    kind: str  # expr | equation | relation | interval | set | tuple | matrix | list | text | invalid
+    kind: str  # expr | equation | relation | interval | set | tuple | matrix | list | text | choice | invalid
     parts: tuple = ()
     closed: tuple[bool, bool] = (True, True)  # intervals
     percent: bool = False
@@ -178,6 +180,8 @@ def _parse(s: str) -> Answer:
         return Answer("text", text=_plain(m.group(1)))
     if _WORDS.fullmatch(s):  # "Monday", "no": words, not products of symbols
         return Answer("text", text=_plain(s))
+    if m := re.fullmatch(r"(?:\\text\{\s*)?\(([A-E])\)(?:\s*\})?\s*(\S.*)", s):  # (C) 5: a choice and its value
+        return Answer("choice", (m.group(1).lower(), parse_answer(m.group(2))))
     s = re.sub(r"\\text\{\s*(and|or)\s*\}|(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])", ",", s).strip()
     s = re.sub(r"^,|,\s*(?=,)|,$", "", s).strip()  # "3, 8, and 13" left an empty member
     percent = bool(re.search(r"\\?%$", s))
@@ -463,6 +467,12 @@ def _proportional(a, b, positive: bool = False) -> bool:
 def answers_equal(gold: Answer, pred: Answer) -> bool:
     if "invalid" in (gold.kind, pred.kind):
         return False
+    if "choice" in (gold.kind, pred.kind):
+        choice, other = (gold, pred) if gold.kind == "choice" else (pred, gold)
+        letter, value = choice.parts
+        if other.kind == "choice":
+            return other.parts[0] == letter
+        return _plain(_untext(other.raw)) == letter or answers_equal(value, other)
     if gold.kind == "text" or pred.kind == "text":  # words compare as words, whatever they parsed as
         return _plain(_untext(gold.raw or gold.text)) == _plain(_untext(pred.raw or pred.text))
     collections_ = ("list", "set")
