@@ -23,7 +23,10 @@ grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
 * Percent: ``50\\%``, ``50 pct`` answer 50 and 0.5. Degrees: ``90^\\circ`` answers 90 (a
   unit at the top level); inside a trigonometric function the sign converts to radians.
 * Labelled and restated answers count when the value matches: ``x = 3``, ``g(x)=3``,
-  ``PQ=6, RS=2`` (against ``6, 2``), ``(a,b)=(4,1)``, ``y \\in (0,4]``. A chain of
+  ``PQ=6, RS=2`` (against ``6, 2``, in that order: bare values against named ones keep
+  their order), ``(a,b)=(4,1)``, ``y \\in (0,4]``. When both answers name their value, the
+  names must agree: ``x = 3`` does not answer ``y = 3``, nor ``x=3, y=2`` ``x=2, y=3``
+  (equations still compare as equations: ``x = (y-1)/2`` answers ``y = 2x+1``). A chain of
   equalities ``y = 2+3 = 5`` states its last member, and only when every member is equal
   (an inconsistent chain is rejected).
 * Equations are equal when their two sides are, or when one is a non-zero constant
@@ -54,7 +57,6 @@ limits, since SymPy can still be slow on legal input.
 from __future__ import annotations
 
 import dataclasses
-import random
 import re
 
 import sympy
@@ -394,11 +396,15 @@ def _too_big_to_expand(d) -> bool:
                for p in sympy.preorder_traversal(d))
 
 
-def _points(symbols, count: int = 4):
-    rng = random.Random(0)
+# Evaluation points: non-integers of both signs and several sizes, each symbol its own
+# sequence, so |x| differs from x, and sqrt(x^2 y^2) from xy, at some point.
+_VALUES = tuple(sympy.Rational(p, q) for p, q in ((7, 5), (-11, 7), (19, 9), (-5, 13), (3, 11), (-23, 6), (41, 17)))
+
+
+def _points(symbols, count: int = 5):
     ordered = sorted(symbols, key=str)
-    for _ in range(count):
-        yield {s: sympy.Rational(rng.randint(-97, 97), rng.randint(7, 13)) for s in ordered}
+    for i in range(count):
+        yield {s: _VALUES[(i + 3 * j) % len(_VALUES)] for j, s in enumerate(ordered)}
 
 
 def expr_equal(a, b) -> bool:
@@ -475,12 +481,15 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         return _plain(_untext(other.raw)) == letter or answers_equal(value, other)
     if gold.kind == "text" or pred.kind == "text":  # words compare as words, whatever they parsed as
         return _plain(_untext(gold.raw or gold.text)) == _plain(_untext(pred.raw or pred.text))
+    if gold.text and pred.text and _label(gold.text) != _label(pred.text):
+        # Two names: "x = 3" does not answer "y = 3", but "x = (y-1)/2" answers "y = 2x + 1".
+        return gold.kind == pred.kind == "expr" and answers_equal(_as_equation(gold), _as_equation(pred))
     collections_ = ("list", "set")
     if gold.kind in collections_ or pred.kind in collections_:
         g = gold.parts if gold.kind in collections_ else (gold,)
         p = pred.parts if pred.kind in collections_ else (pred,)
         if gold.kind == "set" and pred.kind == "set" or len(g) != 1 or len(p) != 1:
-            return _multiset_equal(list(g), list(p), answers_equal)
+            return _members_equal(list(g), list(p))
         return (gold.kind, pred.kind) != ("list", "list") and answers_equal(g[0], p[0])
     if "equation" in (gold.kind, pred.kind):  # "y = 1 - x" answers "x + y = 1"
         gold, pred = _as_equation(gold), _as_equation(pred)
@@ -541,6 +550,24 @@ def _as_equation(answer: Answer) -> Answer:
             return answer
         return Answer("equation", (label, answer.parts[0]), raw=answer.raw)
     return answer
+
+
+def _label(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _named(members: list[Answer]) -> bool:
+    """Every member labelled, each with its own name: "x=2, y=3" (not the roots "x=1, x=2")."""
+    labels = [_label(m.text) for m in members]
+    return all(labels) and len(set(labels)) == len(labels)
+
+
+def _members_equal(gold: list[Answer], pred: list[Answer]) -> bool:
+    """Several answers are unordered, but values named on one side and bare on the other
+    ("PQ=6, RS=2" against "6, 2") keep their order: "2, 6" would give PQ the value 2."""
+    if _named(gold) != _named(pred) and not any(m.text for m in (pred if _named(gold) else gold)):
+        return len(gold) == len(pred) and all(map(answers_equal, gold, pred))
+    return _multiset_equal(gold, pred, answers_equal)
 
 
 def _multiset_equal(gold: list, pred: list, eq) -> bool:
