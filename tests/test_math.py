@@ -100,7 +100,11 @@ def workers():
 
 
 @pytest.mark.parametrize("pred", ["2^{2^{2^{2^{2^{100}}}}}", "(" * 3000 + "1" + ")" * 3000, "99999!",
-                                  "\\frac{(10^{9999})!}{2}", "x^{x^{x^{x^{x}}}}-1"])
+                                  "\\frac{(10^{9999})!}{2}", "x^{x^{x^{x^{x}}}}-1",
+                                  # the relation, label and collection paths
+                                  "x^{9999} < (x+1)^{9999}", "y = (x+1)^{9999}", "(x+1)^{9999} = (x-1)^{9999}",
+                                  "\\binom{10^{9}}{10^{5}}", "0 < x^{x^{x}} < 1", ", ".join(["x^{x^{x}}"] * 200),
+                                  "\\sin^{99999}(10^{100})", "y = 1 = 2 = 3 = 4 = 5 = 6 = 7"])
 def test_inputs_built_to_hang_sympy_come_back_within_the_deadline(workers, pred):
     # Either the guards refuse it at once, or the worker is killed at the deadline: both "incorrect".
     try:

@@ -10,10 +10,12 @@ by category; where it says "rejected" the answer earns nothing, which is the sid
 grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
 
 * Values. Exact values compare exactly (``1/2004!`` is not ``1/2006!``; ``10^{-20}`` is not
-  ``2\\cdot10^{-20}``); expressions by exact evaluation of the difference at random points
-  (and SymPy simplification where evaluation fails), so ``\\binom{6}{3}`` is 20,
-  ``e^{2\\pi i}`` is 1, ``\\cos(60^\\circ)`` is 1/2 and ``\\cot^2 t+1`` is ``\\csc^2 t``. A
-  repeating decimal ``0.\\overline{6}`` is exact (2/3).
+  ``2\\cdot10^{-20}``), irrational ones to 20 significant digits of a 30-digit evaluation;
+  expressions by evaluating both to 30 digits at five fixed points where every variable
+  takes values of both signs (SymPy simplification of the difference where evaluation
+  fails), so ``\\binom{6}{3}`` is 20, ``e^{2\\pi i}`` is 1, ``\\cos(60^\\circ)`` is 1/2,
+  ``\\cot^2 t+1`` is ``\\csc^2 t`` and ``\\sqrt{x^2}`` is ``|x|`` (not x). A repeating decimal
+  ``0.\\overline{6}`` is exact (2/3).
 * Decimals against exact values. A written decimal answers an exact value it does not equal
   exactly only when it shows at least ``DECIMAL_DIGITS`` (12) significant digits and is the
   value rounded or truncated in its last digit: ``0.142857142857143`` answers 1/7, ``3.14``
@@ -47,8 +49,9 @@ grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
 * Text (``\\text{Monday}``, words) compares case-insensitively, ignoring punctuation.
 * A multiple-choice gold with its value, ``\\textbf{(C)}\\ 5``, is answered by the letter
   (``C``, ``(C)``, ``\\text{C}``) or by the value (5); another letter or value is rejected.
-* Anything outside the grammar or its guards, and any check that passes its deadline
-  (pool.py), is not equivalent.
+* Anything outside the grammar or its guards (latex.py; here no polynomial expansion of a
+  power beyond ``MAX_EXPAND_POWER``), and any check that passes its deadline (pool.py), is
+  not equivalent.
 
 Everything here is pure; run it in worker processes (pool.py) for wall-clock and memory
 limits, since SymPy can still be slow on legal input.
@@ -309,6 +312,8 @@ def _inequality(lhs, op: str, rhs) -> Answer:
 
 def _linear(d, x):
     """(a, b) with d = a x + b and a a non-zero real number, or None."""
+    if _too_big_to_expand(d):  # Poly expands: (x+1)^9999 would take minutes
+        return None
     try:
         poly = sympy.Poly(d, x)
     except sympy.PolynomialError:
