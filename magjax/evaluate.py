@@ -1,17 +1,19 @@
 """Evaluation as papers report it: pass@1 averaged over k samples, maj@k, pass@k.
 
 ``pass_at_k`` is the unbiased estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k)
-for n samples of which c are correct. ``maj@k`` takes the most common extracted answer
-(ties broken by the earliest sample, so it is deterministic) and scores it. Results break
+for n samples of which c are correct (k > n has no estimate and is refused). ``maj@k``
+groups the extracted answers into classes by the grader's own equivalence (``1/2``, ``0.5``
+and ``\\frac{1}{2}`` are one vote), takes the largest class (ties broken by the earliest
+sample, so it is deterministic) and scores it. Results break
 down by problem kind and natural language. Sampling defaults follow Magistral's
 evaluation: temperature 0.7, top-p 1.0 for math and 0.95 for code.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -19,7 +21,7 @@ import numpy as np
 from magjax import distributed
 from magjax.models.config import ModelConfig
 from magjax.models.tokenizer import ChatFormat, Tokenizer
-from magjax.rewards.pool import PoolConfig, VerifierPool
+from magjax.rewards.pool import PoolConfig, VerifierPool, answer_equality
 from magjax.rewards.reward import RewardConfig
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
 from magjax.sampling.generator import Generator, Request
@@ -38,31 +40,45 @@ class EvalConfig:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
+    """The chance that k of the n samples, drawn without replacement, include a correct one."""
+    if not 0 <= c <= n:
+        raise ValueError(f"pass@k: need 0 <= correct <= samples, got {c} correct of {n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k}: needs at least {k} samples per problem, got {n}")
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def majority(answers: list[str | None], correct: list[bool]) -> bool:
-    """maj@k: the most frequent non-empty answer, ties to the earliest; is it correct?
+def majority(answers: list[str | None], correct: list[bool],
+             same: Callable[[str, str], bool] | None = None) -> bool:
+    """maj@k: the largest class of equivalent non-empty answers, ties to the earliest; is it correct?
 
-    Programs have no single answer to vote on; for them (all answers None) maj@k is whether
-    a strict majority of the samples passed.
+    ``same(a, b)`` says whether two answers are one (the grader's equivalence, so ``0.5`` and
+    ``\\frac{1}{2}`` vote together); without it, only identical strings are. A class is as
+    correct as its earliest sample. Programs have no single answer to vote on; for them (all
+    answers None) maj@k is whether a strict majority of the samples passed.
     """
     if all(a is None for a in answers):
         return sum(correct) * 2 > len(correct)
-    counts = collections.Counter(a for a in answers if a is not None)
-    if not counts:
-        return False
-    best = max(counts.values())
-    for a, ok in zip(answers, correct):  # earliest among the tied
-        if a is not None and counts[a] == best:
-            return ok
-    return False
+    classes: list[list[int]] = []  # sample indices, in order of each class's first sample
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        for members in classes:
+            first = answers[members[0]]
+            if first == a or (same is not None and same(first, a)):
+                members.append(i)
+                break
+        else:
+            classes.append([i])
+    best = max(len(members) for members in classes)
+    return bool(correct[next(members for members in classes if len(members) == best)[0]])
 
 
-def summarize(per_problem: dict[str, dict], k: int) -> dict:
-    """Aggregate per-problem results ({kind, language, correct: [bool], answers, lengths})."""
+def summarize(per_problem: dict[str, dict], k: int, same: Callable[[str, str], bool] | None = None) -> dict:
+    """Aggregate per-problem results ({kind, language, correct: [bool], answers, lengths});
+    ``same`` decides which answers vote together for maj@k (see ``majority``)."""
     def block(items):
         items = list(items)
         if not items:
@@ -70,7 +86,7 @@ def summarize(per_problem: dict[str, dict], k: int) -> dict:
         return {"problems": len(items),
                 "pass@1": float(np.mean([np.mean(r["correct"]) for r in items])),
                 f"pass@{k}": float(np.mean([pass_at_k(len(r["correct"]), sum(r["correct"]), k) for r in items])),
-                f"maj@{k}": float(np.mean([majority(r["answers"], r["correct"]) for r in items])),
+                f"maj@{k}": float(np.mean([majority(r["answers"], r["correct"], same) for r in items])),
                 "length_mean": float(np.mean([l for r in items for l in r["lengths"]]))}
     out = {"all": block(per_problem.values())}
     for key in ("kind", "language"):
@@ -125,7 +141,9 @@ def evaluate(problems: list[Problem], params, model_config: ModelConfig, tokeniz
         for part in distributed.exchange(per_problem):
             merged |= part
         per_problem = {p.id: merged[p.id] for p in problems if p.id in merged}
-    return {"summary": summarize(per_problem, config.samples), "problems": per_problem}
+    with answer_equality(pool) as same:  # maj@k votes by the grader's equivalence
+        summary = summarize(per_problem, config.samples, same)
+    return {"summary": summary, "problems": per_problem}
 
 
 def format_table(before: dict, after: dict, k: int) -> str:

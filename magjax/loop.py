@@ -176,7 +176,7 @@ def _group_metrics(groups: list[ScoredGroup], version: int) -> dict:
     token_lag = np.concatenate([version - np.asarray(s.completion.versions) for s in scored])
     by_kind = collections.defaultdict(list)
     for s in scored:
-        by_kind[s.completion.problem_id.split("-")[0]].append(s.reward.is_correct)
+        by_kind[s.reward.kind].append(s.reward.is_correct)  # Problem.kind, whatever the ids look like
     m = {"reward/mean": float(np.mean([s.reward.total for s in scored])),
          "reward/accuracy": float(np.mean([s.reward.is_correct for s in scored])),
          "reward/format": float(np.mean([s.reward.format > 0 for s in scored])),

@@ -243,3 +243,81 @@ def test_identical_programs_on_identical_tests_run_once():
     short = CodeLimits(test=sandbox.Limits(seconds=0.5, memory_mb=300))
     assert run_tests(spin, "python", ADD[:1], short).verdicts == ["TLE"]
     assert run_tests(spin, "python", ADD[:1], short).verdicts == ["TLE"] and SHARED.runs == runs + 4
+
+
+# Assertion tests see the program's top-level names, as HumanEval's, MBPP's and LiveCodeBench's
+# harnesses run them. Problems of the helper-calling shape, written for this suite:
+SHIFT = ("def encode_shift(s):\n    return ''.join(chr((ord(c) - 97 + 3) % 26 + 97) for c in s)\n\n"
+         "def decode_shift(s):\n    return ''.join(chr((ord(c) - 97 - 3) % 26 + 97) for c in s)\n")
+SHIFT_TEST = AssertTest("import random\n\ndef check(candidate):\n    rng = random.Random(1)\n    for _ in range(20):\n"
+                        "        word = ''.join(rng.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(8))\n"
+                        "        assert candidate(encode_shift(word)) == word\n", "decode_shift")
+ROOT = ("import math\n\ndef cubic(c, x):\n    return sum(a * x ** i for i, a in enumerate(c))\n\n"
+        "def find_root(c):\n    lo, hi = -100.0, 100.0\n    for _ in range(200):\n        mid = (lo + hi) / 2\n"
+        "        if (cubic(c, lo) > 0) == (cubic(c, mid) > 0):\n            lo = mid\n        else:\n"
+        "            hi = mid\n    return lo\n")
+ROOT_TEST = AssertTest("def check(candidate):\n    for c in ([1, 2, 0, 1], [-6, 11, -6, 1], [5, 0, 0, -2]):\n"
+                       "        assert math.fabs(cubic(c, candidate(c))) < 1e-6\n", "find_root")
+PAIR = ("class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n\n"
+        "def longest_chain(pairs):\n    pairs = sorted(pairs, key=lambda p: p.b)\n    n, end = 0, float('-inf')\n"
+        "    for p in pairs:\n        if p.a > end:\n            n, end = n + 1, p.b\n    return n\n")
+PAIR_TEST = AssertTest("def check(candidate):\n    assert candidate([Pair(5, 24), Pair(15, 25), Pair(27, 40), Pair(50, 60)]) == 3\n"
+                       "    assert candidate([Pair(1, 2), Pair(3, 4)]) == 2\n", "longest_chain")
+
+
+@pytest.mark.parametrize("source, test, bug", [(SHIFT, SHIFT_TEST, ("- 3) % 26", "- 4) % 26")),
+                                               (ROOT, ROOT_TEST, ("lo = mid", "hi = mid")),
+                                               (PAIR, PAIR_TEST, ("n + 1", "n + 2"))],
+                         ids=["helper-encoder", "helper-evaluator-and-module", "helper-class"])
+def test_assertion_tests_see_the_programs_helpers(source, test, bug):
+    assert run_tests(source, "python", [test], FAST).verdicts == ["AC"]
+    broken = source.replace(*bug)  # the same program with a bug: the helper-calling test catches it
+    assert broken != source and run_tests(broken, "python", [test], FAST).verdicts == ["RE"]
+
+
+def test_common_library_code_runs_under_the_harness():
+    source = ("import collections, dataclasses, enum, functools, typing, heapq, fractions\n"
+              "Point = collections.namedtuple('Point', 'x y')\n"
+              "class Color(enum.Enum):\n    RED = 1\n"
+              "@dataclasses.dataclass\nclass Box:\n    w: int\n"
+              "class Pt(typing.NamedTuple):\n    x: int\n"
+              "@functools.lru_cache(None)\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+              "def solve(n):\n    try:\n        {}['missing']\n    except KeyError:\n        pass\n"
+              "    g = (i for i in range(3))\n    h = []\n    heapq.heappush(h, 3)\n"
+              "    return fib(n) + Point(1, 2).x + Color.RED.value + Box(1).w + Pt(1).x + sum(g) + h[0]"
+              " + int(fractions.Fraction(4, 2))\n")
+    test = AssertTest("def check(candidate):\n    assert candidate(10) == 55 + 1 + 1 + 1 + 1 + 3 + 3 + 2\n", "solve")
+    assert run_tests(source, "python", [test], FAST).verdicts == ["AC"]
+
+
+LIAR = "class Liar:\n    def __eq__(self, other):\n        return True\n    def __lt__(self, other):\n        return True\n"
+CHEATS = {
+    # the always-equal object returned through a helper the tests call
+    "liar from a helper": LIAR + "def cubic(c, x):\n    return Liar()\ndef find_root(c):\n    return 0.0\n",
+    # a helper that is a class whose instances lie
+    "liar class as a helper": LIAR + "cubic = lambda c, x: None\nclass cubic(Liar):\n    def __init__(self, c, x):\n"
+                              "        pass\ndef find_root(c):\n    return 0.0\n",
+    # a built-in callable handing out a liar
+    "liar behind a built-in method": LIAR + "cubic = {(): Liar()}.get\ndef find_root(c):\n    return 0.0\n",
+    # shadowing a built-in the tests use, and patching the built-ins module
+    "shadowed and patched built-ins": "import builtins, math\ndef abs(x):\n    return 0\nbuiltins.abs = abs\n"
+                                      "def cubic(c, x):\n    return 1.0\ndef find_root(c):\n    return 0.0\n",
+    # patching the harness through __main__
+    "patching __main__": "import __main__\n__main__._plain = lambda v, d=0: v\n__main__._harness = None\n"
+                         "def cubic(c, x):\n    return 1.0\ndef find_root(c):\n    return 0.0\n",
+    # reading the nonce out of the harness's frame and printing it without running the checks
+    "nonce from a frame": "import os, sys\nf = sys._getframe(1)\nprint(f.f_locals.get('nonce'))\nos._exit(0)\n",
+    "nonce from a traceback": "import os\ntry:\n    raise ValueError\nexcept ValueError as e:\n"
+                              "    f = e.__traceback__.tb_frame.f_back\nprint(f.f_locals.get('nonce'))\nos._exit(0)\n",
+    "nonce from the garbage collector": "import gc, os\nfor o in gc.get_objects():\n    pass\nos._exit(0)\n",
+    "nonce from stdin": "import os, sys\nprint(sys.stdin.read())\nos._exit(0)\n",
+}
+ABS_TEST = AssertTest("def check(candidate):\n    for c in ([1, 2, 0, 1], [-6, 11, -6, 1]):\n"
+                      "        assert abs(cubic(c, candidate(c))) < 1e-6\n        assert cubic(c, candidate(c)) == 0\n",
+                      "find_root")
+
+
+@pytest.mark.parametrize("name", sorted(CHEATS))
+def test_programs_cannot_pass_assertion_tests_by_cheating(name):
+    result = run_tests(CHEATS[name], "python", [ABS_TEST], FAST, share=False)
+    assert not result.passed and result.verdicts in (["RE"], ["WA"]), result

@@ -36,3 +36,36 @@ def test_summary_by_kind_and_language():
     assert s["all"]["pass@2"] == pytest.approx((1 + 0 + 1) / 3)
     assert s["kind=math"]["maj@2"] == pytest.approx(0.5) and s["kind=code"]["maj@2"] == 1.0
     assert s["language=fr"]["problems"] == 1 and s["all"]["length_mean"] == pytest.approx((4 + 6 + 5 + 5 + 9 + 9) / 6)
+
+
+def test_pass_at_k_refuses_more_draws_than_samples():
+    # Four wrong samples say nothing about eight draws; the old answer was 1.0.
+    with pytest.raises(ValueError, match="pass@8.*at least 8 samples.*got 4"):
+        pass_at_k(n=4, c=0, k=8)
+    with pytest.raises(ValueError, match="0 <= correct <= samples"):
+        pass_at_k(4, 5, 2)
+    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 1, 4) == 1.0
+
+
+def test_majority_votes_by_the_graders_equivalence():
+    # 1/2, 0.5 and \frac{1}{2} are one answer: three votes against two for 3.
+    answers = ["3", "1/2", "0.5", "3", "\\frac{1}{2}"]
+    correct = [False, True, True, False, True]
+    assert majority(answers, correct) is False  # raw strings split the vote: "3" wins
+    from magjax.rewards.pool import PoolConfig, answer_equality
+
+    with answer_equality(PoolConfig(math_timeout_s=5.0)) as same:  # the grader, in a worker process
+        assert majority(answers, correct, same) is True
+        assert same("0.5", "\\frac{1}{2}") and not same("0.5", "3")
+        per_problem = {"p": {"kind": "math", "language": "en", "correct": correct, "answers": answers,
+                             "lengths": [1] * 5}}
+        assert summarize(per_problem, 5, same)["all"]["maj@5"] == 1.0
+        assert summarize(per_problem, 5)["all"]["maj@5"] == 0.0
+
+
+def test_majority_ties_between_classes_go_to_the_earliest():
+    from magjax.rewards.math import equivalent
+
+    # Two classes of two: {0.5, 1/2} came first.
+    assert majority(["0.5", "2", "1/2", "2.0"], [True, False, True, False], equivalent) is True
+    assert majority(["2", "0.5", "1/2", "2.0"], [False, True, True, False], equivalent) is False

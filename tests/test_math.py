@@ -100,7 +100,11 @@ def workers():
 
 
 @pytest.mark.parametrize("pred", ["2^{2^{2^{2^{2^{100}}}}}", "(" * 3000 + "1" + ")" * 3000, "99999!",
-                                  "\\frac{(10^{9999})!}{2}", "x^{x^{x^{x^{x}}}}-1"])
+                                  "\\frac{(10^{9999})!}{2}", "x^{x^{x^{x^{x}}}}-1",
+                                  # the relation, label and collection paths
+                                  "x^{9999} < (x+1)^{9999}", "y = (x+1)^{9999}", "(x+1)^{9999} = (x-1)^{9999}",
+                                  "\\binom{10^{9}}{10^{5}}", "0 < x^{x^{x}} < 1", ", ".join(["x^{x^{x}}"] * 200),
+                                  "\\sin^{99999}(10^{100})", "y = 1 = 2 = 3 = 4 = 5 = 6 = 7"])
 def test_inputs_built_to_hang_sympy_come_back_within_the_deadline(workers, pred):
     # Either the guards refuse it at once, or the worker is killed at the deadline: both "incorrect".
     try:
@@ -109,3 +113,25 @@ def test_inputs_built_to_hang_sympy_come_back_within_the_deadline(workers, pred)
         result = False
     assert result is False
     assert workers.call("math.equivalent", "1/2", "0.5") is True  # the pool is healthy afterwards
+
+
+def test_the_outermost_box_is_the_answer():
+    # The inner box is part of the answer, not the answer: \boxed{\boxed{1/2}+1} answers 3/2.
+    text = "so \\boxed{\\boxed{\\frac{1}{2}}+1}."
+    assert last_boxed(text) == "\\boxed{\\frac{1}{2}}+1"
+    assert equivalent("\\frac{3}{2}", last_boxed(text)) and not equivalent("\\frac{1}{2}", last_boxed(text))
+    assert last_boxed("\\boxed{1} and \\boxed{\\boxed{2}} then \\boxed{3 + \\boxed{4}}") == "3 + \\boxed{4}"
+    assert last_boxed("\\boxed{2} then \\boxed{\\frac{1}{2}") == "2"  # an unclosed last box
+
+
+def test_fbox_is_neither_an_answer_nor_a_format_pass():
+    # One policy in both places: only \boxed counts (SPEC.md §2.1).
+    from magjax.rewards import reward
+    from magjax.rewards.format import check_format
+    from magjax.types import Problem
+
+    assert last_boxed("\\fbox{7}") is None and last_boxed("\\boxed{7} \\fbox{8}") == "7"
+    assert not check_format("math", "<think>x</think>\\fbox{7}").ok
+    problem = Problem("p", "math", "What is three plus four?", answer="7")
+    assert reward.score(problem, "<think>x</think>\\fbox{7}", 10).total == 0.0
+    assert reward.score(problem, "<think>x</think>\\boxed{7} \\fbox{8}", 10).is_correct

@@ -78,3 +78,37 @@ def test_code_rewards_run_the_tests():
     broken = good.replace("a + b", "a - b")
     result = reward.score(CODE, broken, 50)
     assert not result.is_correct and result.verdicts == ["WA"] and result.format == pytest.approx(0.1)
+
+
+def test_per_kind_accuracy_comes_from_the_problems_kind_not_its_id():
+    from magjax.loop import _group_metrics
+    from magjax.types import Completion, ScoredCompletion, ScoredGroup
+
+    # Ids as loaded datasets write them: no kind prefix, and dashes everywhere.
+    problems = [Problem("gsm8k/0001", "math", MATH.prompt, answer="7"),
+                Problem("numina-cn_k12-17", "math", MATH.prompt, answer="7"),
+                Problem("apps-3", "code", CODE.prompt, code_language="python", tests=CODE.tests)]
+    responses = [THINK + " \\boxed{7}", THINK + " \\boxed{8}", "no format at all"]
+    groups = []
+    for uid, (problem, text) in enumerate(zip(problems, responses)):
+        c = Completion(problem.id, 0, [1], [5, 6], [-1.0, -1.0], [0, 0], text, "eos", uid)
+        g = ScoredGroup(problem.id, [c], [0.0])
+        g.scored = [ScoredCompletion(c, reward.score(problem, text, 2))]
+        groups.append(g)
+    m = _group_metrics(groups, version=0)
+    per_kind = {k: v for k, v in m.items() if k.startswith("reward/accuracy_")}
+    assert per_kind == {"reward/accuracy_math": 0.5, "reward/accuracy_code": 0.0}
+
+
+def test_language_reward_is_judged_on_the_reasoning_so_a_bare_answer_earns_it():
+    bare = reward.score(MATH, THINK + "\\boxed{55}", 100)
+    assert bare.language == pytest.approx(0.1)  # no letters in the answer: the reasoning decides
+    code = reward.score(CODE, "<think>Read the two numbers and print their sum, simple enough.</think>"
+                              "```python\na, b = map(int, input().split())\nprint(a + b)\n```", 50)
+    assert code.language == pytest.approx(0.1)
+    # An answer with words must still be in the reasoning's language.
+    switched = reward.score(MATH, THINK + " La somme vaut sept, donc la réponse est \\boxed{7}.", 100)
+    assert switched.language == 0.0
+    # Reasoning too short to identify earns nothing, whatever the answer says.
+    terse = reward.score(MATH, "<think>3+4</think> The sum is seven, so the answer is \\boxed{7}.", 100)
+    assert terse.language == 0.0

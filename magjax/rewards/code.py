@@ -12,10 +12,18 @@ same item already running waits for it. The G samples of a group often write the
 program (a converging policy almost always does), and each test run is a sandboxed
 process. Time-limit verdicts are not kept (they depend on the machine's load).
 
-Assertion tests are run by a harness that only accepts plain built-in values from the
-candidate (an object whose ``__eq__`` always says True is rejected) and that proves the
-checks ran to the end by printing a nonce it received on stdin: exit code 0 alone never
-passes a test.
+Assertion tests are run as HumanEval's, MBPP's and LiveCodeBench's harnesses run them: the
+program's top-level names are visible to the test code, so a test may call a helper the
+program defines (HumanEval's ``poly`` for ``find_zero``, ``encode_cyclic`` for
+``decode_cyclic``), and ``check(entry_point)`` runs. The harness only lets plain built-in
+values out of the program: the entry point's and every helper's results must be plain
+(an object whose ``__eq__`` always says True is rejected, through the candidate or through
+a helper), names that would shadow a built-in do not reach the tests, nor do classes that
+define comparison or conversion hooks; the tests get the built-ins as they were before the
+program ran. It proves the checks ran to the end by printing a nonce it received on stdin:
+exit code 0 alone never passes a test. (A program that inspects the harness's own frames
+or patches a standard module is beyond what an in-process harness can stop; the sandbox
+still contains it.)
 """
 
 from __future__ import annotations
@@ -69,33 +77,99 @@ def sample_tests(tests: list, k: int = 20, seed: int | str = 0) -> list:
 
 
 _HARNESS = r'''
-import sys as _sys
-_nonce = _sys.stdin.readline().strip()
-_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+def _harness(source, test_code, entry):
+    # Everything the judging needs is a local of this call (closures, not module globals), so
+    # a program that imports __main__ finds nothing to patch: not the nonce, not the checks.
+    import builtins as builtins_module
+    import os
+    import sys
+    import types
 
-def _plain(v, depth=0):
-    t = type(v)
-    if t in _PLAIN:
-        return v
-    if depth < 50 and t in (list, tuple, set, frozenset):
-        return t(_plain(x, depth + 1) for x in v)
-    if depth < 50 and t is dict:
-        return {_plain(k, depth + 1): _plain(x, depth + 1) for k, x in v.items()}
-    raise TypeError(f"candidate returned a {t.__name__}, not a plain built-in value")
+    plain_types = (int, float, complex, str, bytes, bool, type(None))
+    # Behaviour a value can take over from the tests' comparisons (the always-equal object and kin).
+    value_hooks = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__len__", "__abs__",
+                   "__float__", "__int__", "__index__", "__round__", "__hash__", "__contains__", "__iter__",
+                   "__getattr__", "__getattribute__", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__",
+                   "__rmul__", "__truediv__", "__rtruediv__", "__mod__", "__pow__", "__neg__", "__pos__",
+                   "__instancecheck__", "__subclasscheck__"}
 
-def _main():
-    user = {"__name__": "__candidate__"}
-    exec(compile(_SOURCE, "solution.py", "exec"), user)
-    fn = user[_ENTRY]
-    def candidate(*a, **k):
-        return _plain(fn(*a, **k))
-    tests = {"__name__": "__tests__"}
-    exec(compile(_TESTS, "tests.py", "exec"), tests)
-    tests["check"](candidate)
-    _sys.stdout.write("\n" + _nonce + "\n")
-    _sys.stdout.flush()
+    def plain(v, depth=0):
+        t = type(v)
+        if t in plain_types:
+            return v
+        if depth < 50 and t in (list, tuple, set, frozenset):
+            return t(plain(x, depth + 1) for x in v)
+        if depth < 50 and t is dict:
+            return {plain(k, depth + 1): plain(x, depth + 1) for k, x in v.items()}
+        raise TypeError(f"candidate returned a {t.__name__}, not a plain built-in value")
 
-_main()
+    def plain_returns(fn):
+        def call(*a, **k):
+            return plain(fn(*a, **k))
+        call.__name__ = getattr(fn, "__name__", "candidate")
+        return call
+
+    def inert_class(c):
+        # A class of the program (MBPP's Pair) reaches the tests only if nothing in it can
+        # change how its instances compare, convert or answer attribute look-ups.
+        return type(c) is type and not any(value_hooks & set(vars(k)) for k in c.__mro__
+                                           if k.__module__ != "builtins")
+
+    def visible(program, builtins):
+        # The program's top-level names as the tests see them (the field's harnesses run
+        # program, tests and check in one namespace): callables return plain values only;
+        # names that would shadow a built-in, classes that take over comparisons and objects
+        # that are not plain values stay with the program.
+        view = {}
+        for name, value in program.items():
+            if name.startswith("__") or name in builtins:
+                continue
+            if isinstance(value, types.ModuleType):
+                view[name] = value
+            elif isinstance(value, type):
+                if inert_class(value):
+                    view[name] = value
+            elif callable(value):  # functions, and built-in callables such as [liar].__getitem__
+                view[name] = plain_returns(value)
+            else:
+                try:
+                    view[name] = plain(value)
+                except TypeError:
+                    pass
+        return view
+
+    def no_introspection(event, args):
+        # The judging's locals are reachable through frames, the garbage collector's lists,
+        # tracing hooks and ctypes; the program gets none of them. ValueError is what the
+        # standard library expects of sys._getframe where frames are unavailable (namedtuple,
+        # enum and typing carry on without).
+        if event in ("sys._getframe", "sys._current_frames", "object.__getattr__", "gc.get_objects",
+                     "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile") or \
+                event.startswith("ctypes."):
+            raise ValueError(f"{event} is not available to the program under test")
+
+    nonce = b""
+    while not nonce.endswith(b"\n"):  # unbuffered: no copy of the line stays in sys.stdin's buffers
+        chunk = os.read(0, 64)
+        if not chunk:
+            break
+        nonce += chunk
+    nonce = nonce.decode().strip()
+    builtins = dict(vars(builtins_module))  # as they were before the program ran
+    sys.addaudithook(no_introspection)
+    program = {"__name__": "__candidate__"}
+    exec(compile(source, "solution.py", "exec"), program)
+    fn = program[entry]
+    tests = visible(program, builtins)
+    tests["__name__"] = "__tests__"
+    tests["__builtins__"] = builtins
+    exec(compile(test_code, "tests.py", "exec"), tests)
+    tests["check"](plain_returns(fn))
+    sys.stdout.write("\n" + nonce + "\n")
+    sys.stdout.flush()
+
+
+_harness(_SOURCE, _TESTS, _ENTRY)
 '''
 
 

@@ -1,5 +1,10 @@
 """Language consistency (SPEC.md §2.4): problem, thinking and answer in one language.
 
+The judgement rests on the reasoning: the problem and the thinking must be identified, as
+the same language. The answer part joins them when it has words to judge (then it must
+agree too); a bare ``\\boxed{55}`` or a code block has none, and is no reason to withhold
+the reward.
+
 LaTeX and code are stripped first (they are language-neutral and confuse identifiers);
 the language is identified by py3langid, whose model ships inside the package (nothing is
 downloaded), restricted to the languages a run expects.
@@ -41,9 +46,13 @@ def identify(text: str, languages: tuple[str, ...] = DEFAULT_LANGUAGES) -> str |
 
 
 def consistent(problem: str, thinking: str, answer: str, languages: tuple[str, ...] = DEFAULT_LANGUAGES) -> bool:
-    """True when all three parts are identified, as the same language.
+    """True when the problem and the thinking are identified as one language, and the
+    answer, if it has words enough to identify, is in it too.
 
-    A part too short to identify earns nothing: agreement needs evidence.
+    A problem or thinking too short to identify earns nothing: agreement needs evidence.
     """
-    found = [identify(t, languages) for t in (problem, thinking, answer)]
-    return None not in found and len(set(found)) == 1
+    found = [identify(t, languages) for t in (problem, thinking)]
+    if None in found or found[0] != found[1]:
+        return False
+    said = identify(answer, languages)
+    return said is None or said == found[0]

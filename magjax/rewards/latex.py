@@ -1,8 +1,10 @@
 """A small LaTeX math parser that builds SymPy objects directly, never ``eval``.
 
 Graders built on ``parse_expr``/``sympify`` execute model text as Python; this parser only
-knows a fixed grammar (numbers, + - * / ^, implicit products, \\frac, \\sqrt, factorial,
-constants, a few functions) and refuses anything else with ``LatexError``. Guards stop
+knows a fixed grammar (numbers, repeating decimals ``0.\\overline{6}``, + - * / ^, implicit
+products, \\frac, \\sqrt, \\binom, factorial, absolute values, constants (``i`` is the imaginary
+unit), functions with powers and inverses (``\\cot^2 t``, ``\\sin^{-1} x``, ``\\log_2 8``), degrees
+inside trigonometric functions) and refuses anything else with ``LatexError``. Guards stop
 expressions that would take SymPy minutes or gigabytes (exponent towers, huge factorials)
 before SymPy sees them.
 """
@@ -17,6 +19,7 @@ MAX_CHARS = 1000
 MAX_DEPTH = 60
 MAX_EXPONENT = 10_000  # |integer exponent| SymPy may evaluate exactly
 MAX_FACTORIAL = 5_000
+MAX_BINOMIAL_N = 1_000_000
 
 
 class LatexError(ValueError):
@@ -24,7 +27,8 @@ class LatexError(ValueError):
 
 
 _TOKEN = re.compile(r"""
-    (?P<num>\d+(?:\.\d*)?|\.\d+)
+    (?P<deg>\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree(?![a-zA-Z]))
+  | (?P<num>\d+(?:\.\d*)?|\.\d+)
   | (?P<cmd>\\[a-zA-Z]+)
   | (?P<op>[-+*/^!(){}\[\]_|,=])
   | (?P<letter>[a-zA-Z])
@@ -34,6 +38,9 @@ _TOKEN = re.compile(r"""
 FUNCTIONS = {"sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "ln": sympy.log, "log": sympy.log,
              "exp": sympy.exp, "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan,
              "sec": sympy.sec, "csc": sympy.csc, "cot": sympy.cot}
+TRIG = {"sin", "cos", "tan", "sec", "csc", "cot"}  # their arguments take degrees: \cos 60^\circ
+INVERSE = {"sin": sympy.asin, "cos": sympy.acos, "tan": sympy.atan, "sec": sympy.asec, "csc": sympy.acsc,
+           "cot": sympy.acot}
 CONSTANTS = {"pi": sympy.pi, "infty": sympy.oo, "e": sympy.E}
 
 
@@ -62,6 +69,7 @@ class _Parser:
 
     def __init__(self, tokens):
         self.tokens, self.i = tokens, 0
+        self.trig_depth = 0  # inside a trigonometric function's argument, a degree sign means pi/180
 
     def peek(self, k=0):
         j = self.i + k
@@ -97,7 +105,7 @@ class _Parser:
         if kind in ("num", "letter"):
             return True
         if kind == "cmd":
-            return tok[1:] in ("frac", "sqrt", "left") or tok[1:] in CONSTANTS or tok[1:] in FUNCTIONS
+            return tok[1:] in ("frac", "sqrt", "binom") or tok[1:] in CONSTANTS or tok[1:] in FUNCTIONS
         return tok in ("(", "{")
 
     def product(self):
@@ -128,8 +136,11 @@ class _Parser:
         return base
 
     def postfix(self, expr):
-        while self.peek()[1] == "!":
-            self.take()
+        while self.peek()[1] == "!" or self.peek()[0] == "deg":
+            kind, _ = self.take()
+            if kind == "deg":  # a unit at the top level (90^\circ answers 90), an angle inside \cos
+                expr = expr * sympy.pi / 180 if self.trig_depth else expr
+                continue
             if not (expr.is_Integer and 0 <= expr <= MAX_FACTORIAL):
                 raise LatexError("factorial of a non-integer or too large a number")
             expr = sympy.factorial(expr)
@@ -148,13 +159,19 @@ class _Parser:
             if exponent and len(tok) > 1 and "." not in tok:
                 self.tokens.insert(self.i, ("num", tok[1:]))
                 tok = tok[0]
+            if self.peek()[1] == "\\overline" and not exponent:  # 0.1\overline{6}: a repeating decimal
+                return self._repeating(tok)
             return sympy.Rational(tok)
         if kind == "letter":
             if self.peek()[1] == "_":  # x_1 is one symbol
                 self.take()
                 sub = self.take()[1] if self.peek()[1] != "{" else "".join(t for _, t in self._raw_group())
                 return sympy.Symbol(f"{tok}_{sub}")
-            return sympy.E if tok == "e" else sympy.Symbol(tok)
+            return {"e": sympy.E, "i": sympy.I}.get(tok) or sympy.Symbol(tok)
+        if tok == "|":
+            expr = self.sum()
+            self.take("|")
+            return sympy.Abs(expr)
         if tok == "(":
             expr = self.sum()
             self.take(")")
@@ -166,6 +183,8 @@ class _Parser:
             name = tok[1:]
             if name == "frac":  # \frac12 takes single-character arguments
                 return self.argument() / self.argument()
+            if name == "binom":
+                return _guarded_binomial(self.argument(), self.argument())
             if name == "sqrt":
                 if self.peek()[1] == "[":
                     self.take("[")
@@ -176,9 +195,43 @@ class _Parser:
             if name in CONSTANTS:
                 return CONSTANTS[name]
             if name in FUNCTIONS:
-                arg = self.power() if self.peek()[1] not in ("(", "{") else self.atom()
-                return FUNCTIONS[name](arg)
+                return self._function(name)
         raise LatexError(f"unsupported {tok!r}")
+
+    def _function(self, name):
+        """``\\sin x``, ``\\sin(x)``, ``\\cot^2 t`` (the square of cot t), ``\\sin^{-1} x`` (arcsin),
+        ``\\log_2 8`` (base 2)."""
+        fn, power, base = FUNCTIONS[name], None, None
+        if name == "log" and self.peek()[1] == "_":
+            self.take()
+            base = self.argument()
+        if self.peek()[1] == "^":
+            self.take()
+            power = self.argument()
+            if power == -1 and name in INVERSE:
+                fn, power = INVERSE[name], None
+        self.trig_depth += name in TRIG
+        try:
+            if self.peek()[1] in ("(", "{"):
+                arg = self.postfix(self.atom())
+            else:  # \sin 2x is sin(2x); the argument ends at an operator or another command
+                arg = self.power()
+                while self.peek()[0] in ("num", "letter") or self.peek()[1] == "\\pi":
+                    arg = arg * self.power()
+        finally:
+            self.trig_depth -= name in TRIG
+        value = fn(arg) if base is None else sympy.log(arg, base)
+        return value if power is None else _guarded_pow(value, power)
+
+    def _repeating(self, digits: str):
+        """``0.1\\overline{6}`` = 1/6: the digits under the bar repeat forever."""
+        self.take("\\overline")
+        repeat = "".join(t for _, t in self._raw_group())
+        if not repeat.isdigit() or len(repeat) > 50:
+            raise LatexError("\\overline over something other than digits")
+        head, _, decimals = digits.partition(".")
+        fixed = sympy.Rational(digits.rstrip(".") or "0")
+        return fixed + sympy.Rational(int(repeat), (10 ** len(repeat) - 1) * 10 ** len(decimals))
 
     def argument(self):
         """A command argument: a braced group, or one character (one digit of a number)."""
@@ -204,6 +257,12 @@ def _guarded_pow(base, exponent):
         if not exponent.is_Rational and any(isinstance(a, sympy.Pow) for a in sympy.preorder_traversal(exponent)):
             raise LatexError("exponent tower")
     return sympy.Pow(base, exponent)
+
+
+def _guarded_binomial(n, k):
+    if n.is_Integer and k.is_Integer and (abs(n) > MAX_BINOMIAL_N or min(abs(k), abs(n - k)) > MAX_FACTORIAL):
+        raise LatexError("binomial coefficient too large to evaluate")
+    return sympy.binomial(n, k)
 
 
 def parse_expression(text: str):

@@ -10,6 +10,7 @@ costs that item only ("verifier error"), counted in ``stats``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -69,7 +70,8 @@ class VerifierPool:
                                          code_check=functools.partial(reward_lib.default_code_check, deadline=deadline))
         except Exception as err:  # one bad item must not take the run down
             self._count("crashes")
-            breakdown = reward_lib.RewardBreakdown(reason=f"verifier error: {type(err).__name__}: {err}")
+            breakdown = reward_lib.RewardBreakdown(reason=f"verifier error: {type(err).__name__}: {err}",
+                                                   kind=problem.kind)
         with self._lock:
             self.counts["scored"] += 1
             self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
@@ -109,3 +111,28 @@ class VerifierPool:
     def close(self):
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._workers.close()
+
+
+@contextlib.contextmanager
+def answer_equality(config: PoolConfig = PoolConfig()):
+    """``same(a, b)``: whether two extracted math answers are equivalent, by the grader's own
+    check in a worker process under the same deadline and memory cap (maj@k's classes). A
+    check that times out or dies says "not the same". The worker starts on the first call."""
+    workers: list[WorkerPool] = []
+    known: dict[tuple[str, str], bool] = {}
+
+    def same(a: str, b: str) -> bool:
+        if (a, b) not in known:
+            if not workers:
+                workers.append(WorkerPool(1, config.math_memory_mb))
+            try:
+                known[(a, b)] = bool(workers[0].call("math.equivalent", a, b, timeout=config.math_timeout_s))
+            except (WorkerTimeout, WorkerDied):
+                known[(a, b)] = False
+        return known[(a, b)]
+
+    try:
+        yield same
+    finally:
+        for w in workers:
+            w.close()

@@ -46,6 +46,7 @@ class RewardBreakdown:
     verdicts: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     extracted: str | None = None  # the boxed answer or the code language that was graded
+    kind: str = ""  # the problem's kind (math | code), for per-kind metrics
 
 
 def length_penalty(num_tokens: int, l_max: int, l_cache: int, weight: float = 0.1) -> float:
@@ -72,7 +73,7 @@ def score(problem: Problem, response: str, num_tokens: int, config: RewardConfig
           code_check: Callable = default_code_check) -> RewardBreakdown:
     """Grades one response. ``tests`` overrides the problem's (the group's shared sample)."""
     start = time.perf_counter()
-    out = RewardBreakdown()
+    out = RewardBreakdown(kind=problem.kind)
     f = fmt.check_format(problem.kind, response)
     if not f.ok:
         out.reason = f"format: {f.reason}"

@@ -46,7 +46,10 @@ class WorkerDied(RuntimeError):
 def _worker_main(conn, memory_mb: int):
     if memory_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-    import magjax.rewards.math  # noqa: F401  (warm: SymPy imports take most of a second)
+    from magjax.rewards.math import equivalent
+
+    for gold, pred in (("\\frac{1}{2}", "0.5"), ("e^{i\\pi}", "-1"), ("x^2-1", "(x-1)(x+1)")):
+        equivalent(gold, pred)  # warm: SymPy's imports and first evaluations take most of a second
 
     while True:
         try:
