@@ -147,8 +147,13 @@ def test_decoupled_objective_corrects_a_perturbed_sampler():
     np.testing.assert_array_equal(np.asarray(corrected.trainer_old_logprobs), exact.old_logprobs)
     _, g_ref, _ = grads(LossConfig(), reference)
     _, g_fixed, stats = grads(decoupled, corrected)
-    _, g_naive, _ = grads(LossConfig(), perturbed)
+    _, g_naive, naive_stats = grads(LossConfig(), perturbed)
     assert float(stats["truncated"]) == 2 and float(stats["seqs_masked"]) == 2 and float(stats["seqs"]) == 12
+    # The sampler-trainer gap, the same in both objectives here (pi_theta = pi_old):
+    # sum |log pi - log mu| = 0.5 per token of the two shifted sequences + 3 + 3 + 0.3.
+    gap = 0.5 * (len(seqs[0]) + len(seqs[1])) + 6.3
+    for s in (stats, naive_stats):
+        assert float(s["sampler_gap_sum"]) == pytest.approx(gap, abs=1e-4)
     worst_naive = 0.0
     for a, b, c in zip(jax.tree.leaves(g_fixed), jax.tree.leaves(g_ref), jax.tree.leaves(g_naive)):
         np.testing.assert_allclose(a, b, atol=1e-6)
