@@ -42,6 +42,9 @@ def test_training_refuses_sampling_the_trainer_cannot_reproduce():
             for_sampling(LossConfig(), sampling)
     check_sampling_for_training(SamplingConfig(temperature=0.7))
     assert for_sampling(LossConfig(), SamplingConfig(temperature=0.7)).temperature == 0.7
+    assert for_sampling(LossConfig(temperature=0.7), SamplingConfig(temperature=0.7)).temperature == 0.7
+    with pytest.raises(ValueError, match="LossConfig.temperature=0.7 differs from SamplingConfig.temperature=0.9"):
+        for_sampling(LossConfig(temperature=0.7), SamplingConfig(temperature=0.9))
     assert for_sampling(LossConfig(kind="sft"), SamplingConfig(top_p=0.9)) == LossConfig(kind="sft")
 
 

@@ -100,6 +100,9 @@ def for_sampling(loss: LossConfig, sampling) -> LossConfig:
     if loss.kind != "grpo":
         return loss
     check_sampling_for_training(sampling)
+    if loss.temperature not in (1.0, sampling.temperature):  # 1.0: the default, left to follow the sampler
+        raise ValueError(f"LossConfig.temperature={loss.temperature} differs from SamplingConfig.temperature="
+                         f"{sampling.temperature}; leave LossConfig.temperature unset, it follows the sampler")
     return dataclasses.replace(loss, temperature=float(sampling.temperature))
 
 
