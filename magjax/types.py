@@ -125,6 +125,9 @@ class TrainBatch:
     tokens), ``old_logprobs`` the sampler's log-probability of the target and
     ``advantages`` its sequence's advantage. ``segment_ids`` (0 = padding) keep packed
     sequences from attending to each other; ``positions`` restart at 0 for each sequence.
+    ``trainer_old_logprobs`` is None, or, for the decoupled objective
+    (``LossConfig.decoupled_old_policy``), the trainer's own log-probability of the target
+    under the parameters at the start of the batch (``train_step.recompute_old_logprobs``).
     """
 
     tokens: object
@@ -134,6 +137,7 @@ class TrainBatch:
     weights: object
     old_logprobs: object
     advantages: object
+    trainer_old_logprobs: object = None
 
 
 def _register_train_batch():

@@ -65,8 +65,9 @@ class WeightStore:
         for path, a, b, sharding in zip(paths, src_leaves, out_leaves, want):
             if a.shape != b.shape:
                 raise WeightValidationError(f"{path}: shape {b.shape} != trainer's {a.shape}")
-            if self.dtype is not None and b.dtype != jnp.dtype(self.dtype):
-                raise WeightValidationError(f"{path}: dtype {b.dtype} != generator's {jnp.dtype(self.dtype)}")
+            want_dtype = jnp.dtype(self.dtype if self.dtype is not None else a.dtype)  # None keeps the trainer's
+            if b.dtype != want_dtype:
+                raise WeightValidationError(f"{path}: dtype {b.dtype} != generator's {want_dtype}")
             if not b.sharding.is_equivalent_to(sharding, b.ndim):
                 raise WeightValidationError(f"{path}: sharding {b.sharding} != generator's {sharding}")
 

@@ -66,7 +66,11 @@ def test_sampler_logprobs_equal_the_trainers(dtype, tol):
         assert max(gaps) < tol
     else:
         print(f"bfloat16 sampler-vs-trainer log-prob gap: max {max(gaps):.4f}")
-        assert max(gaps) < 0.5
+        # Both sides upcast bfloat16 logits to float32 before the log-softmax; what differs is
+        # the order of bfloat16 sums in the forward (cached decode vs full sequence): max
+        # 0.0009-0.0013 nats over 4 parameter x 2 request seeds. A log-softmax left in
+        # bfloat16 on either side gives 0.026 here; a wrong temperature or position far more.
+        assert max(gaps) < 0.005
 
 
 def test_same_seed_same_tokens_whatever_the_placement():

@@ -157,3 +157,16 @@ def test_sft_fits_a_memorisable_set():
         state, metrics = step(state, batch)
         losses.append(float(metrics["train/loss"]))
     assert losses[0] > 3.5 and losses[-1] < 0.25 * losses[0], losses[::8]
+
+
+def test_the_magistral_step_reports_the_sampler_trainer_gap():
+    """Without the decoupled objective the trainer's side of the gap is pi_theta: at the
+    first step its mean |log pi - log mu| and k3 KL are the ratio's own statistics."""
+    state, step = _setup()
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=4), LossConfig(), batching.PackingConfig(8, 32))
+    _, metrics = step(state, batch)
+    m = {k: float(v) for k, v in metrics.items()}
+    assert m["mismatch/logprob_gap"] > 0.1  # random_groups' log-probs are not the model's
+    assert m["mismatch/logprob_gap"] == pytest.approx(m["pipeline/logprob_gap"], rel=1e-6)
+    assert m["mismatch/kl"] == pytest.approx(m["train/kl_to_sampler"], rel=1e-6)
+    assert not any(k.startswith(("mismatch/truncated", "mismatch/masked", "mismatch/importance")) for k in m)

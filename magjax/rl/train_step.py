@@ -21,6 +21,7 @@ from magjax import distributed, sharding as shd
 from magjax.kernels import causal_attention
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
+from magjax.rl import mismatch
 from magjax.rl.losses import LossConfig, k3_kl, policy_objective, token_logprobs
 from magjax.types import TrainBatch
 
@@ -71,18 +72,31 @@ def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, 
     """The weighted loss of one microbatch [b, t] and its token statistics (sums)."""
     hidden = functools.partial(decoder.hidden_states, model_config, mesh=mesh, native_attention=native_attention)
     h_btd = hidden(params, mb.tokens, mb.positions, mb.segment_ids)
-    logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk)
+    logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk,
+                                         loss_config.temperature)
     w_bt = mb.weights
     mask_bt = (w_bt > 0).astype(jnp.float32)
     if loss_config.kind == "sft":
         loss = -jnp.sum(w_bt * logp_bt)
         stats = {"tokens": jnp.sum(mask_bt)}
+    elif loss_config.decoupled_old_policy:
+        # pi_old is the trainer's (recomputed at the batch's start); the sampler's mu only
+        # weighs tokens (truncated importance sampling) and masks sequences.
+        fix = mismatch.correction(mb.trainer_old_logprobs, mb.old_logprobs, mask_bt, mb.segment_ids,
+                                  loss_config.truncation_cap, loss_config.sequence_mask)
+        loss, stats = policy_objective(logp_bt, mb.trainer_old_logprobs, mb.advantages, w_bt,
+                                       loss_config.eps_low, loss_config.eps_high, fix.scale_bt)
+        stats |= fix.stats | mismatch.gap_stats(mb.trainer_old_logprobs, mb.old_logprobs, mask_bt)
     else:
         loss, stats = policy_objective(logp_bt, mb.old_logprobs, mb.advantages, w_bt,
                                        loss_config.eps_low, loss_config.eps_high)
+        # The trainer's side of the sampler-trainer gap: pi_theta (at a batch's first step,
+        # the parameters the decoupled objective would take as pi_old).
+        stats |= mismatch.gap_stats(logp_bt, mb.old_logprobs, mask_bt)
     if loss_config.kl_coef > 0:
         ref_h = hidden(ref_params, mb.tokens, mb.positions, mb.segment_ids)
-        ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets, loss_config.logprob_chunk)
+        ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets, loss_config.logprob_chunk,
+                                        loss_config.temperature)
         kl_bt = k3_kl(logp_bt, jax.lax.stop_gradient(ref_logp_bt))
         loss = loss + loss_config.kl_coef * jnp.sum(w_bt * kl_bt)
         stats["kl_ref_sum"] = jnp.sum(mask_bt * kl_bt)
@@ -129,6 +143,17 @@ def _metrics(loss, grads, stats, lr, applied) -> dict:
               "pipeline/logprob_gap": stats["logp_gap_sum"] / tokens}
     if "kl_ref_sum" in stats:
         m["train/kl_to_reference"] = stats["kl_ref_sum"] / tokens
+    # Sampler vs trainer (mismatch.py): the trainer's side is pi_old with the decoupled
+    # objective, else pi_theta; with the decoupled objective the ratio metrics above are
+    # pi_theta / pi_old (the trainer's), not to the sampler.
+    if "sampler_gap_sum" in stats:
+        m |= {"mismatch/logprob_gap": stats["sampler_gap_sum"] / tokens,
+              "mismatch/kl": stats["sampler_kl_sum"] / tokens}
+    if "truncated" in stats:
+        m |= {"mismatch/truncated_fraction": stats["truncated"] / tokens,
+              "mismatch/importance_weight_mean": stats["is_weight_sum"] / tokens}
+    if "seqs" in stats:
+        m["mismatch/masked_sequence_fraction"] = stats["seqs_masked"] / jnp.maximum(stats["seqs"], 1.0)
     return m
 
 
@@ -175,9 +200,45 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
                          out_shardings=(shardings, replicated), donate_argnums=0)
 
     def wrapped(state, batch):
+        if loss_config.decoupled_old_policy and batch.trainer_old_logprobs is None:
+            raise ValueError("LossConfig.decoupled_old_policy: the batch has no trainer_old_logprobs; call "
+                             "train_step.recompute_old_logprobs before the batch's first step")
         return jitted(state, batch)
 
     wrapped.traces = 0
     wrapped.jitted = jitted
     wrapped.native_attention = native_attention
     return wrapped
+
+
+def make_logprob_step(model_config: ModelConfig, loss_config: LossConfig, *, mesh=None, param_shardings=None):
+    """Returns the jitted ``logprobs(params, batch) -> [m, b, t]`` float32: the trainer's
+    log-probability of every target, forward only, microbatch by microbatch, at the loss's
+    temperature (the decoupled objective's pi_old). Positions without loss weight keep the
+    batch's ``old_logprobs`` there, so pi_old / mu is exactly 1 outside completions.
+
+    With a mesh, ``param_shardings`` (e.g. ``state_shardings(state).params``) fixes the
+    parameters' layout; the batch and the result are split like the train step's batches.
+    """
+    native_attention = causal_attention.applies(model_config, mesh)
+
+    def logprobs(params, batch: TrainBatch):
+        def one(mb: TrainBatch):
+            h_btd = decoder.hidden_states(model_config, params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh,
+                                          native_attention=native_attention)
+            logp_bt, _ = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk,
+                                        loss_config.temperature)
+            return jnp.where(mb.weights > 0, logp_bt, mb.old_logprobs)
+
+        return jax.lax.map(one, dataclasses.replace(batch, trainer_old_logprobs=None))
+
+    if mesh is None:
+        return jax.jit(logprobs)
+    return jax.jit(logprobs, in_shardings=(param_shardings, batch_sharding(mesh)), out_shardings=batch_sharding(mesh))
+
+
+def recompute_old_logprobs(logprob_step, params, batches: list[TrainBatch]) -> list[TrainBatch]:
+    """The batches with ``trainer_old_logprobs`` filled by ``logprob_step`` (see
+    ``make_logprob_step``) under ``params``: call it with the parameters at the start of a
+    batch, before its first optimizer step (the step donates them)."""
+    return [dataclasses.replace(b, trainer_old_logprobs=logprob_step(params, b)) for b in batches]
