@@ -193,6 +193,8 @@ def test_decoupled_train_step_sharded_recomputes_once_per_batch(mesh_2x4):
             mu = np.asarray(exact_logprobs(params, b)) + rng.normal(0, 0.6, b.weights.shape) * (b.weights > 0)
             noisy.append(dataclasses.replace(b, old_logprobs=mu.astype(np.float32)))
         collected.append(noisy)
+    with pytest.raises(ValueError, match="param_shardings"):
+        train_step.make_logprob_step(CONFIG, loss, mesh=mesh_2x4)
     opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3, weight_decay=0.0))
     results = []
     for mesh in (None, mesh_2x4):

@@ -5,6 +5,10 @@
 carries its final loss weight, the sum is the minibatch gradient whatever the split. A
 non-finite loss or gradient keeps the old parameters and optimizer state and increments
 ``state.skipped``: never silently applied.
+
+With the decoupled objective (``LossConfig.decoupled_old_policy``) each batch first passes
+through ``make_logprob_step``'s forward-only function, under the parameters at the batch's
+start (``recompute_old_logprobs``), which fills the batch's pi_old.
 """
 
 from __future__ import annotations
@@ -220,6 +224,8 @@ def make_logprob_step(model_config: ModelConfig, loss_config: LossConfig, *, mes
     With a mesh, ``param_shardings`` (e.g. ``state_shardings(state).params``) fixes the
     parameters' layout; the batch and the result are split like the train step's batches.
     """
+    if mesh is not None and param_shardings is None:
+        raise ValueError("make_logprob_step with a mesh needs param_shardings (state_shardings(state).params)")
     native_attention = causal_attention.applies(model_config, mesh)
 
     def logprobs(params, batch: TrainBatch):
