@@ -78,7 +78,8 @@ class Answer:
     parts: tuple = ()
     closed: tuple[bool, bool] = (True, True)  # intervals
     percent: bool = False
-    text: str = ""  # the label of "x = 3" (or of "y \in (0, 4]")
+    text: str = ""  # the words of a text answer
+    label: str = ""  # the name a value is given: x in "x = 3", y in "y \in (0, 4]"
     raw: str = ""  # the normalised source
     decimal: str = ""  # the source when the answer is one written decimal number
     strict: bool = False  # relations: d < 0 (strict) or d <= 0
@@ -260,18 +261,18 @@ def _relation(members: list[str], ops: list[str]) -> Answer:
     if ops == ["in"]:
         if not _LABEL.fullmatch(members[0]):
             raise LatexError(f"{members[0]!r} is not a name")
-        return dataclasses.replace(parse_answer(members[1]), text=members[0])
+        return dataclasses.replace(parse_answer(members[1]), label=members[0])
     if set(ops) == {"="}:
         label = members[0] if _LABEL.fullmatch(members[0]) else ""
         values = members[1:] if label else members
         if len(values) == 1:
-            return dataclasses.replace(parse_answer(values[0]), text=label)
+            return dataclasses.replace(parse_answer(values[0]), label=label)
         parsed = [parse_answer(v) for v in values]
         if not label and len(values) == 2 and any(_free(p) for p in parsed):
             return Answer("equation", (_expr(values[0]), _expr(values[1])))
         # A chain "y = 2 + 3 = 5" states its last member, when every member agrees.
         if all(answers_equal(p, parsed[-1]) for p in parsed[:-1]):
-            return dataclasses.replace(parsed[-1], text=label)
+            return dataclasses.replace(parsed[-1], label=label)
         return INVALID
     if "in" in ops or "=" in ops or not (set(ops) <= {"<", "<="} or set(ops) <= {">", ">="}) or len(ops) > 2:
         raise LatexError("a mixed chain of relations")
@@ -280,7 +281,7 @@ def _relation(members: list[str], ops: list[str]) -> Answer:
     if len(pieces) == 1:
         return pieces[0]
     a, b = pieces
-    if a.kind == b.kind == "interval" and a.text == b.text:  # 0 < y <= 4: both ends on y
+    if a.kind == b.kind == "interval" and a.label == b.label:  # 0 < y <= 4: both ends on y
         return _intersect(a, b)
     raise LatexError("a chain of inequalities in more than one variable")
 
@@ -303,8 +304,8 @@ def _inequality(lhs, op: str, rhs) -> Answer:
             a, b = poly  # a x + b < 0
             bound = -b / a
             if a > 0:
-                return Answer("interval", (-sympy.oo, bound), closed=(False, not strict), text=str(x))
-            return Answer("interval", (bound, sympy.oo), closed=(not strict, False), text=str(x))
+                return Answer("interval", (-sympy.oo, bound), closed=(False, not strict), label=str(x))
+            return Answer("interval", (bound, sympy.oo), closed=(not strict, False), label=str(x))
     if not symbols:
         raise LatexError("an inequality between numbers")
     return Answer("relation", (d,), strict=strict)
@@ -339,7 +340,7 @@ def _intersect(a: Answer, b: Answer) -> Answer:
             raise LatexError("interval ends that do not compare")
         ends.append((x, x_closed) if comparison == sympy.true else (y, y_closed))
     (lo, lo_closed), (hi, hi_closed) = ends
-    return Answer("interval", (lo, hi), closed=(lo_closed, hi_closed), text=a.text)
+    return Answer("interval", (lo, hi), closed=(lo_closed, hi_closed), label=a.label)
 
 
 def _free(answer: Answer) -> bool:
@@ -486,7 +487,7 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         return _plain(_untext(other.raw)) == letter or answers_equal(value, other)
     if gold.kind == "text" or pred.kind == "text":  # words compare as words, whatever they parsed as
         return _plain(_untext(gold.raw or gold.text)) == _plain(_untext(pred.raw or pred.text))
-    if gold.text and pred.text and _label(gold.text) != _label(pred.text):
+    if gold.label and pred.label and _label(gold.label) != _label(pred.label):
         # Two names: "x = 3" does not answer "y = 3", but "x = (y-1)/2" answers "y = 2x + 1".
         return gold.kind == pred.kind == "expr" and answers_equal(_as_equation(gold), _as_equation(pred))
     collections_ = ("list", "set")
@@ -498,7 +499,7 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         return (gold.kind, pred.kind) != ("list", "list") and answers_equal(g[0], p[0])
     if "equation" in (gold.kind, pred.kind):  # "y = 1 - x" answers "x + y = 1"
         gold, pred = _as_equation(gold), _as_equation(pred)
-    if gold.kind == pred.kind == "expr" and gold.text and pred.text:
+    if gold.kind == pred.kind == "expr" and gold.label and pred.label:
         if _values_equal(gold, pred):
             return True
         gold, pred = _as_equation(gold), _as_equation(pred)  # "x = (y-1)/2" answers "y = 2x + 1"
@@ -548,9 +549,9 @@ def _value_equal(gold: Answer, pred: Answer, a, b) -> bool:
 
 
 def _as_equation(answer: Answer) -> Answer:
-    if answer.kind == "expr" and answer.text:
+    if answer.kind == "expr" and answer.label:
         try:
-            label = _side(answer.text)
+            label = _side(answer.label)
         except LatexError:
             return answer
         return Answer("equation", (label, answer.parts[0]), raw=answer.raw)
@@ -563,14 +564,14 @@ def _label(text: str) -> str:
 
 def _named(members: list[Answer]) -> bool:
     """Every member labelled, each with its own name: "x=2, y=3" (not the roots "x=1, x=2")."""
-    labels = [_label(m.text) for m in members]
+    labels = [_label(m.label) for m in members]
     return all(labels) and len(set(labels)) == len(labels)
 
 
 def _members_equal(gold: list[Answer], pred: list[Answer]) -> bool:
     """Several answers are unordered, but values named on one side and bare on the other
     ("PQ=6, RS=2" against "6, 2") keep their order: "2, 6" would give PQ the value 2."""
-    if _named(gold) != _named(pred) and not any(m.text for m in (pred if _named(gold) else gold)):
+    if _named(gold) != _named(pred) and not any(m.label for m in (pred if _named(gold) else gold)):
         return len(gold) == len(pred) and all(map(answers_equal, gold, pred))
     return _multiset_equal(gold, pred, answers_equal)
 
