@@ -2,7 +2,7 @@
 
 Graders built on ``parse_expr``/``sympify`` execute model text as Python; this parser only
 knows a fixed grammar (numbers, repeating decimals ``0.\\overline{6}``, + - * / ^, implicit
-products, \\frac, \\sqrt, \\binom, factorial, absolute values, constants (``i`` is the imaginary
+products, \\frac, \\sqrt, \\binom, factorial, absolute values, floor and ceiling, constants (``i`` is the imaginary
 unit), functions with powers and inverses (``\\cot^2 t``, ``\\sin^{-1} x``, ``\\log_2 8``), degrees
 inside trigonometric functions) and refuses anything else with ``LatexError``. Guards stop
 expressions that would take SymPy minutes or gigabytes (exponent towers, huge factorials)
@@ -105,7 +105,7 @@ class _Parser:
         if kind in ("num", "letter"):
             return True
         if kind == "cmd":
-            return tok[1:] in ("frac", "sqrt", "binom") or tok[1:] in CONSTANTS or tok[1:] in FUNCTIONS
+            return tok[1:] in ("frac", "sqrt", "binom", "lfloor", "lceil") or tok[1:] in CONSTANTS or tok[1:] in FUNCTIONS
         return tok in ("(", "{")
 
     def product(self):
@@ -172,6 +172,10 @@ class _Parser:
             expr = self.sum()
             self.take("|")
             return sympy.Abs(expr)
+        if tok in ("\\lfloor", "\\lceil"):
+            expr = self.sum()
+            self.take("\\rfloor" if tok == "\\lfloor" else "\\rceil")
+            return sympy.floor(expr) if tok == "\\lfloor" else sympy.ceiling(expr)
         if tok == "(":
             expr = self.sum()
             self.take(")")

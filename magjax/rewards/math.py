@@ -90,7 +90,8 @@ INVALID = Answer("invalid")
 
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left|\\right|\\big|\\Big|\\bigg|\\Bigg|\\limits")
 _UNIT_TEXT = re.compile(r"([\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z ]*(?:units?|cm|m|km|kg|g|s|sec|seconds|minutes|hours|"
-                        r"degrees|dollars|cents|inches|feet|meters|miles|square|cubic|liters|mph)[a-zA-Z^0-9 ]*\}")
+                        r"degrees|dollars|cents|inches|feet|meters|miles|square|cubic|liters|mph)[a-zA-Z^0-9 ]*\}"
+                        r"(?:\^\{?[23]\}?)?")  # cm^2
 _ESCAPED = re.compile(r"\\\\(?=[A-Za-z{}%$,!;: ])")  # "\\frac" in JSON-escaped data is "\frac"
 
 
@@ -111,6 +112,8 @@ def normalize(text: str) -> str:
     s = re.sub(r"\\(?:mathrm|mathbf|textbf|boldsymbol|mathit|operatorname)\{([^{}]*)\}", r"\1", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\infinity", "\\infty")
     s = s.replace("\\lvert", "|").replace("\\rvert", "|").replace("\\varnothing", "\\emptyset")
+    s = s.replace("\\langle", "(").replace("\\rangle", ")")  # a vector <1, 2> is the tuple (1, 2)
+    s = re.sub(r"(\^\s*\{\s*\\circ\s*\}|\^\s*\\circ)\s*(?:\\text\{\s*[CF]\s*\}|[CF](?![A-Za-z]))", r"\1", s)  # 30^\circ C
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     if re.fullmatch(r"-?\d{1,3}([, ]\d{3})+(\.\d+)?", s):  # thousands separators: 1,000 or 1\,000
         s = s.replace(",", "").replace(" ", "")
@@ -152,7 +155,7 @@ _RELATION = re.compile(r"\\(?:leqslant|geqslant|leq|geq|le|ge|lt|gt|approx|in|ne
 _OPS = {"\\leqslant": "<=", "\\leq": "<=", "\\le": "<=", "<=": "<=", "\\geqslant": ">=", "\\geq": ">=",
         "\\ge": ">=", ">=": ">=", "\\lt": "<", "<": "<", "\\gt": ">", ">": ">", "=": "=", "\\approx": "=",
         "\\in": "in", "\\neq": "!=", "\\ne": "!="}
-_NAME = r"(?:[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
+_NAME = r"(?:[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
 _LABEL = re.compile(rf"(?:m\s*)?(?:\\angle\s*)?{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)")
 _WORDS = re.compile(r"(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z .']*[A-Za-z.]")  # a word ("no"), not a product ("x y")
 
