@@ -452,28 +452,31 @@ def _simplifies_to_zero(d) -> bool:
 
 
 def _proportional(a, b, positive: bool = False) -> bool:
-    """Whether a = c b for a non-zero number c (positive when asked)."""
+    """Whether a = c b for a non-zero number c (positive when asked): the ratio at the
+    evaluation points, or SymPy's cancellation of a / b where evaluation fails."""
     if a == 0 or b == 0:
         return a == b == 0
     if _too_big_to_expand(a) or _too_big_to_expand(b):
         return False
-    try:
-        ratio = sympy.cancel(sympy.together(a / b))
-    except Exception:  # SymPy raises a zoo of types on odd input
-        return False
-    if ratio.free_symbols:
-        ratio = None
-        for point in _points(a.free_symbols | b.free_symbols):
-            try:
-                x, y = a.evalf(EVAL_DIGITS, subs=point), b.evalf(EVAL_DIGITS, subs=point)
-            except (TypeError, ValueError, ArithmeticError):
-                return False
-            if not (x.is_number and y.is_number) or y == 0 or _infinite(x) or _infinite(y):
-                return False
-            r = x / y
-            if ratio is not None and not _numbers_equal(r, ratio):
-                return False
-            ratio = r
+    ratio, agreed = None, 0
+    for point in _points(a.free_symbols | b.free_symbols):
+        try:
+            x, y = a.evalf(EVAL_DIGITS, subs=point), b.evalf(EVAL_DIGITS, subs=point)
+        except (TypeError, ValueError, ArithmeticError):
+            continue
+        if not (x.is_number and y.is_number) or x == 0 or y == 0 or _infinite(x) or _infinite(y):
+            continue  # a root or a pole of one side, or a function left symbolic
+        r = x / y
+        if ratio is not None and not _numbers_equal(r, ratio):
+            return False
+        ratio, agreed = r, agreed + 1
+    if agreed < 3:
+        try:
+            ratio = sympy.cancel(sympy.together(a / b))
+        except Exception:  # SymPy raises a zoo of types on odd input
+            return False
+        if ratio.free_symbols:
+            return False
     if ratio is None or not ratio.is_number or ratio == 0 or _infinite(ratio):
         return False
     return not positive or bool(ratio.is_positive)
