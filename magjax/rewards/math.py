@@ -92,6 +92,8 @@ _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left|\\right
 _UNIT_TEXT = re.compile(r"([\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z ]*(?:units?|cm|m|km|kg|g|s|sec|seconds|minutes|hours|"
                         r"degrees|dollars|cents|inches|feet|meters|miles|square|cubic|liters|mph)[a-zA-Z^0-9 ]*\}"
                         r"(?:\^\{?[23]\}?)?")  # cm^2
+_UNIT_BARE = re.compile(r"^(-?[\d.]+)\s+(?:units?|cm|m|km|kg|g|s|sec|seconds|minutes|hours|degrees|dollars|cents|"
+                        r"inches|feet|meters|miles|liters|mph)(?:\^\{?[23]\}?)?$")  # "10 cm" (no \text)
 _ESCAPED = re.compile(r"\\\\(?=[A-Za-z{}%$,!;: ])")  # "\\frac" in JSON-escaped data is "\frac"
 
 
@@ -102,11 +104,13 @@ def normalize(text: str) -> str:
     s = re.sub(r"^\\\[|\\\]$|^\\\(|\\\)$", "", s).strip()
     s = re.sub(r"\\(?:boxed|fbox)\s*(?=\{)", "", s)  # a box inside the answer is just a group
     s = re.sub(r"\\[dtc]frac", r"\\frac", s).replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
-    s = s.replace("−", "-")
+    s = s.replace("−", "-").replace("\\neq", "\\ne")
     s = re.sub(r"(\d)\{,\}(?=\d{3})", r"\1", s)  # 12{,}345
     s = re.sub(r"(\d),\s*\\!\s*(?=\d{3})", r"\1", s)  # 7,\! 250,\! 000
     s = _SPACING.sub(" ", s)
     s = _UNIT_TEXT.sub(r"\1", s)  # units after a number: "10\text{ cm}" is 10
+    s = re.sub(r"^\\text\{\s*(-?[\d.]+(?:\s+[A-Za-z]+)?)\s*\}$", r"\1", s)  # \text{10}, \text{10 cm}
+    s = _UNIT_BARE.sub(r"\1", s)
     s = re.sub(r"\s*(?:\\text\{\s*(?:pct|percent)\s*\}|\bpct\b|\bpercent\b)\s*$", r"\\%", s)
     s = re.sub(r"\\mathrm\{e\}", "e", s)
     s = re.sub(r"\\(?:mathrm|mathbf|textbf|boldsymbol|mathit|operatorname)\{([^{}]*)\}", r"\1", s)
@@ -155,7 +159,8 @@ _RELATION = re.compile(r"\\(?:leqslant|geqslant|leq|geq|le|ge|lt|gt|approx|in|ne
 _OPS = {"\\leqslant": "<=", "\\leq": "<=", "\\le": "<=", "<=": "<=", "\\geqslant": ">=", "\\geq": ">=",
         "\\ge": ">=", ">=": ">=", "\\lt": "<", "<": "<", "\\gt": ">", ">": ">", "=": "=", "\\approx": "=",
         "\\in": "in", "\\neq": "!=", "\\ne": "!="}
-_NAME = r"(?:[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
+_GREEK_NAME = r"\\(?:alpha|beta|gamma|delta|theta|phi|varphi|omega|lambda|mu|sigma|tau|rho)(?![A-Za-z])"
+_NAME = r"(?:(?:\\(?:sin|cos|tan|cot|sec|csc)\s*)?" + _GREEK_NAME + r"|\\(?:sin|cos|tan|cot|sec|csc)\s*[A-Za-z]|[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
 _LABEL = re.compile(rf"(?:m\s*)?(?:\\angle\s*)?{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)")
 _WORDS = re.compile(r"(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z .']*[A-Za-z.]")  # a word ("no"), not a product ("x y")
 
@@ -215,6 +220,9 @@ def _parse(s: str) -> Answer:
     if re.fullmatch(r"\\mathbb\{R\}|\\R|\\mathbb R", s):
         return Answer("interval", (-sympy.oo, sympy.oo), closed=(False, False))
     if whole == "set":
+        builder = re.fullmatch(r"\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.+)", s[2:-2])
+        if builder:  # \{x \mid x > 2\}: the set its condition describes
+            return dataclasses.replace(parse_answer(builder.group(2)), label=builder.group(1))
         return Answer("set", tuple(parse_answer(p) for p in _split_top(s[2:-2]) if p))
     if whole == "round":
         inner = _split_top(s[1:-1])
@@ -598,7 +606,7 @@ def _multiset_equal(gold: list, pred: list, eq) -> bool:
 
 def equivalent(gold: str, pred: str) -> bool:
     """True when ``pred`` (the content of the last \\boxed{}) answers ``gold``."""
-    if normalize(gold) == normalize(pred):
+    if normalize(gold).replace(" ", "") == normalize(pred).replace(" ", ""):
         return True
     try:
         return answers_equal(parse_answer(gold), parse_answer(pred))
