@@ -312,6 +312,23 @@ CHEATS = {
     "nonce from the garbage collector": "import gc, os\nfor o in gc.get_objects():\n    pass\nos._exit(0)\n",
     "nonce from stdin": "import os, sys\nprint(sys.stdin.read())\nos._exit(0)\n",
 }
+METHOD_TEST = AssertTest("def check(candidate):\n    assert Poly().value([1, 2, 0, 1], candidate([1, 2, 0, 1])) == 0\n",
+                         "find_root")
+
+
+def test_a_liar_from_a_method_of_a_constructed_class_does_not_pass():
+    # A method, a static method and a property of a class the tests construct.
+    liar = LIAR + ("class Poly:\n    def value(self, c, x):\n        return Liar()\n"
+                   "    @staticmethod\n    def at(c, x):\n        return Liar()\n"
+                   "    @property\n    def zero(self):\n        return Liar()\ndef find_root(c):\n    return 0.0\n")
+    honest = ("class Poly:\n    def value(self, c, x):\n        return sum(a * x ** i for i, a in enumerate(c))\n"
+              "def find_root(c):\n    return -0.4533976515164037\n")
+    for test in (METHOD_TEST, AssertTest("def check(candidate):\n    assert Poly.at([1], candidate([1])) == 0\n", "find_root"),
+                 AssertTest("def check(candidate):\n    assert Poly().zero == candidate([1])\n", "find_root")):
+        assert run_tests(liar, "python", [test], FAST, share=False).verdicts == ["RE"]
+    relaxed = AssertTest("def check(candidate):\n    assert abs(Poly().value([1, 2, 0, 1], candidate([1, 2, 0, 1]))) < 1e-9\n",
+                         "find_root")
+    assert run_tests(honest, "python", [relaxed], FAST).verdicts == ["AC"]
 ABS_TEST = AssertTest("def check(candidate):\n    for c in ([1, 2, 0, 1], [-6, 11, -6, 1]):\n"
                       "        assert abs(cubic(c, candidate(c))) < 1e-6\n        assert cubic(c, candidate(c)) == 0\n",
                       "find_root")

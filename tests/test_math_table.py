@@ -12,7 +12,7 @@ from magjax.rewards.pool import PoolConfig
 from magjax.rewards.workers import WorkerPool
 
 TABLE = answer_pairs()
-CATEGORIES = ("latex", "labelled", "relations", "sets", "values", "decimals")
+CATEGORIES = ("latex", "labelled", "relations", "sets", "values", "decimals", "mixed")
 
 
 def test_the_table_is_large_and_every_category_has_both_sides():
@@ -29,6 +29,18 @@ def test_the_table_is_large_and_every_category_has_both_sides():
 @pytest.mark.parametrize("category, gold, pred, expected", TABLE, ids=[f"{c}:{g}|{p}" for c, g, p, _ in TABLE])
 def test_pair(category, gold, pred, expected):
     assert equivalent(gold, pred) is expected
+
+
+def test_no_pair_hits_an_error_the_grader_would_swallow():
+    # equivalent() turns SymPy's odd errors into "not equal"; a bug of ours must not hide there.
+    from magjax.rewards.latex import LatexError
+    from magjax.rewards.math import answers_equal, parse_answer
+
+    for _, gold, pred, _ in TABLE:
+        try:
+            answers_equal(parse_answer(gold), parse_answer(pred))
+        except LatexError:
+            pass
 
 
 def test_the_known_false_positives_of_other_graders_stay_rejected():

@@ -17,10 +17,10 @@ program's top-level names are visible to the test code, so a test may call a hel
 program defines (HumanEval's ``poly`` for ``find_zero``, ``encode_cyclic`` for
 ``decode_cyclic``), and ``check(entry_point)`` runs. The harness only lets plain built-in
 values out of the program: the entry point's and every helper's results must be plain
-(an object whose ``__eq__`` always says True is rejected, through the candidate or through
-a helper), names that would shadow a built-in do not reach the tests, nor do classes that
-define comparison or conversion hooks; the tests get the built-ins as they were before the
-program ran. It proves the checks ran to the end by printing a nonce it received on stdin:
+(an object whose ``__eq__`` always says True is rejected, through the candidate, a helper,
+or a method of a class the tests construct), names that would shadow a built-in do not
+reach the tests, nor do classes that define comparison, conversion or call hooks; the tests
+get the built-ins as they were before the program ran. It proves the checks ran to the end by printing a nonce it received on stdin:
 exit code 0 alone never passes a test. (A program that inspects the harness's own frames
 or patches a standard module is beyond what an in-process harness can stop; the sandbox
 still contains it.)
@@ -81,6 +81,7 @@ def _harness(source, test_code, entry):
     # Everything the judging needs is a local of this call (closures, not module globals), so
     # a program that imports __main__ finds nothing to patch: not the nonce, not the checks.
     import builtins as builtins_module
+    import inspect
     import os
     import sys
     import types
@@ -91,7 +92,8 @@ def _harness(source, test_code, entry):
                    "__float__", "__int__", "__index__", "__round__", "__hash__", "__contains__", "__iter__",
                    "__getattr__", "__getattribute__", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__",
                    "__rmul__", "__truediv__", "__rtruediv__", "__mod__", "__pow__", "__neg__", "__pos__",
-                   "__instancecheck__", "__subclasscheck__"}
+                   "__instancecheck__", "__subclasscheck__", "__call__", "__getitem__", "__next__", "__reversed__",
+                   "__get__", "__set_name__", "__init_subclass__", "__class_getitem__"}
 
     def plain(v, depth=0):
         t = type(v)
@@ -115,6 +117,25 @@ def _harness(source, test_code, entry):
         return type(c) is type and not any(value_hooks & set(vars(k)) for k in c.__mro__
                                            if k.__module__ != "builtins")
 
+    def plain_class(c):
+        # What the tests construct: a subclass whose methods and properties hand out plain
+        # values only (Solution().method(...) cannot return a liar); instances still are the
+        # program's class for the program's own code.
+        wrapped = {}
+        for name in dir(c):
+            if name.startswith("__"):
+                continue
+            raw = inspect.getattr_static(c, name)
+            if isinstance(raw, staticmethod):
+                wrapped[name] = staticmethod(plain_returns(raw.__func__))
+            elif isinstance(raw, classmethod):
+                wrapped[name] = classmethod(lambda cls, *a, _f=raw.__func__, **k: plain(_f(cls, *a, **k)))
+            elif isinstance(raw, property):
+                wrapped[name] = property(lambda self, _p=raw: plain(_p.__get__(self)), raw.fset, raw.fdel)
+            elif isinstance(raw, types.FunctionType):
+                wrapped[name] = lambda self, *a, _f=raw, **k: plain(_f(self, *a, **k))
+        return type(c.__name__, (c,), wrapped)
+
     def visible(program, builtins):
         # The program's top-level names as the tests see them (the field's harnesses run
         # program, tests and check in one namespace): callables return plain values only;
@@ -128,7 +149,7 @@ def _harness(source, test_code, entry):
                 view[name] = value
             elif isinstance(value, type):
                 if inert_class(value):
-                    view[name] = value
+                    view[name] = plain_class(value)
             elif callable(value):  # functions, and built-in callables such as [liar].__getitem__
                 view[name] = plain_returns(value)
             else:

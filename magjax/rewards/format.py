@@ -26,6 +26,7 @@ def check_format(kind: str, response: str) -> FormatResult:
         return FormatResult(False, f"{text.count('<think>')} <think> and {text.count('</think>')} </think> tags (need one each)")
     thinking, answer = text[len("<think>"):].split("</think>", 1)
     if kind == "math":
+        # The pattern math.last_boxed extracts: only \boxed is an answer (\fbox is not, in either place).
         if not re.search(r"\\boxed\s*\{", answer):
             return FormatResult(False, "no \\boxed{} answer after </think>")
     elif kind == "code":

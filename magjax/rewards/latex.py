@@ -2,8 +2,8 @@
 
 Graders built on ``parse_expr``/``sympify`` execute model text as Python; this parser only
 knows a fixed grammar (numbers, repeating decimals ``0.\\overline{6}``, + - * / ^, implicit
-products, \\frac, \\sqrt, \\binom, factorial, absolute values, constants (``i`` is the imaginary
-unit), functions with powers and inverses (``\\cot^2 t``, ``\\sin^{-1} x``, ``\\log_2 8``), degrees
+products, \\frac, \\sqrt, \\binom, factorial, absolute values, floor and ceiling, constants (``i`` is the imaginary
+unit), Greek letters as variables, functions with powers and inverses (``\\cot^2 t``, ``\\sin^{-1} x``, ``\\log_2 8``), degrees
 inside trigonometric functions) and refuses anything else with ``LatexError``. Guards stop
 expressions that would take SymPy minutes or gigabytes (exponent towers, huge factorials)
 before SymPy sees them.
@@ -42,6 +42,9 @@ TRIG = {"sin", "cos", "tan", "sec", "csc", "cot"}  # their arguments take degree
 INVERSE = {"sin": sympy.asin, "cos": sympy.acos, "tan": sympy.atan, "sec": sympy.asec, "csc": sympy.acsc,
            "cot": sympy.acot}
 CONSTANTS = {"pi": sympy.pi, "infty": sympy.oo, "e": sympy.E}
+GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta", "iota",
+         "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi", "chi", "psi",
+         "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega"}  # variables
 
 
 def tokenize(text: str) -> list[tuple[str, str]]:
@@ -105,7 +108,8 @@ class _Parser:
         if kind in ("num", "letter"):
             return True
         if kind == "cmd":
-            return tok[1:] in ("frac", "sqrt", "binom") or tok[1:] in CONSTANTS or tok[1:] in FUNCTIONS
+            return tok[1:] in ("frac", "sqrt", "binom", "lfloor", "lceil") or tok[1:] in CONSTANTS or \
+                tok[1:] in FUNCTIONS or tok[1:] in GREEK
         return tok in ("(", "{")
 
     def product(self):
@@ -172,6 +176,10 @@ class _Parser:
             expr = self.sum()
             self.take("|")
             return sympy.Abs(expr)
+        if tok in ("\\lfloor", "\\lceil"):
+            expr = self.sum()
+            self.take("\\rfloor" if tok == "\\lfloor" else "\\rceil")
+            return sympy.floor(expr) if tok == "\\lfloor" else sympy.ceiling(expr)
         if tok == "(":
             expr = self.sum()
             self.take(")")
@@ -194,6 +202,8 @@ class _Parser:
                 return sympy.sqrt(self.group() if self.peek()[1] == "{" else self.atom())
             if name in CONSTANTS:
                 return CONSTANTS[name]
+            if name in GREEK:
+                return sympy.Symbol(name)
             if name in FUNCTIONS:
                 return self._function(name)
         raise LatexError(f"unsupported {tok!r}")
@@ -216,7 +226,8 @@ class _Parser:
                 arg = self.postfix(self.atom())
             else:  # \sin 2x is sin(2x); the argument ends at an operator or another command
                 arg = self.power()
-                while self.peek()[0] in ("num", "letter") or self.peek()[1] == "\\pi":
+                while self.peek()[0] in ("num", "letter") or (self.peek()[0] == "cmd" and
+                                                              self.peek()[1][1:] in GREEK | {"pi"}):
                     arg = arg * self.power()
         finally:
             self.trig_depth -= name in TRIG

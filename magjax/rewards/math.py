@@ -78,7 +78,8 @@ class Answer:
     parts: tuple = ()
     closed: tuple[bool, bool] = (True, True)  # intervals
     percent: bool = False
-    text: str = ""  # the label of "x = 3" (or of "y \in (0, 4]")
+    text: str = ""  # the words of a text answer
+    label: str = ""  # the name a value is given: x in "x = 3", y in "y \in (0, 4]"
     raw: str = ""  # the normalised source
     decimal: str = ""  # the source when the answer is one written decimal number
     strict: bool = False  # relations: d < 0 (strict) or d <= 0
@@ -89,7 +90,10 @@ INVALID = Answer("invalid")
 
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left|\\right|\\big|\\Big|\\bigg|\\Bigg|\\limits")
 _UNIT_TEXT = re.compile(r"([\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z ]*(?:units?|cm|m|km|kg|g|s|sec|seconds|minutes|hours|"
-                        r"degrees|dollars|cents|inches|feet|meters|miles|square|cubic|liters|mph)[a-zA-Z^0-9 ]*\}")
+                        r"degrees|dollars|cents|inches|feet|meters|miles|square|cubic|liters|mph)[a-zA-Z^0-9 ]*\}"
+                        r"(?:\^\{?[23]\}?)?")  # cm^2
+_UNIT_BARE = re.compile(r"^(-?[\d.]+)\s+(?:units?|cm|m|km|kg|g|s|sec|seconds|minutes|hours|degrees|dollars|cents|"
+                        r"inches|feet|meters|miles|liters|mph)(?:\^\{?[23]\}?)?$")  # "10 cm" (no \text)
 _ESCAPED = re.compile(r"\\\\(?=[A-Za-z{}%$,!;: ])")  # "\\frac" in JSON-escaped data is "\frac"
 
 
@@ -100,16 +104,20 @@ def normalize(text: str) -> str:
     s = re.sub(r"^\\\[|\\\]$|^\\\(|\\\)$", "", s).strip()
     s = re.sub(r"\\(?:boxed|fbox)\s*(?=\{)", "", s)  # a box inside the answer is just a group
     s = re.sub(r"\\[dtc]frac", r"\\frac", s).replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
-    s = s.replace("−", "-")
+    s = s.replace("−", "-").replace("\\neq", "\\ne")
     s = re.sub(r"(\d)\{,\}(?=\d{3})", r"\1", s)  # 12{,}345
     s = re.sub(r"(\d),\s*\\!\s*(?=\d{3})", r"\1", s)  # 7,\! 250,\! 000
     s = _SPACING.sub(" ", s)
     s = _UNIT_TEXT.sub(r"\1", s)  # units after a number: "10\text{ cm}" is 10
+    s = re.sub(r"^\\text\{\s*(-?[\d.]+(?:\s+[A-Za-z]+)?)\s*\}$", r"\1", s)  # \text{10}, \text{10 cm}
+    s = _UNIT_BARE.sub(r"\1", s)
     s = re.sub(r"\s*(?:\\text\{\s*(?:pct|percent)\s*\}|\bpct\b|\bpercent\b)\s*$", r"\\%", s)
     s = re.sub(r"\\mathrm\{e\}", "e", s)
     s = re.sub(r"\\(?:mathrm|mathbf|textbf|boldsymbol|mathit|operatorname)\{([^{}]*)\}", r"\1", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\infinity", "\\infty")
     s = s.replace("\\lvert", "|").replace("\\rvert", "|").replace("\\varnothing", "\\emptyset")
+    s = s.replace("\\langle", "(").replace("\\rangle", ")")  # a vector <1, 2> is the tuple (1, 2)
+    s = re.sub(r"(\^\s*\{\s*\\circ\s*\}|\^\s*\\circ)\s*(?:\\text\{\s*[CF]\s*\}|[CF](?![A-Za-z]))", r"\1", s)  # 30^\circ C
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     if re.fullmatch(r"-?\d{1,3}([, ]\d{3})+(\.\d+)?", s):  # thousands separators: 1,000 or 1\,000
         s = s.replace(",", "").replace(" ", "")
@@ -151,7 +159,8 @@ _RELATION = re.compile(r"\\(?:leqslant|geqslant|leq|geq|le|ge|lt|gt|approx|in|ne
 _OPS = {"\\leqslant": "<=", "\\leq": "<=", "\\le": "<=", "<=": "<=", "\\geqslant": ">=", "\\geq": ">=",
         "\\ge": ">=", ">=": ">=", "\\lt": "<", "<": "<", "\\gt": ">", ">": ">", "=": "=", "\\approx": "=",
         "\\in": "in", "\\neq": "!=", "\\ne": "!="}
-_NAME = r"(?:[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
+_GREEK_NAME = r"\\(?:alpha|beta|gamma|delta|theta|phi|varphi|omega|lambda|mu|sigma|tau|rho)(?![A-Za-z])"
+_NAME = r"(?:(?:\\(?:sin|cos|tan|cot|sec|csc)\s*)?" + _GREEK_NAME + r"|\\(?:sin|cos|tan|cot|sec|csc)\s*[A-Za-z]|[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
 _LABEL = re.compile(rf"(?:m\s*)?(?:\\angle\s*)?{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)")
 _WORDS = re.compile(r"(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z .']*[A-Za-z.]")  # a word ("no"), not a product ("x y")
 
@@ -211,6 +220,9 @@ def _parse(s: str) -> Answer:
     if re.fullmatch(r"\\mathbb\{R\}|\\R|\\mathbb R", s):
         return Answer("interval", (-sympy.oo, sympy.oo), closed=(False, False))
     if whole == "set":
+        builder = re.fullmatch(r"\s*([A-Za-z])\s*(?:\||\\mid|:)\s*(.+)", s[2:-2])
+        if builder:  # \{x \mid x > 2\}: the set its condition describes
+            return dataclasses.replace(parse_answer(builder.group(2)), label=builder.group(1))
         return Answer("set", tuple(parse_answer(p) for p in _split_top(s[2:-2]) if p))
     if whole == "round":
         inner = _split_top(s[1:-1])
@@ -260,18 +272,18 @@ def _relation(members: list[str], ops: list[str]) -> Answer:
     if ops == ["in"]:
         if not _LABEL.fullmatch(members[0]):
             raise LatexError(f"{members[0]!r} is not a name")
-        return dataclasses.replace(parse_answer(members[1]), text=members[0])
+        return dataclasses.replace(parse_answer(members[1]), label=members[0])
     if set(ops) == {"="}:
         label = members[0] if _LABEL.fullmatch(members[0]) else ""
         values = members[1:] if label else members
         if len(values) == 1:
-            return dataclasses.replace(parse_answer(values[0]), text=label)
+            return dataclasses.replace(parse_answer(values[0]), label=label)
         parsed = [parse_answer(v) for v in values]
         if not label and len(values) == 2 and any(_free(p) for p in parsed):
             return Answer("equation", (_expr(values[0]), _expr(values[1])))
         # A chain "y = 2 + 3 = 5" states its last member, when every member agrees.
         if all(answers_equal(p, parsed[-1]) for p in parsed[:-1]):
-            return dataclasses.replace(parsed[-1], text=label)
+            return dataclasses.replace(parsed[-1], label=label)
         return INVALID
     if "in" in ops or "=" in ops or not (set(ops) <= {"<", "<="} or set(ops) <= {">", ">="}) or len(ops) > 2:
         raise LatexError("a mixed chain of relations")
@@ -280,7 +292,7 @@ def _relation(members: list[str], ops: list[str]) -> Answer:
     if len(pieces) == 1:
         return pieces[0]
     a, b = pieces
-    if a.kind == b.kind == "interval" and a.text == b.text:  # 0 < y <= 4: both ends on y
+    if a.kind == b.kind == "interval" and a.label == b.label:  # 0 < y <= 4: both ends on y
         return _intersect(a, b)
     raise LatexError("a chain of inequalities in more than one variable")
 
@@ -303,8 +315,8 @@ def _inequality(lhs, op: str, rhs) -> Answer:
             a, b = poly  # a x + b < 0
             bound = -b / a
             if a > 0:
-                return Answer("interval", (-sympy.oo, bound), closed=(False, not strict), text=str(x))
-            return Answer("interval", (bound, sympy.oo), closed=(not strict, False), text=str(x))
+                return Answer("interval", (-sympy.oo, bound), closed=(False, not strict), label=str(x))
+            return Answer("interval", (bound, sympy.oo), closed=(not strict, False), label=str(x))
     if not symbols:
         raise LatexError("an inequality between numbers")
     return Answer("relation", (d,), strict=strict)
@@ -339,7 +351,7 @@ def _intersect(a: Answer, b: Answer) -> Answer:
             raise LatexError("interval ends that do not compare")
         ends.append((x, x_closed) if comparison == sympy.true else (y, y_closed))
     (lo, lo_closed), (hi, hi_closed) = ends
-    return Answer("interval", (lo, hi), closed=(lo_closed, hi_closed), text=a.text)
+    return Answer("interval", (lo, hi), closed=(lo_closed, hi_closed), label=a.label)
 
 
 def _free(answer: Answer) -> bool:
@@ -448,28 +460,31 @@ def _simplifies_to_zero(d) -> bool:
 
 
 def _proportional(a, b, positive: bool = False) -> bool:
-    """Whether a = c b for a non-zero number c (positive when asked)."""
+    """Whether a = c b for a non-zero number c (positive when asked): the ratio at the
+    evaluation points, or SymPy's cancellation of a / b where evaluation fails."""
     if a == 0 or b == 0:
         return a == b == 0
     if _too_big_to_expand(a) or _too_big_to_expand(b):
         return False
-    try:
-        ratio = sympy.cancel(sympy.together(a / b))
-    except Exception:  # SymPy raises a zoo of types on odd input
-        return False
-    if ratio.free_symbols:
-        ratio = None
-        for point in _points(a.free_symbols | b.free_symbols):
-            try:
-                x, y = a.evalf(EVAL_DIGITS, subs=point), b.evalf(EVAL_DIGITS, subs=point)
-            except (TypeError, ValueError, ArithmeticError):
-                return False
-            if not (x.is_number and y.is_number) or y == 0 or _infinite(x) or _infinite(y):
-                return False
-            r = x / y
-            if ratio is not None and not _numbers_equal(r, ratio):
-                return False
-            ratio = r
+    ratio, agreed = None, 0
+    for point in _points(a.free_symbols | b.free_symbols):
+        try:
+            x, y = a.evalf(EVAL_DIGITS, subs=point), b.evalf(EVAL_DIGITS, subs=point)
+        except (TypeError, ValueError, ArithmeticError):
+            continue
+        if not (x.is_number and y.is_number) or x == 0 or y == 0 or _infinite(x) or _infinite(y):
+            continue  # a root or a pole of one side, or a function left symbolic
+        r = x / y
+        if ratio is not None and not _numbers_equal(r, ratio):
+            return False
+        ratio, agreed = r, agreed + 1
+    if agreed < 3:
+        try:
+            ratio = sympy.cancel(sympy.together(a / b))
+        except Exception:  # SymPy raises a zoo of types on odd input
+            return False
+        if ratio.free_symbols:
+            return False
     if ratio is None or not ratio.is_number or ratio == 0 or _infinite(ratio):
         return False
     return not positive or bool(ratio.is_positive)
@@ -486,7 +501,7 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         return _plain(_untext(other.raw)) == letter or answers_equal(value, other)
     if gold.kind == "text" or pred.kind == "text":  # words compare as words, whatever they parsed as
         return _plain(_untext(gold.raw or gold.text)) == _plain(_untext(pred.raw or pred.text))
-    if gold.text and pred.text and _label(gold.text) != _label(pred.text):
+    if gold.label and pred.label and _label(gold.label) != _label(pred.label):
         # Two names: "x = 3" does not answer "y = 3", but "x = (y-1)/2" answers "y = 2x + 1".
         return gold.kind == pred.kind == "expr" and answers_equal(_as_equation(gold), _as_equation(pred))
     collections_ = ("list", "set")
@@ -498,7 +513,7 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         return (gold.kind, pred.kind) != ("list", "list") and answers_equal(g[0], p[0])
     if "equation" in (gold.kind, pred.kind):  # "y = 1 - x" answers "x + y = 1"
         gold, pred = _as_equation(gold), _as_equation(pred)
-    if gold.kind == pred.kind == "expr" and gold.text and pred.text:
+    if gold.kind == pred.kind == "expr" and gold.label and pred.label:
         if _values_equal(gold, pred):
             return True
         gold, pred = _as_equation(gold), _as_equation(pred)  # "x = (y-1)/2" answers "y = 2x + 1"
@@ -548,9 +563,9 @@ def _value_equal(gold: Answer, pred: Answer, a, b) -> bool:
 
 
 def _as_equation(answer: Answer) -> Answer:
-    if answer.kind == "expr" and answer.text:
+    if answer.kind == "expr" and answer.label:
         try:
-            label = _side(answer.text)
+            label = _side(answer.label)
         except LatexError:
             return answer
         return Answer("equation", (label, answer.parts[0]), raw=answer.raw)
@@ -563,14 +578,14 @@ def _label(text: str) -> str:
 
 def _named(members: list[Answer]) -> bool:
     """Every member labelled, each with its own name: "x=2, y=3" (not the roots "x=1, x=2")."""
-    labels = [_label(m.text) for m in members]
+    labels = [_label(m.label) for m in members]
     return all(labels) and len(set(labels)) == len(labels)
 
 
 def _members_equal(gold: list[Answer], pred: list[Answer]) -> bool:
     """Several answers are unordered, but values named on one side and bare on the other
     ("PQ=6, RS=2" against "6, 2") keep their order: "2, 6" would give PQ the value 2."""
-    if _named(gold) != _named(pred) and not any(m.text for m in (pred if _named(gold) else gold)):
+    if _named(gold) != _named(pred) and not any(m.label for m in (pred if _named(gold) else gold)):
         return len(gold) == len(pred) and all(map(answers_equal, gold, pred))
     return _multiset_equal(gold, pred, answers_equal)
 
@@ -591,7 +606,7 @@ def _multiset_equal(gold: list, pred: list, eq) -> bool:
 
 def equivalent(gold: str, pred: str) -> bool:
     """True when ``pred`` (the content of the last \\boxed{}) answers ``gold``."""
-    if normalize(gold) == normalize(pred):
+    if normalize(gold).replace(" ", "") == normalize(pred).replace(" ", ""):
         return True
     try:
         return answers_equal(parse_answer(gold), parse_answer(pred))
