@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from magjax.models import decoder
 from magjax.rl import optimizer as opt_lib
@@ -29,19 +30,29 @@ def params(model, mesh):
     return with_shardings(shapes, decoder.param_shardings(model, mesh))
 
 
-def train_state(recipe, mesh):
-    """(abstract TrainState, the optimizer, its schedule) on the trainer's mesh."""
+def init_state_fn(recipe):
+    """(the run's state initialisation as one jitted function of the parameters, the
+    optimizer, its schedule): ``train_step.init_state``, with a frozen reference copy of the
+    parameters when the loss has a KL term."""
     tx, schedule = opt_lib.make_optimizer(recipe.optimizer)
-    p = params(recipe.model, mesh)
     with_ref = recipe.loss.kl_coef > 0
-    init = jax.jit(lambda p: train_step.init_state(p, tx, p if with_ref else None))
-    with jax.set_mesh(mesh):
-        compiled = init.lower(p).compile()
+    return jax.jit(lambda p: train_step.init_state(p, tx, p if with_ref else None)), tx, schedule
+
+
+def state_sharded_like_params(init, tx, p, mesh):
+    """The train state with every optimizer moment laid out as its parameter (what a run
+    needs when XLA's own choice for the moments does not fit)."""
     shapes = jax.eval_shape(init, p)
-    return with_shardings(shapes, compiled.output_shardings), tx, schedule
+    param_sh = jax.tree.map(lambda x: x.sharding, p)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, shapes.opt_state, param_sh,
+                                   transform_non_params=lambda _: replicated)
+    sh = train_step.TrainState(replicated, param_sh, opt_sh, replicated,
+                               None if shapes.ref_params is None else param_sh)
+    return with_shardings(shapes, sh)
 
 
-def microbatches(recipe, data_parallel: int) -> int:
+def microbatches(recipe) -> int:
     """Microbatches in one train step for the largest minibatch, one sequence per row (the
     most rows a minibatch can need), rounded up to a power of two as batching.pack does."""
     run, rows = recipe.run, recipe.packing.rows

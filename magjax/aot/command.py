@@ -30,8 +30,11 @@ def model_flops_per_token(model, row_len: int) -> float:
     return matmul_flops(model) + 12.0 * model.num_layers * model.num_heads * model.head_dim * row_len / 2
 
 
-def _moment_note(state) -> list[str]:
+def _moment_note(state, init) -> list[str]:
     """Optimizer moments less sharded than the parameters they shadow cost every chip."""
+    if not init.compiled:
+        return ["the run's init_state does not fit (its optimizer moments take XLA's layout); the train step was "
+                "compiled with the moments sharded like the parameters"]
     params, moments = abstract.per_chip_bytes(state.params), abstract.per_chip_bytes(state.opt_state)
     total = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
     expected = params * total(state.opt_state) / max(total(state.params), 1)
@@ -63,7 +66,7 @@ def compile_report(recipe, slice_: topology.Slice):
         sampler_weights_bytes=result.sampler_weights_bytes, kv_cache_bytes=result.kv_cache_bytes,
         microbatches=result.microbatches, tokens_per_step=tokens,
         model_flops_per_step=tokens * model_flops_per_token(model, recipe.packing.row_len),
-        notes=_moment_note(result.train_state))
+        notes=_moment_note(result.train_state, next(f for f in result.functions if f.function == "init_state")))
 
 
 def _estimate(recipe, args, slice_: topology.Slice | None) -> int:

@@ -22,7 +22,7 @@ from magjax.aot import abstract
 from magjax.aot.placement import Placement
 from magjax.aot.topology import parse_bytes
 from magjax.rl import train_step
-from magjax.sampling.engine import Engine
+from magjax.sampling.engine import Engine, prepared_shardings
 
 
 @dataclasses.dataclass
@@ -40,13 +40,16 @@ class FunctionMemory:
     compile_s: float = 0.0
     xla_flops: float | None = None  # per chip, XLA's cost analysis (a loop body counted once)
     needed_bytes: int | None = None  # did not fit: what XLA said it needed
+    needed_kind: str | None = None  # "temporaries" (XLA named only those) or "total"
     error: str | None = None  # did not compile for another reason (one line)
 
     @property
     def peak_bytes(self) -> int:
         """Arguments, outputs not written in place, temporaries and code, all live at once."""
-        if self.needed_bytes is not None:
+        if self.needed_kind == "total":
             return self.needed_bytes
+        if self.needed_kind == "temporaries":  # the arguments (logical sizes) are live beside them
+            return self.argument_bytes + self.needed_bytes
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
 
     @property
@@ -56,16 +59,16 @@ class FunctionMemory:
 
 # RESOURCE_EXHAUSTED texts: "the total memory required for HLO temporaries (1.00T) exceeds
 # available HBM (95.74G)" or "Used 120.5G of 95.74G hbm. Exceeded hbm capacity by 24.8G."
-_NEEDS = (re.compile(r"memory required for [^(]*\(([0-9.]+)([KMGT]?)\) exceeds"),
-          re.compile(r"Used ([0-9.]+)([KMGT]?) of [0-9.]+[KMGT]? hbm"))
+_NEEDS = (("temporaries", re.compile(r"memory required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds")),
+          ("total", re.compile(r"Used ([0-9.]+)([KMGT]?) of [0-9.]+[KMGT]? hbm")))
 
 
-def _needed(message: str) -> int | None:
-    for pattern in _NEEDS:
+def _needed(message: str) -> tuple[int, str] | tuple[None, None]:
+    for kind, pattern in _NEEDS:
         found = pattern.search(message)
         if found:
-            return parse_bytes(*found.groups())
-    return None
+            return parse_bytes(*found.groups()), kind
+    return None, None
 
 
 def compile_function(memory: FunctionMemory, jitted, args, mesh) -> tuple[FunctionMemory, object]:
@@ -80,7 +83,9 @@ def compile_function(memory: FunctionMemory, jitted, args, mesh) -> tuple[Functi
             compiled = jitted.lower(*args).compile()
     except Exception as err:  # noqa: BLE001 - a program that does not fit is a result
         text = str(err)
-        memory.needed_bytes = _needed(text) if "RESOURCE_EXHAUSTED" in text else None
+        if "RESOURCE_EXHAUSTED" in text:
+            memory.needed_bytes, memory.needed_kind = _needed(text)
+            memory.argument_bytes = abstract.per_chip_bytes(args)  # logical: XLA gave no analysis
         if memory.needed_bytes is None:
             memory.error = f"{type(err).__name__}: {text.strip().splitlines()[0][:300]}"
     memory.compile_s = time.perf_counter() - start
@@ -113,11 +118,19 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     model, engine_config, packing = recipe.model, recipe.engine, recipe.packing
     functions = []
 
-    # Trainer: one step over the largest minibatch's microbatches.
+    # Trainer: its state as the run initialises it, then one step over the largest
+    # minibatch's microbatches.
     tmesh = placement.trainer
-    state, tx, schedule = abstract.train_state(recipe, tmesh)
-    data_parallel = tmesh.shape["data"] * tmesh.shape["fsdp"]
-    m = abstract.microbatches(recipe, data_parallel)
+    init, tx, schedule = abstract.init_state_fn(recipe)
+    p = abstract.params(model, tmesh)
+    init_memory, compiled = compile_function(FunctionMemory("trainer", "init_state", "parameters -> train state"),
+                                             init, (p,), tmesh)
+    functions.append(init_memory)
+    if compiled is not None:
+        state = abstract.with_shardings(jax.eval_shape(init, p), compiled.output_shardings)
+    else:
+        state = abstract.state_sharded_like_params(init, tx, p, tmesh)
+    m = abstract.microbatches(recipe)
     batch = abstract.train_batch(recipe, tmesh, m)
     step = train_step.make_train_step(model, recipe.loss, tx, schedule, mesh=tmesh,
                                       shardings=jax.tree.map(lambda s: s.sharding, state))
@@ -128,23 +141,22 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     # Sampler: the publication fixes the layout prefill and decode read.
     gmesh = placement.generator
     engine = Engine(model, engine_config, recipe.sampling, eos_id, mesh=gmesh)
-    arriving = state.params if placement.same_mesh else abstract.params(model, gmesh)
+    arriving = p if placement.same_mesh else abstract.params(model, gmesh)
     publish, compiled = compile_function(FunctionMemory("sampler", "publish", "trainer layout -> sampler layout"),
                                          engine._prepare, (arriving,), gmesh)
     functions.append(publish)
     shapes = jax.eval_shape(engine._prepare, arriving)
     if compiled is not None:
         weights = abstract.with_shardings(shapes, compiled.output_shardings)
-    else:  # the layout the engine asks for (prepared_shardings)
-        weights = abstract.with_shardings(shapes, engine._prepare._out_shardings if hasattr(
-            engine._prepare, "_out_shardings") else jax.tree.map(lambda _: None, shapes))
+    else:  # the layout the engine asks for
+        weights = abstract.with_shardings(shapes, prepared_shardings(model, gmesh, engine.native))
     decode_state = abstract.decode_state(engine)
-    g, p = recipe.run.group_size, engine_config.prompt_buckets[-1]
+    g, bucket = recipe.run.group_size, engine_config.prompt_buckets[-1]
     i32 = lambda shape=(): abstract.scalar(gmesh, np.int32, shape)  # noqa: E731
-    tokens = abstract.scalar(gmesh, np.int32, (1, p))
+    tokens = abstract.scalar(gmesh, np.int32, (1, bucket))
     prefill_args = (weights, decode_state, tokens, i32(), i32((g,)), i32(), i32((g,)), i32())
     functions.append(compile_function(
-        FunctionMemory("sampler", "prefill", f"1 prompt of {p} tokens into {g} of {engine_config.slots} slots x "
+        FunctionMemory("sampler", "prefill", f"1 prompt of {bucket} tokens into {g} of {engine_config.slots} slots x "
                        f"{engine_config.max_len}"), engine._prefill, prefill_args, gmesh)[0])
     functions.append(compile_function(
         FunctionMemory("sampler", "decode", f"{engine_config.chunk_steps} steps x {engine_config.slots} slots x "

@@ -51,6 +51,6 @@ def load(files: list[str], bindings: list[str]) -> Recipe:
     """Parses the gin files and bindings; raises config.ConfigError or ValueError naming what is wrong."""
     config.parse(files, bindings, required_as_none=True)
     built = config.build_abstract()
-    return Recipe(str(_macro("MODEL") or built["model"].family), built["model"], built["RunConfig"], built["EngineConfig"], built["SamplingConfig"],
-                  built["PackingConfig"], built["LossConfig"], built["OptimizerConfig"], _macro("MESH_SLICE"),
-                  _macro("MESH_DEVICES"))
+    return Recipe(str(_macro("MODEL") or built["model"].family), built["model"], built["RunConfig"],
+                  built["EngineConfig"], built["SamplingConfig"], built["PackingConfig"], built["LossConfig"],
+                  built["OptimizerConfig"], _macro("MESH_SLICE"), _macro("MESH_DEVICES"))

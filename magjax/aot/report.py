@@ -15,7 +15,7 @@ import json
 from magjax.aot.compile import FunctionMemory
 
 GIB = 1 << 30
-ROLES = {"trainer": ("train_step",), "sampler": ("publish", "prefill", "decode")}
+ROLES = {"trainer": ("init_state", "train_step"), "sampler": ("publish", "prefill", "decode")}
 RESIDENT = {"trainer": "train_step", "sampler": "decode"}  # whose arguments are the role's resident state
 
 
@@ -129,13 +129,15 @@ class Report:
     # ------------------------------------------------------------------ text
 
     def describe(self) -> str:
-        g = lambda b: f"{b / GIB:.2f}"  # noqa: E731
+        # One unit for the whole text: GiB, or MiB when every figure is under 1 GiB.
+        unit, scale = ("GiB", GIB) if max(f.peak_bytes for f in self.functions) >= GIB else ("MiB", 1 << 20)
+        g = lambda b: f"{b / scale:.2f}"  # noqa: E731
         mesh = lambda m: " x ".join(f"{k} {v}" for k, v in m.items())  # noqa: E731
         lines = [
             f"{self.model}: {self.params:,} parameters on {self.slice} ({self.topology}, {self.chips} chips on "
-            f"{self.hosts} host(s)), HBM {g(self.hbm_bytes)} GiB per chip ({self.hbm_source})",
+            f"{self.hosts} host(s)), HBM {self.hbm_bytes / GIB:.2f} GiB per chip ({self.hbm_source})",
             f"  trainer mesh {mesh(self.trainer_mesh)}; sampler mesh {mesh(self.sampler_mesh)}; {self.placement}",
-            "per chip, GiB, as XLA allocates (compiled ahead of time for the slice):",
+            f"per chip, {unit}, as XLA allocates (compiled ahead of time for the slice):",
             f"  {'role':<8}{'function':<12}{'arguments':>10}{'outputs':>9}{'aliased':>9}{'temps':>9}{'code':>7}"
             f"{'peak':>9}{'compile':>9}  shape",
         ]
@@ -143,10 +145,13 @@ class Report:
             if f.compiled:
                 cells = (f"{g(f.argument_bytes):>10}{g(f.output_bytes):>9}{g(f.alias_bytes):>9}"
                          f"{g(f.temp_bytes):>9}{g(f.code_bytes):>7}{g(f.peak_bytes):>9}")
+            elif f.needed_kind == "temporaries":
+                text = f"does not fit: needs {g(f.peak_bytes)} {unit} (temporaries {g(f.needed_bytes)})"
+                cells = f"{g(f.argument_bytes):>10}  {text:<51}"
             elif f.needed_bytes is not None:
-                cells = f"{'does not fit: needs ' + g(f.needed_bytes) + ' GiB':>53}"
+                cells = f"{'':>10}  {'does not fit: needs ' + g(f.needed_bytes) + ' ' + unit:<51}"
             else:
-                cells = f"{'did not compile':>53}"
+                cells = f"{'':>10}  {'did not compile (below)':<51}"
             lines.append(f"  {f.role:<8}{f.function:<12}{cells}{f.compile_s:>8.1f}s  {f.shape}")
             if f.error:
                 lines.append(f"      {f.error}")
@@ -157,10 +162,11 @@ class Report:
         if colocated is not None:
             lines.append(f"  colocated: trainer state + batch {g(self.resident_bytes('trainer'))} + sampler weights + "
                          f"KV cache {g(self.resident_bytes('sampler'))} + larger temporaries "
-                         f"{g(self.transient_bytes())} GiB")
+                         f"{g(self.transient_bytes())} {unit}")
             lines.append(self._verdict_line("together", colocated))
-        lines.append(f"  breakdown (logical): trainer state {g(self.trainer_state_bytes)}, batch {g(self.batch_bytes)}, "
-                     f"sampler weights {g(self.sampler_weights_bytes)}, KV cache and slots {g(self.kv_cache_bytes)} GiB")
+        lines.append(f"  breakdown (logical): trainer state {g(self.trainer_state_bytes)}, batch "
+                     f"{g(self.batch_bytes)}, sampler weights {g(self.sampler_weights_bytes)}, KV cache and slots "
+                     f"{g(self.kv_cache_bytes)} {unit}")
         lines.append(f"model FLOPs per train step: {self.model_flops_per_step:.3e} ({self.tokens_per_step:,} tokens, "
                      f"{self.microbatches} microbatches)")
         lines.append(f"compile time: {self.compile_s:.1f} s")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 
 GIB = 1 << 30
@@ -137,6 +138,10 @@ def devices(slice_: Slice) -> tuple:
 
     if not libtpu_available():
         raise RuntimeError(f"compiling for {slice_.name} needs libtpu: {INSTALL_HINT}")
+    # libtpu takes a machine-wide lock when it loads, for the TPU it would drive; compiling
+    # ahead of time drives none, so concurrent planners (test workers, several plans) and
+    # a run holding the TPU must not lock each other out.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     topo = topologies.get_topology_desc(platform="tpu", topology_name=slice_.topology_name,
                                         chip_config_name=slice_.generation.chip_config,
                                         chips_per_host_bounds=slice_.chips_per_host_bounds, num_slices=1)
