@@ -56,9 +56,10 @@ def test_xla_sizes_are_binary():
 
 # ---------------------------------------------------------------- compiled (libtpu)
 
-# Small shapes: TPU compile time grows with them, and the checks do not need more.
-SMALL = ["PackingConfig.rows=4", "PackingConfig.row_len=64", "EngineConfig.max_len=128", "EngineConfig.slots=16",
-         "EngineConfig.prompt_buckets=(64,)", "EngineConfig.chunk_steps=4", "RunConfig.n_batch=16",
+# Small shapes: TPU compile time grows with them, and the checks do not need more. Rows come
+# from a per-chip token budget: one 64-token row for each of the 4 chips' fsdp shards.
+SMALL = ["PackingConfig.tokens_per_chip=64", "PackingConfig.row_len=64", "EngineConfig.max_len=128",
+         "EngineConfig.slots=16", "EngineConfig.prompt_buckets=(64,)", "EngineConfig.chunk_steps=4", "RunConfig.n_batch=16",
          "RunConfig.n_async=16"]
 TINY = ["--gin_file", "experiments/demo_cpu.gin", "--gin.MODEL='tiny'", "--gin.RunConfig.placement='colocated'",
         *(f"--gin.{b}" for b in SMALL)]
@@ -137,7 +138,7 @@ def test_the_verdicts_follow_from_the_bytes_and_the_json_round_trips(tiny):
     from magjax.aot.command import model_flops_per_token
     from magjax.models import preset
 
-    assert d["microbatches"] == 4  # 16 sequences, one per row at most, in rows of 4
+    assert d["microbatches"] == 4  # 16 sequences, one per row at most, in 4 rows (one per chip)
     assert d["tokens_per_step"] == 4 * 4 * 64
     assert d["model_flops_per_step"] == pytest.approx(d["tokens_per_step"] * model_flops_per_token(preset("tiny"), 64))
     report = Report.from_dict(d)

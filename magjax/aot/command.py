@@ -55,7 +55,7 @@ def compile_report(recipe, slice_: topology.Slice):
     hbm, source = topology.hbm_bytes(slice_)
     placement = place(recipe.run, slice_, devices)
     result = compile_lib.compile_recipe(recipe, placement)
-    tokens = result.microbatches * recipe.packing.rows * recipe.packing.row_len
+    tokens = result.microbatches * result.rows * recipe.packing.row_len
     model = recipe.model
     return Report(
         model=recipe.model_name, params=model.num_params(), slice=slice_.name,
@@ -80,7 +80,9 @@ def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
         devices, why = recipe.mesh_devices, "the mesh file's MESH_DEVICES"
     else:
         devices, why = DEFAULT_DEVICES, "assumed: neither the mesh file nor --devices says"
-    plan = make_plan(recipe.model, recipe.trainer_mesh, devices, rows=recipe.packing.rows,
+    data, fsdp, _ = recipe.trainer_mesh.resolve(devices)
+    packing = recipe.packing.for_mesh(data * fsdp)
+    plan = make_plan(recipe.model, recipe.trainer_mesh, devices, rows=packing.rows,
                      row_len=recipe.packing.row_len, slots=recipe.engine.slots, max_len=recipe.engine.max_len,
                      device_memory_gb=args.device_memory_gb)
     print("ESTIMATE (a hand formula, not what XLA allocates; compile for the slice with --topology and libtpu: "
@@ -108,7 +110,11 @@ def run(args, bindings: list[str]) -> int:
         print(f"magjax plan: compiling for {args.topology} needs libtpu, which is not installed: {INSTALL_HINT}",
               file=sys.stderr)
     if not args.topology or not topology.libtpu_available():
-        return _estimate(recipe, args, slice_)
+        try:
+            return _estimate(recipe, args, slice_)
+        except ValueError as err:  # a mesh that does not divide the device count
+            print(f"magjax plan: configuration error: {err}", file=sys.stderr)
+            return 2
     try:
         report = compile_report(recipe, slice_)
     except ValueError as err:  # a mesh that does not divide the slice, a placement that cannot be made

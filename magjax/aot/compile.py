@@ -110,12 +110,13 @@ class Compilation:
     sampler_weights_bytes: int  # per chip: the sampler's copy of the weights
     kv_cache_bytes: int  # per chip: the sampler's slots (cache and per-slot state)
     microbatches: int
+    rows: int  # per microbatch, all chips (from the token budget, where the recipe sets one)
     train_state: object  # the abstract TrainState, with its shardings
 
 
 def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilation:
     """Compiles every function of the recipe on its placement (see placement.py)."""
-    model, engine_config, packing = recipe.model, recipe.engine, recipe.packing
+    model, engine_config = recipe.model, recipe.engine
     functions = []
 
     # Trainer: its state as the run initialises it, then one step over the largest
@@ -130,6 +131,8 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
         state = abstract.with_shardings(jax.eval_shape(init, p), compiled.output_shardings)
     else:
         state = abstract.state_sharded_like_params(init, tx, p, tmesh)
+    packing = recipe.packing.for_mesh(tmesh.shape["data"] * tmesh.shape["fsdp"])  # rows from a token budget
+    recipe = dataclasses.replace(recipe, packing=packing)
     m = abstract.microbatches(recipe)
     batch = abstract.train_batch(recipe, tmesh, m)
     step = train_step.make_train_step(model, recipe.loss, tx, schedule, mesh=tmesh,
@@ -162,4 +165,5 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
         FunctionMemory("sampler", "decode", f"{engine_config.chunk_steps} steps x {engine_config.slots} slots x "
                        f"{engine_config.max_len}"), engine._decode, (weights, decode_state), gmesh)[0])
     return Compilation(functions, abstract.per_chip_bytes(state), abstract.per_chip_bytes(batch),
-                       abstract.per_chip_bytes(weights), abstract.per_chip_bytes(decode_state), m, state)
+                       abstract.per_chip_bytes(weights), abstract.per_chip_bytes(decode_state), m, packing.rows,
+                       state)
