@@ -88,6 +88,8 @@ def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
     print("ESTIMATE (a hand formula, not what XLA allocates; compile for the slice with --topology and libtpu: "
           f"{INSTALL_HINT})")
     print(f"devices: {devices} ({why})")
+    if slice_ is not None and not args.topology and topology.libtpu_available():
+        print(f"(XLA's own figures: add --topology {slice_.name})")
     print(plan.describe())
     if args.json:
         with open(args.json, "w") as f:

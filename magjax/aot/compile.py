@@ -37,7 +37,8 @@ class FunctionMemory:
     alias_bytes: int = 0  # outputs written into donated arguments: counted once
     temp_bytes: int = 0
     code_bytes: int = 0
-    compile_s: float = 0.0
+    compile_s: float = 0.0  # wall clock
+    compile_cpu_s: float = 0.0  # this process's CPU time: comparable across busy and idle machines
     xla_flops: float | None = None  # per chip, XLA's cost analysis (a loop body counted once)
     needed_bytes: int | None = None  # did not fit: what XLA said it needed
     needed_kind: str | None = None  # "temporaries" (XLA named only those) or "total"
@@ -76,7 +77,7 @@ def compile_function(memory: FunctionMemory, jitted, args, mesh) -> tuple[Functi
 
     Traced under ``jax.set_mesh(mesh)``: Pallas TPU kernels read the chip generation from
     the context mesh."""
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     compiled = None
     try:
         with jax.set_mesh(mesh):
@@ -89,6 +90,7 @@ def compile_function(memory: FunctionMemory, jitted, args, mesh) -> tuple[Functi
         if memory.needed_bytes is None:
             memory.error = f"{type(err).__name__}: {text.strip().splitlines()[0][:300]}"
     memory.compile_s = time.perf_counter() - start
+    memory.compile_cpu_s = time.process_time() - start_cpu
     if compiled is not None:
         analysis = compiled.memory_analysis()
         memory.argument_bytes = int(analysis.argument_size_in_bytes)

@@ -97,6 +97,10 @@ class Report:
     def compile_s(self) -> float:
         return sum(f.compile_s for f in self.functions)
 
+    @property
+    def compile_cpu_s(self) -> float:
+        return sum(f.compile_cpu_s for f in self.functions)
+
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict:
@@ -111,7 +115,8 @@ class Report:
             "trainer_resident_bytes": self.resident_bytes("trainer"),
             "sampler_resident_bytes": self.resident_bytes("sampler"),
             "transient_bytes": self.transient_bytes()}
-        out["fits"], out["compile_s"], out["estimate"] = self.fits, self.compile_s, False
+        out["fits"], out["compile_s"], out["compile_cpu_s"], out["estimate"] = (self.fits, self.compile_s,
+                                                                             self.compile_cpu_s, False)
         return out
 
     @classmethod
@@ -169,7 +174,7 @@ class Report:
                      f"{g(self.kv_cache_bytes)} {unit}")
         lines.append(f"model FLOPs per train step: {self.model_flops_per_step:.3e} ({self.tokens_per_step:,} tokens, "
                      f"{self.microbatches} microbatches)")
-        lines.append(f"compile time: {self.compile_s:.1f} s")
+        lines.append(f"compile time: {self.compile_s:.1f} s ({self.compile_cpu_s:.1f} s of CPU)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
