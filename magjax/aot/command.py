@@ -122,6 +122,10 @@ def run(args, bindings: list[str]) -> int:
     except ValueError as err:  # a mesh that does not divide the slice, a placement that cannot be made
         print(f"magjax plan: configuration error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # libtpu could not describe the slice
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"magjax plan: cannot compile for {slice_.name}: {first}", file=sys.stderr)
+        return 2
     print(report.describe())
     if args.json:
         report.write_json(args.json)
