@@ -56,6 +56,19 @@ def test_xla_sizes_are_binary():
 
 # ---------------------------------------------------------------- compiled (libtpu)
 
+@needs_libtpu
+@pytest.mark.parametrize("name, kind, hbm_gib", [
+    ("v4-32", "TPU v4", 30.75), ("v5e-16", "TPU v5 lite", 15.75), ("v6e-8", "TPU v6 lite", 31.25),
+    ("v5p-64", "TPU v5", 95.74),
+])
+def test_each_generation_gives_one_device_per_chip_and_its_hbm(name, kind, hbm_gib):
+    s = parse_slice(name)
+    devices = topology.devices(s)
+    assert len(devices) == s.chips and {d.device_kind for d in devices} == {kind}
+    hbm, source = topology.hbm_bytes(s)
+    assert source == "XLA" and hbm == pytest.approx(hbm_gib * GIB, rel=1e-3)
+
+
 # Small shapes: TPU compile time grows with them, and the checks do not need more. Rows come
 # from a per-chip token budget: one 64-token row for each of the 4 chips' fsdp shards.
 SMALL = ["PackingConfig.tokens_per_chip=64", "PackingConfig.row_len=64", "EngineConfig.max_len=128",
