@@ -166,8 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also the weight-trajectory analysis over the run's checkpoints")
         elif name == "plan":
             p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-            p.add_argument("--devices", type=int, default=8, help="devices the mesh spans")
-            p.add_argument("--device_memory_gb", type=float, help="memory per device, to check the fit")
+            p.add_argument("--devices", type=int,
+                           help="devices the mesh spans (default: the slice's chips, or the mesh file's MESH_DEVICES)")
+            p.add_argument("--device_memory_gb", type=float, help="estimate: memory per device, to check the fit")
+            p.add_argument("--topology", help="a TPU slice (v5p-64, v5e-16, v4-32, v6e-8, v5p:2x4x4): compile the "
+                                              "experiment for it and report XLA's per-chip memory (needs libtpu)")
+            p.add_argument("--json", help="also write the report as JSON to this path")
         elif name == "export":
             p.add_argument("run_dir", help="a run directory (its rl/checkpoints) or a checkpoints directory")
             p.add_argument("--out", required=True, help="the Hugging Face directory to write")
@@ -225,20 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
         return _bench(args, bindings)
     if args.command == "plan":
-        from magjax import config
-        from magjax.plan import make_plan
+        from magjax.aot import command as plan_command
 
-        try:
-            config.parse(args.gin_file or [DEFAULT_GIN["train"]], bindings)
-            built = config.build_abstract()
-        except (config.ConfigError, ValueError) as err:
-            print(f"magjax plan: configuration error: {err}", file=sys.stderr)
-            return 2
-        run, engine, packing = built["RunConfig"], built["EngineConfig"], built["PackingConfig"]
-        plan = make_plan(built["model"], run.trainer_mesh, args.devices, rows=packing.rows, row_len=packing.row_len,
-                         slots=engine.slots, max_len=engine.max_len, device_memory_gb=args.device_memory_gb)
-        print(plan.describe())
-        return 0 if plan.fits else 1
+        return plan_command.run(args, bindings)
     if args.command == "export":
         from magjax.export import export
         from magjax.checkpoint import find_checkpoints

@@ -57,8 +57,12 @@ def find_gin_file(name: str) -> str:
     raise ConfigError(f"gin file {name!r} not found (searched {searched})")
 
 
-def parse(files: list[str], bindings: list[str]):
-    """Applies gin files then bindings (``NAME=VALUE``), with errors naming file and line."""
+def parse(files: list[str], bindings: list[str], *, required_as_none: bool = False):
+    """Applies gin files then bindings (``NAME=VALUE``), with errors naming file and line.
+
+    ``required_as_none``: every value left at ``%gin.REQUIRED`` (a checkpoint, a dataset)
+    becomes None instead of an error, for commands that read only the configuration's
+    shapes (``magjax plan``) and so must not need them."""
     register()
     gin.clear_config()
     for d in GIN_DIRS:
@@ -68,7 +72,11 @@ def parse(files: list[str], bindings: list[str]):
     quiet = _DropGinSearchMisses()
     logging.getLogger().addFilter(quiet)  # gin logs every search-path miss of an include as an error
     try:
-        gin.parse_config_files_and_bindings(paths, bindings, finalize_config=True)
+        gin.parse_config_files_and_bindings(paths, bindings, finalize_config=not required_as_none)
+        if required_as_none:
+            for key in _required_bindings():
+                gin.bind_parameter(key, None)
+            gin.finalize()
     except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as err:
         text = str(err).strip()
         first = text.splitlines()[0]
@@ -76,6 +84,18 @@ def parse(files: list[str], bindings: list[str]):
         raise ConfigError(f"{first} {where}".strip()) from None
     finally:
         logging.getLogger().removeFilter(quiet)
+
+
+def _required_bindings() -> list[str]:
+    """The keys (``scope/selector.param``) of every binding still set to ``%gin.REQUIRED``."""
+    keys = []
+    for (scope, selector), params in gin.config._CONFIG.items():  # gin has no public iterator over bindings
+        for name, value in params.items():
+            if (isinstance(value, gin.config.ConfigurableReference)
+                    and value.configurable.wrapped is gin.config._retrieve_constant
+                    and value.scoped_configurable_fn() is gin.REQUIRED):
+                keys.append(f"{scope + '/' if scope else ''}{selector}.{name}")
+    return keys
 
 
 class _DropGinSearchMisses(logging.Filter):

@@ -220,6 +220,7 @@ def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: Mode
     largest_batch = max(phase.n_batch for phase, _ in phases)
     groups_per_batch = largest_batch // config.group_size
     trainer_mesh, generator_mesh = _meshes(config, processes)
+    packing = packing.for_mesh(trainer_mesh.shape["data"] * trainer_mesh.shape["fsdp"])  # a token budget's rows
     if config.mode == "sync":
         engine = _sync_engine(engine, largest_batch // processes, generator_mesh)
 

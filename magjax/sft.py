@@ -67,6 +67,7 @@ def run_sft(examples: list[tuple[str, str]], model_config: ModelConfig, params: 
     """Trains ``config.steps`` steps on shuffled ``examples``; returns (params, losses)."""
     check_vocab(tokenizer, model_config.vocab_size)
     mesh = make_mesh(config.mesh, sft_devices(config.devices_per_process))
+    packing = packing.for_mesh(mesh.shape["data"] * mesh.shape["fsdp"])  # a token budget's rows
     loss = LossConfig(kind="sft")
     init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))
     tx, schedule = opt_lib.make_optimizer(optimizer)

@@ -71,3 +71,17 @@ def test_minibatches_hold_whole_groups_and_oversized_sequences_fail_clearly():
     long = random_groups(1, 2, seed=5, completion_len=(30, 31), rewards=[[0, 1]])
     with pytest.raises(ValueError, match="does not fit rows of 16"):
         batching.make_minibatches(long, LossConfig(), PACK)
+
+
+def test_rows_from_a_per_chip_token_budget():
+    budget = batching.PackingConfig(row_len=16, tokens_per_chip=40)  # two whole rows per shard
+    assert budget.for_mesh(4) == batching.PackingConfig(rows=8, row_len=16)
+    assert budget.for_mesh(1).rows == 2
+    assert PACK.for_mesh(8) is PACK  # no budget: rows as configured
+    with pytest.raises(ValueError, match="tokens_per_chip"):
+        batching.PackingConfig(row_len=16, tokens_per_chip=8)
+    # Packing with a budget not yet resolved for a mesh is refused, never guessed.
+    with pytest.raises(ValueError, match="for_mesh"):
+        batching.make_minibatches(random_groups(1, 2), LossConfig(), budget)
+    (batch,), _ = batching.make_minibatches(random_groups(4, 2, seed=3), LossConfig(), budget.for_mesh(2))
+    assert batch.tokens.shape[1:] == (4, 16)

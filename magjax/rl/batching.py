@@ -23,10 +23,25 @@ from magjax.types import ScoredGroup, TrainBatch
 class PackingConfig:
     rows: int = 8  # b: rows per microbatch; a multiple of the mesh's data-parallel size
     row_len: int = 256  # t: tokens per row; a sequence (prompt + completion - 1) must fit
+    # A per-chip token budget instead of a fixed ``rows``: each data-parallel shard of the
+    # trainer's mesh gets tokens_per_chip // row_len rows, so a microbatch grows with the
+    # slice while each chip's activations stay the same size. 0: ``rows`` as given.
+    tokens_per_chip: int = 0
 
     def __post_init__(self):
         if self.rows < 1 or self.row_len < 2:
             raise ValueError(f"PackingConfig: rows >= 1 and row_len >= 2 required, got {self}")
+        if self.tokens_per_chip and self.tokens_per_chip < self.row_len:
+            raise ValueError(f"PackingConfig.tokens_per_chip ({self.tokens_per_chip}) must hold at least one row "
+                             f"of row_len {self.row_len}")
+
+    def for_mesh(self, data_parallel: int) -> PackingConfig:
+        """The packing for a trainer mesh with ``data_parallel`` batch shards (its data x fsdp
+        axes): ``rows`` from the token budget when one is set, else unchanged."""
+        if not self.tokens_per_chip:
+            return self
+        return dataclasses.replace(self, rows=data_parallel * (self.tokens_per_chip // self.row_len),
+                                   tokens_per_chip=0)
 
 
 @dataclasses.dataclass
@@ -129,6 +144,9 @@ def minibatch_sequences(groups: list[ScoredGroup], loss: LossConfig) -> list[Pac
 
 def pack(seqs: list[PackedSequence], packing: PackingConfig, min_microbatches: int = 1) -> tuple[TrainBatch, dict]:
     """Packs sequences into a TrainBatch [m, b, t] and reports the padding fraction."""
+    if packing.tokens_per_chip:
+        raise ValueError("PackingConfig.tokens_per_chip sets rows per trainer mesh: resolve it with "
+                         "PackingConfig.for_mesh(data-parallel shards) before packing")
     b, t = packing.rows, packing.row_len
     row_bins = first_fit_decreasing([s.slots for s in seqs], t)
     needed = max(math.ceil(len(row_bins) / b), min_microbatches, 1)

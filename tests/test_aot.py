@@ -1,0 +1,201 @@
+"""Ahead-of-time compilation for TPU slices (magjax.aot, ``magjax plan --topology``).
+
+Slice names are checked everywhere. With libtpu installed (the ``tpu`` extra) the tiny and
+demo models' real functions (state initialisation, train step, weight publication, prefill,
+decode chunk) are compiled for small v5p slices and XLA's per-chip memory report is checked
+for consistency; without it those tests are skipped, saying why.
+"""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from magjax.aot import topology
+from magjax.aot.topology import GIB, parse_slice
+
+needs_libtpu = pytest.mark.skipif(
+    not topology.libtpu_available(),
+    reason=f"libtpu is not installed, so nothing can be compiled for a TPU slice ({topology.INSTALL_HINT})")
+
+
+@pytest.mark.parametrize("name, grid, chips, hosts", [
+    ("v5p-64", (2, 4, 4), 32, 8),  # the name counts TensorCores, two per chip
+    ("v5p-8", (2, 2, 1), 4, 1),
+    ("v4-32", (2, 2, 4), 16, 4),
+    ("v5e-16", (4, 4), 16, 4),  # v5e and v6e names count chips
+    ("v5litepod-16", (4, 4), 16, 4),
+    ("v6e-8", (2, 4), 8, 1),  # one host drives 8 v6e chips
+    ("v6e-256", (16, 16), 256, 64),
+    ("V5P:2x4x4", (2, 4, 4), 32, 8),
+    ("v5p:2x2x1", (2, 2, 1), 4, 1),
+])
+def test_slice_names(name, grid, chips, hosts):
+    s = parse_slice(name)
+    assert s.grid == grid and s.chips == chips and s.hosts == hosts
+    assert s.topology_name == f"{s.generation.name}:{'x'.join(map(str, grid))}"
+    assert s.chips % hosts == 0 and len(s.chips_per_host_bounds) == 3
+
+
+@pytest.mark.parametrize("name, fault", [
+    ("v5p-63", "power-of-two"), ("v5p-6", "power-of-two"), ("v7-8", "unknown generation 'v7'"),
+    ("v5p:2x2", "3-D grid"), ("v5e:2x2x2", "2-D grid"), ("tpu", "expected a name"), ("v5p-", "expected a name"),
+])
+def test_bad_slice_names_are_refused_naming_them(name, fault):
+    with pytest.raises(ValueError, match=fault) as err:
+        parse_slice(name)
+    assert repr(name) in str(err.value)
+
+
+def test_xla_sizes_are_binary():
+    assert topology.parse_bytes("95.74", "G") == int(95.74 * GIB)
+    assert topology.parse_bytes("1.00", "T") == 1 << 40 and topology.parse_bytes("12", "") == 12
+
+
+# ---------------------------------------------------------------- compiled (libtpu)
+
+@needs_libtpu
+@pytest.mark.parametrize("name, kind, hbm_gib", [
+    ("v4-32", "TPU v4", 30.75), ("v5e-16", "TPU v5 lite", 15.75), ("v6e-8", "TPU v6 lite", 31.25),
+    ("v5p-64", "TPU v5", 95.74),
+])
+def test_each_generation_gives_one_device_per_chip_and_its_hbm(name, kind, hbm_gib):
+    s = parse_slice(name)
+    devices = topology.devices(s)
+    assert len(devices) == s.chips and {d.device_kind for d in devices} == {kind}
+    hbm, source = topology.hbm_bytes(s)
+    assert source == "XLA" and hbm == pytest.approx(hbm_gib * GIB, rel=1e-3)
+
+
+# Small shapes: TPU compile time grows with them, and the checks do not need more. Rows come
+# from a per-chip token budget: one 64-token row for each of the 4 chips' fsdp shards.
+SMALL = ["PackingConfig.tokens_per_chip=64", "PackingConfig.row_len=64", "EngineConfig.max_len=128",
+         "EngineConfig.slots=16", "EngineConfig.prompt_buckets=(64,)", "EngineConfig.chunk_steps=4", "RunConfig.n_batch=16",
+         "RunConfig.n_async=16"]
+TINY = ["--gin_file", "experiments/demo_cpu.gin", "--gin.MODEL='tiny'", "--gin.RunConfig.placement='colocated'",
+        *(f"--gin.{b}" for b in SMALL)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``magjax plan --topology v5p:2x2x1 --json`` on the tiny model, colocated on one host:
+    (exit status, printed text, the JSON written)."""
+    from magjax.cli import main
+
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["plan", *TINY, "--topology", "v5p:2x2x1", "--json", str(path)])
+    return status, out.getvalue(), json.loads(path.read_text())
+
+
+@needs_libtpu
+def test_every_function_of_the_tiny_model_compiles_for_a_v5p_slice(tiny):
+    status, text, d = tiny
+    assert status == 0 and d["fits"] and not d["estimate"]
+    assert d["slice"] == "v5p:2x2x1" and d["chips"] == 4 and d["placement"] == "colocated"
+    # The chip's HBM as XLA states it for a v5p chip (95.74 GiB), not a table's figure.
+    assert d["hbm_source"] == "XLA" and 95 * GIB < d["hbm_bytes"] < 96 * GIB
+    funcs = {f["function"]: f for f in d["functions"]}
+    assert list(funcs) == ["init_state", "train_step", "publish", "prefill", "decode"]
+    for f in funcs.values():
+        assert f["compiled"] and f["error"] is None and f["needed_bytes"] is None and f["compile_s"] > 0
+        assert f["argument_bytes"] > 0 and f["output_bytes"] > 0
+    for name in ("train_step", "prefill", "decode"):  # activations, logits, the sampled tokens
+        assert funcs[name]["temp_bytes"] > 0
+    # The train step and the sampler donate their state: outputs written in place.
+    for name in ("train_step", "prefill", "decode"):
+        assert 0 < funcs[name]["alias_bytes"] <= funcs[name]["output_bytes"]
+    assert funcs["publish"]["alias_bytes"] == 0  # a copy: the trainer keeps its weights
+    # XLA's buffers hold at least the logical per-chip bytes (it may pad, never shrink).
+    assert funcs["train_step"]["argument_bytes"] >= d["trainer_state_bytes"] + d["batch_bytes"]
+    assert funcs["decode"]["argument_bytes"] >= d["sampler_weights_bytes"] + d["kv_cache_bytes"]
+    assert funcs["publish"]["output_bytes"] >= d["sampler_weights_bytes"]
+    for name in funcs:
+        assert name in text
+    assert "fits" in text and "DOES NOT FIT" not in text and "ESTIMATE" not in text
+
+
+@needs_libtpu
+def test_the_verdicts_follow_from_the_bytes_and_the_json_round_trips(tiny):
+    from magjax.aot.report import Report
+
+    _, text, d = tiny
+    hbm = d["hbm_bytes"]
+    for f in d["functions"]:
+        peak = f["argument_bytes"] + f["output_bytes"] - f["alias_bytes"] + f["temp_bytes"] + f["code_bytes"]
+        assert f["peak_bytes"] == peak and f["headroom"] == pytest.approx(1 - peak / hbm)
+    for role, names in (("trainer", ("init_state", "train_step")), ("sampler", ("publish", "prefill", "decode"))):
+        peak = max(f["peak_bytes"] for f in d["functions"] if f["function"] in names)
+        assert d["roles"][role] == {"peak_bytes": peak, "hbm_bytes": hbm, "fits": True,
+                                    "headroom": pytest.approx(1 - peak / hbm)}
+        assert 0 < d["roles"][role]["headroom"] < 1
+    # Colocated: both roles' resident state (the train step's and the decode chunk's
+    # arguments) plus the largest transient of any function.
+    funcs = {f["function"]: f for f in d["functions"]}
+    c = d["colocated"]
+    assert c["trainer_resident_bytes"] == funcs["train_step"]["argument_bytes"]
+    assert c["sampler_resident_bytes"] == funcs["decode"]["argument_bytes"]
+    transient = max(f["peak_bytes"] - (c["trainer_resident_bytes"] if f["role"] == "trainer"
+                                       else c["sampler_resident_bytes"]) for f in d["functions"])
+    assert c["transient_bytes"] == transient
+    assert c["peak_bytes"] == c["trainer_resident_bytes"] + c["sampler_resident_bytes"] + transient
+    assert c["peak_bytes"] >= max(r["peak_bytes"] for r in d["roles"].values())
+    assert c["fits"] and c["headroom"] == pytest.approx(1 - c["peak_bytes"] / hbm)
+    # Model FLOPs: the step's tokens times the per-token count.
+    from magjax.aot.command import model_flops_per_token
+    from magjax.models import preset
+
+    assert d["microbatches"] == 4  # 16 sequences, one per row at most, in 4 rows (one per chip)
+    assert d["tokens_per_step"] == 4 * 4 * 64
+    assert d["model_flops_per_step"] == pytest.approx(d["tokens_per_step"] * model_flops_per_token(preset("tiny"), 64))
+    report = Report.from_dict(d)
+    assert report.to_dict() == d
+    assert report.describe() == text.rstrip("\n")
+
+
+@needs_libtpu
+def test_a_function_that_cannot_fit_reports_what_it_needs(tiny):
+    """A real compile that exceeds the chip: RESOURCE_EXHAUSTED becomes 'does not fit: needs X'."""
+    from magjax.aot.compile import FunctionMemory, compile_function
+    from magjax.aot.report import Report
+
+    slice_ = parse_slice("v5p:2x2x1")
+    mesh = jax.sharding.Mesh(list(topology.devices(slice_)), ("fsdp",))
+    x = jax.ShapeDtypeStruct((4, 1024), jnp.float32, sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("fsdp")))
+    # 2^36 float32 values per chip: 256 GiB.
+    huge = jax.jit(lambda x: jnp.broadcast_to(x[:, :1], (4, 1 << 36)) * 2)
+    memory, compiled = compile_function(FunctionMemory("sampler", "decode", "too big"), huge, (x,), mesh)
+    assert compiled is None and memory.error is None and not memory.compiled
+    assert memory.needed_kind in ("temporaries", "total") and memory.needed_bytes > 200 * GIB
+    assert memory.peak_bytes >= memory.needed_bytes
+    report = Report.from_dict(tiny[2])
+    report.functions = [memory if f.function == "decode" else f for f in report.functions]
+    assert not report.fits and not report.role("sampler").fits and not report.colocated().fits
+    assert report.role("sampler").headroom < 0
+    assert "does not fit: needs" in report.describe() and "DOES NOT FIT" in report.describe()
+    assert report.to_dict()["fits"] is False
+
+
+@needs_libtpu
+def test_the_demo_recipe_compiles_disaggregated_on_two_hosts():
+    """demo_cpu.gin's placement: 4 chips generate (2 per host, one generator per host), 4 train."""
+    from magjax.aot import command, recipe
+
+    r = recipe.load(["experiments/demo_cpu.gin"], [b.replace("=", " = ", 1) for b in SMALL])
+    report = command.compile_report(r, parse_slice("v5p:2x2x2"))
+    assert report.placement == "disaggregated" and report.colocated() is None and report.hosts == 2
+    assert report.trainer_mesh == {"data": 1, "fsdp": 4, "model": 1}
+    assert report.sampler_mesh == {"data": 2, "fsdp": 1, "model": 1}
+    assert all(f.compiled and f.temp_bytes >= 0 for f in report.functions)
+    assert report.function("train_step").temp_bytes > 0 and report.function("decode").temp_bytes > 0
+    assert report.fits and 0 < report.role("trainer").headroom < 1
+    d = report.to_dict()
+    assert d["colocated"] is None
+    assert dataclasses.asdict(report.function("prefill")).items() <= d["functions"][3].items()
