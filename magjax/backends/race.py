@@ -3,8 +3,8 @@
 A native kernel tuned on one CPU can lose to XLA's own code on another (an AVX2 machine
 ran the sampler at half XLA's speed through them), so nothing is assumed: the first time
 a function is needed at a shape, each candidate is compiled and timed at that shape
-(best of a few calls, well under a second each at the shapes magjax runs on CPUs), and
-the faster one is used. Outcomes are cached on disk (``races.json`` under magjax's cache
+(best of a few alternating calls, well under a second at the shapes magjax runs on
+CPUs), and the faster one is used. Outcomes are cached on disk (``races.json`` under magjax's cache
 directory) per CPU identity (model name and flags), kernel version and jax version, so
 each machine races each shape once.
 
@@ -31,7 +31,7 @@ log = logging.getLogger("magjax.backends")
 
 MODES = ("native", "xla", "race")
 REPS = 3  # timed calls per candidate at least, after one that compiles ...
-BUDGET_S = 0.05  # ... and more, up to MAX_REPS, until this long was spent timing it
+BUDGET_S = 0.1  # ... and more, up to MAX_REPS, until this long was spent timing them all
 MAX_REPS = 50
 _LOCK = threading.Lock()
 _MEMORY: dict[str, dict] = {}
@@ -93,18 +93,23 @@ def _write_disk(key: str, record: dict) -> None:
         log.warning("could not record a kernel race in %s: %s", path, e)
 
 
-def time_candidate(build: Callable[[], Callable[[], object]]) -> float:
-    """Best wall time of the calls of the thunk ``build()`` returns, after one call that
-    compiles it: at least ``REPS``, more for fast functions (their single calls are noisy),
-    within ``BUDGET_S``."""
-    run = build()
-    jax.block_until_ready(run())
-    best, spent, reps = float("inf"), 0.0, 0
-    while reps < REPS or (spent < BUDGET_S and reps < MAX_REPS):
-        t0 = time.perf_counter()
+def time_candidates(builders: dict[str, Callable[[], Callable[[], object]]]) -> dict[str, float]:
+    """Best wall time of each candidate's calls (the thunks the builders return), after
+    one call each that compiles it. Calls alternate between the candidates, so a machine
+    busy with other work slows them alike: at least ``REPS`` each, more for fast functions
+    (their single calls are noisy), while within ``BUDGET_S``."""
+    runs = {name: build() for name, build in builders.items()}
+    for run in runs.values():
         jax.block_until_ready(run())
-        elapsed = time.perf_counter() - t0
-        best, spent, reps = min(best, elapsed), spent + elapsed, reps + 1
+    best = {name: float("inf") for name in runs}
+    spent, reps = 0.0, 0
+    while reps < REPS or (spent < BUDGET_S and reps < MAX_REPS):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(run())
+            elapsed = time.perf_counter() - t0
+            best[name], spent = min(best[name], elapsed), spent + elapsed
+        reps += 1
     return best
 
 
@@ -128,7 +133,7 @@ def pick(function: str, shape: str, kernel_version: str, candidates: dict[str, C
             # Inside a trace (the train step's attention is chosen while it is traced) the
             # race still runs on real arrays: compile-time evaluation.
             with jax.ensure_compile_time_eval():
-                seconds = {name: time_candidate(build) for name, build in candidates.items()}
+                seconds = time_candidates(candidates)
             record = {"winner": min(seconds, key=seconds.get), "seconds": seconds}
             _write_disk(key, record)
             how = "raced"

@@ -235,8 +235,8 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
         x_btd, kv = block(config, layer, x_btd, positions_bt, attention, mesh)
         return x_btd, (kv if return_kv else None)
 
-    if config.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
+    if config.remat not in (False, "none"):
+        body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(config.remat))
     if config.scan_unroll >= config.num_layers:  # fully unrolled: a plain loop, see ModelConfig.scan_unroll
         kvs = []
         for layer in unstack_layers(params["layers"], config.num_layers):
@@ -246,6 +246,17 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
     else:
         x_btd, kv = jax.lax.scan(body, x_btd, params["layers"], unroll=config.scan_unroll)
     return (x_btd, kv) if return_kv else x_btd
+
+
+def remat_policy(remat):
+    """The ``jax.checkpoint`` policy of a ``ModelConfig.remat`` choice. The projections
+    are 2-D products (``backends.xla.dense``), so "no batch dims" selects exactly them."""
+    policies = jax.checkpoint_policies
+    if remat == "save_matmuls":
+        return policies.dots_with_no_batch_dims_saveable
+    if remat == "offload":
+        return policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+    return None  # per layer: nothing saved inside it
 
 
 def unstack_layers(layers: dict, n: int) -> list[dict]:
