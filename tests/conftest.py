@@ -22,6 +22,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="magjax-test-xla-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Native kernels or XLA's: tests never leave the choice to a timed race (its outcome
+# depends on the machine and its load); tests of either path force it themselves.
+os.environ.setdefault("MAGJAX_KERNELS", "native")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

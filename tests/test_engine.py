@@ -171,6 +171,6 @@ def test_sharded_sampler_gives_the_same_tokens(mesh_2x4):
     sharded_params = jax.device_put(params, decoder.param_shardings(CONFIG, mesh_2x4))
     engine = Engine(CONFIG, ENGINE, sampling, NEVER, mesh=mesh_2x4)
     sharded = _by_key(Generator(engine, sharded_params).generate(requests))
-    assert engine.state_shardings().k_bkes[0].spec != jax.sharding.PartitionSpec()
+    assert engine.state_shardings().k_cache[0].spec != jax.sharding.PartitionSpec()
     for k in plain:
         assert sharded[k].tokens == plain[k].tokens

@@ -26,12 +26,12 @@ def test_weights_swapped_mid_generation_keep_every_sequence_and_its_cache():
     gen.submit(requests)
     done = gen.step() + gen.step()  # prefill + two chunks on the old weights
     lengths = np.asarray(gen.state.lengths_b).copy()
-    k_before = np.stack(gen.state.k_bkes)  # [layers, slots, kv_heads, head_dim, max_len]
+    k_before = np.stack(gen.state.k_cache)  # [layers, slots, kv_heads, head_dim, max_len] (the CPU layout)
     in_flight = dict(gen._slots)
     assert len(in_flight) == 6 and not done
     gen.set_weights(new, 1)
     done += gen.step()
-    k_after = np.stack(gen.state.k_bkes)
+    k_after = np.stack(gen.state.k_cache)
     for slot in in_flight:  # entries written before the swap are untouched
         np.testing.assert_array_equal(k_after[:, slot, ..., : lengths[slot]], k_before[:, slot, ..., : lengths[slot]])
     while gen.in_flight or gen.pending:

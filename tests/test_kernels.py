@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from magjax.kernels import causal_attention, decode_attention, native, panels
+from magjax import backends
+from magjax.backends import race
+from magjax.kernels import backend, causal_attention, decode_attention, native, panels
 from magjax.models import decoder, preset
 from magjax.rl import batching, optimizer, train_step
 from magjax.rl.losses import LossConfig, token_logprobs
@@ -45,7 +47,7 @@ def test_panel_product_equals_numpy(m, in_shape, out_shape):
     w = rng.standard_normal((*in_shape, *out_shape)).astype(np.float32)
     packed = jax.jit(lambda w: panels.pack(w, len(in_shape)))(w)
     assert packed.panels_pkc.shape == (-(-np.prod(out_shape) // 16), np.prod(in_shape), 16)
-    got = np.asarray(jax.jit(decoder.dense)(x, packed))
+    got = np.asarray(jax.jit(panels.dense)(x, packed))
     want = np.tensordot(x.astype(np.float64), w.astype(np.float64), axes=len(in_shape))
     assert got.shape == (2, m, *out_shape)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
@@ -193,25 +195,34 @@ def test_native_attention_rejects_an_odd_head_dim_and_stays_off_where_it_does_no
         causal_attention.attend(*(jnp.zeros((1, 4, 2, 8)),) * 3, *(jnp.zeros((1, 4), jnp.int32),) * 2,
                                 *(jnp.zeros((1, 4, 4)),) * 2)
     config = preset("test").replace(head_dim=16)
-    assert not causal_attention.applies(config, mesh_2x4)  # sharded: XLA's partitioner
-    assert not causal_attention.applies(config.replace(param_dtype="bfloat16", dtype="bfloat16"), None)
-    assert not causal_attention.applies(preset("test"), None)  # head dim 8
+    assert backends.cpu_kernels(mesh_2x4) is None  # sharded: XLA's partitioner
+    assert not backend.attention_applies(config.replace(param_dtype="bfloat16", dtype="bfloat16"))
+    assert not backend.attention_applies(preset("test"))  # head dim 8
+
+
+def _forced(monkeypatch, choice: str) -> int:
+    """Forces every native-or-XLA decision to ``choice``; returns where this test's
+    decisions start in ``race.DECISIONS``."""
+    monkeypatch.setenv("MAGJAX_KERNELS", choice)
+    return len(race.DECISIONS)
 
 
 @needs_kernels
 @pytest.mark.parametrize("kind", ["grpo", "sft"])
-def test_train_step_on_native_attention_equals_xla_attention(kind):
+def test_train_step_on_native_attention_equals_xla_attention(kind, monkeypatch):
     """The train step's gradient through the native kernel equals XLA's attention (1e-5)
-    on packed microbatches with a sliding window, and the step uses the kernel."""
+    on packed microbatches with a sliding window, whichever a race would pick: each is
+    forced in turn, and the step really used it."""
     config = preset("test").replace(head_dim=16, sliding_window=12)
     loss = LossConfig(kind=kind)
-    opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3))
-    assert train_step.make_train_step(config, loss, opt, schedule).native_attention
     (batch,), _ = batching.make_minibatches(random_groups(4, 4, seed=2), loss, batching.PackingConfig(2, 32))
     assert batch.tokens.shape[0] > 1 and (batch.segment_ids.max(-1) > 1).any()  # microbatches of packed rows
     params = decoder.init_params(config, jax.random.key(4))
-    results = [jax.jit(functools.partial(train_step.accumulate_gradients, config, loss, native_attention=native))(
-        params, batch) for native in (False, True)]
+    results = []
+    for choice in ("xla", "native"):
+        first = _forced(monkeypatch, choice)
+        results.append(jax.jit(functools.partial(train_step.accumulate_gradients, config, loss))(params, batch))
+        assert {d["winner"] for d in race.DECISIONS[first:] if d["function"] == "attention"} == {choice}
     (loss_xla, grads_xla, _), (loss_native, grads_native, _) = results
     np.testing.assert_allclose(loss_native, loss_xla, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(grads_native), jax.tree.leaves(grads_xla)):
@@ -231,16 +242,23 @@ def _requests(n, samples, seed):
 
 
 @needs_kernels
-def test_sampler_on_the_native_kernels_matches_the_full_forward_pass():
-    """Through the real engine: greedy tokens are the forward pass's argmax and sampled
-    tokens' log-probs are the trainer's (1e-5), with packed weights and native attention."""
+@pytest.mark.parametrize("choice", ["native", "xla"])
+def test_sampler_on_either_kernels_matches_the_full_forward_pass(choice, monkeypatch):
+    """Through the real engine, on the native kernels and with them off (each forced,
+    whatever a race would pick): greedy tokens are the forward pass's argmax and sampled
+    tokens' log-probs are the trainer's (1e-5); the native engine runs on packed weights."""
+    _forced(monkeypatch, choice)
     params = decoder.init_params(NATIVE_CONFIG, jax.random.key(3))
     greedy = Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(temperature=0), 10_000)
-    assert greedy.native
+    assert greedy.implementations == {"projections": choice, "decode_attention": choice}
     prepared = greedy.prepare(params)
-    assert isinstance(prepared["lm_head"], panels.PanelWeight)
     packed = ("wqkv", "wo", "w_gate_up", "w_down")
-    assert all(isinstance(prepared["layers"][0][name], panels.PanelWeight) for name in packed)
+    if choice == "native":
+        assert isinstance(prepared["lm_head"], panels.PanelWeight)
+        assert all(isinstance(prepared["layers"][0][name], panels.PanelWeight) for name in packed)
+    else:
+        assert not any(isinstance(w, panels.PanelWeight) for w in jax.tree.leaves(
+            prepared, is_leaf=lambda x: isinstance(x, panels.PanelWeight)))
     forward = jax.jit(lambda p, t: decoder.forward(NATIVE_CONFIG, p, t))
     for c in Generator(greedy, params).generate(_requests(3, 1, seed=0)):
         seq = list(c.prompt_tokens)
@@ -263,10 +281,12 @@ def test_sampler_on_the_native_kernels_matches_the_full_forward_pass():
         np.testing.assert_allclose(c.logprobs, want, atol=1e-5)
 
 
-def test_sharded_or_low_precision_samplers_keep_xla_kernels(mesh_2x4):
-    assert not Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(), 10_000, mesh=mesh_2x4).native
+def test_sharded_or_low_precision_samplers_keep_xla_kernels(mesh_2x4, monkeypatch):
+    _forced(monkeypatch, "native")
+    xla_only = {"projections": "xla", "decode_attention": "xla"}
+    assert Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(), 10_000, mesh=mesh_2x4).implementations == xla_only
     bf16 = NATIVE_CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
-    assert not Engine(bf16, ENGINE, SamplingConfig(), 10_000).native
+    assert Engine(bf16, ENGINE, SamplingConfig(), 10_000).implementations == xla_only
 
 
 PROBE = textwrap.dedent("""

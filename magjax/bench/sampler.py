@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 
+from magjax.backends import race
 from magjax.bench import ceilings
 from magjax.models import decoder, preset
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
@@ -33,7 +34,6 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
     engine = Engine(config, EngineConfig(slots=batch, max_len=prompt_len + new_tokens + 1,
                                          prompt_buckets=(prompt_len,), chunk_steps=chunk),
                     SamplingConfig(temperature=1.0), eos_id=config.vocab_size)  # never emitted
-    kernels = "native" if engine.native else "xla"
     params = engine.prepare(params)
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, config.vocab_size, (batch, prompt_len)).tolist()
@@ -61,7 +61,7 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
     decode_s, steps = min((r[1], r[2]) for r in runs)
     return {"batch": batch, "prefill_tokens_per_s": batch * prompt_len / prefill_s,
             "decode_tokens_per_s": batch * steps / decode_s, "decode_step_s": decode_s / steps, "steps": steps,
-            "kernels": kernels}
+            "kernels": dict(engine.implementations)}
 
 
 def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt_len: int = 64,
@@ -70,6 +70,7 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
     peak = ceilings.matmul_peak(config.jnp_dtype)
     bandwidth = ceilings.read_bandwidth()
     params = decoder.init_params(config, jax.random.key(0))
+    first_decision = len(race.DECISIONS)
     rows = []
     for b in batches:
         row = run_batch(config, params, b, prompt_len, new_tokens, chunk)
@@ -80,7 +81,7 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
     return {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
             "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
             "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
-            "kernels": rows[0]["kernels"] if rows else None}
+            "kernels": rows[0]["kernels"] if rows else None, "races": race.DECISIONS[first_decision:]}
 
 
 def describe(r: dict) -> str:
@@ -88,10 +89,10 @@ def describe(r: dict) -> str:
              f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;"
              f"  peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
              f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
-             f"  decode kernels: {r['kernels']} (magjax.kernels on one CPU device in float32; "
-             "MAGJAX_NATIVE_KERNELS=0 for XLA's)",
+             *("  " + line for line in race.summary(r["races"])),
              f"  {'batch':>5} {'decode tok/s':>13} {'roofline tok/s':>15} {'of roofline':>12} {'prefill tok/s':>14}"]
     for row in r["batches"]:
         lines.append(f"  {row['batch']:>5} {row['decode_tokens_per_s']:>13.0f} {row['roofline_tokens_per_s']:>15.0f}"
                      f" {100 * row['roofline_fraction']:>11.1f}% {row['prefill_tokens_per_s']:>14.0f}")
     return "\n".join(lines)
+

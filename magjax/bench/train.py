@@ -12,6 +12,7 @@ import statistics
 import jax
 import numpy as np
 
+from magjax.backends import race
 from magjax.bench import ceilings
 from magjax.models import decoder, preset
 from magjax.rl import batching, optimizer, train_step
@@ -52,6 +53,7 @@ def run(preset_name: str, *, dtype: str = "float32", batch: int = 16, prompt_len
     state = train_step.init_state(decoder.init_params(config, jax.random.key(0)), opt)
     step = train_step.make_train_step(config, loss, opt, schedule)
     holder = {"state": state}
+    first_decision = len(race.DECISIONS)
 
     def one_step():
         holder["state"], metrics = step(holder["state"], train_batch)
@@ -71,6 +73,7 @@ def run(preset_name: str, *, dtype: str = "float32", batch: int = 16, prompt_len
         "step_s_median": median, "step_s_min": min(times), "compile_s": max(first - median, 0.0),
         "tokens_per_s": tokens / median, "model_flops_per_s": achieved, "matmul_peak_flops_per_s": peak,
         "mfu": achieved / peak, "padding_fraction": stats["padding_fraction"], "traces": step.traces,
+        "races": race.DECISIONS[first_decision:],
     }
 
 
@@ -79,4 +82,5 @@ def describe(r: dict) -> str:
             f"  {r['tokens_per_step']} tokens/step   step {r['step_s_median']:.3f} s (min {r['step_s_min']:.3f})"
             f"   compile {r['compile_s']:.1f} s\n"
             f"  {r['tokens_per_s']:.0f} tokens/s   {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s model"
-            f"   peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s   MFU {100 * r['mfu']:.1f}%")
+            f"   peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s   MFU {100 * r['mfu']:.1f}%\n"
+            + "\n".join("  " + line for line in race.summary(r["races"])))

@@ -4,7 +4,7 @@
 The same function as ``decoder.apply_rope`` on queries and keys followed by
 ``decoder.attend`` under ``decoder.attention_mask`` (causal by index, same segment,
 optional sliding window by position), for the train step and the sampler's prefill on one
-CPU device. The kernel rotates rows as it reads them (so the step makes no separate
+CPU device (where ``magjax.backends`` picks it). The kernel rotates rows as it reads them (so the step makes no separate
 rotary passes), keeps one log-sum-exp per query row instead of the [t, t] probabilities,
 and recomputes those block by block in the backward pass.
 """
@@ -25,16 +25,9 @@ def supports(head_dim: int) -> bool:
     return head_dim % 16 == 0  # the kernel works in whole 16-float vectors of the head dim
 
 
-def applies(config, mesh) -> bool:
-    """Whether a model's whole-sequence attention runs natively here: float32 compute, a
-    head dim the kernel supports, one CPU device (sharded work stays XLA's), kernels built."""
-    return (config.dtype == "float32" and supports(config.head_dim) and native.on_one_cpu(mesh)
-            and native.load())
-
-
 def _call(name, out_shapes, *args, window):
     if not native.load():
-        raise RuntimeError("magjax's native kernels are unavailable here; use XLA's attention (decoder.attend)")
+        raise RuntimeError("magjax's native kernels are unavailable here; use XLA's attention (magjax.backends.xla)")
     e = args[0].shape[-1]
     return jax.ffi.ffi_call(name, out_shapes)(*args, scale=np.float32(1 / math.sqrt(e)), window=np.int64(window))
 

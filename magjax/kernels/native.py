@@ -4,8 +4,10 @@ The kernels are C++ sources shipped in this package, compiled on the machine tha
 them (``-march=native``, so one source serves AVX-512, AVX2 and Arm hosts) against the
 XLA FFI headers that come with jaxlib, and cached under ``~/.cache/magjax`` (or
 ``$MAGJAX_CACHE_DIR``) keyed by source, compiler, flags, jaxlib and CPU. Without a C++
-compiler, or with ``MAGJAX_NATIVE_KERNELS=0``, nothing is built and callers keep XLA's own
-kernels: the kernels are an optimisation, never a requirement.
+compiler, or with ``MAGJAX_NATIVE_KERNELS=0``, nothing is
+built and callers keep XLA's own kernels: the kernels are an optimisation, never a
+requirement. Where they are built, ``magjax.backends`` still races each against XLA's
+code at its shapes before using it.
 """
 
 from __future__ import annotations
@@ -44,13 +46,6 @@ def _cpu_identity() -> str:
         return "".join(sorted(set(lines)))
     except OSError:
         return platform.processor()
-
-
-def on_one_cpu(mesh) -> bool:
-    """Whether work placed on ``mesh`` (None: the default device) runs on a single CPU
-    device, where the kernels apply; sharded work stays with XLA's partitioner."""
-    devices = list(mesh.devices.flat) if mesh is not None else [jax.devices()[0]]
-    return len(devices) == 1 and devices[0].platform == "cpu"
 
 
 def cache_dir() -> str:

@@ -3,8 +3,7 @@
 A ``PanelWeight`` is what a weight becomes in the sampler's prepared copy when the native
 kernel is in use: ``w[in..., out...]`` flattened to ``[K, N]`` and laid out as
 ``panels_pkc[ceil(N / 16), K, 16]`` (zero-padded columns), so the kernel streams each
-panel front to back. ``magjax.models.decoder.dense`` recognises it, so the model code is
-the same whichever layout the weights are in.
+panel front to back. Only ``backend.PanelProjections`` packs and reads them.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from magjax.kernels import native
 
 PANEL = 16  # output columns per panel: kPanel in panel_matmul.cc
 
@@ -32,11 +30,6 @@ class PanelWeight:
 
 
 jax.tree_util.register_dataclass(PanelWeight, data_fields=["panels_pkc"], meta_fields=["in_shape", "out_shape"])
-
-
-def available() -> bool:
-    """Whether the native kernel is built and registered (it builds on the first call)."""
-    return native.load()
 
 
 def pack(w, in_dims: int = 1) -> PanelWeight:

@@ -8,6 +8,7 @@ from typing import Literal
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT = (False, True, "none", "layer", "save_matmuls", "offload")  # see ModelConfig.remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,12 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     param_dtype: str = "float32"  # storage dtype of the weights
     dtype: str = "float32"  # compute dtype of activations and matmuls
-    remat: bool = False  # recompute each layer's activations in the backward pass
+    # Rematerialisation of each layer in the backward pass: False (none: keep every
+    # activation), True or "layer" (keep only each layer's input, recompute the rest),
+    # "save_matmuls" (keep the projections' outputs, recompute the cheap elementwise work
+    # and the attention), "offload" (as save_matmuls, but the kept outputs wait in host
+    # memory: device memory of "layer" at the cost of transfers).
+    remat: bool | str = False
     # Layers per lax.scan iteration; num_layers (or more): no scan, a plain loop over the
     # layers. A scan stacks every layer's saved activations (and its weight slice) into
     # [layers, ...] buffers and slices them back out in the backward pass; the loop reads
@@ -64,6 +70,8 @@ class ModelConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name} must be one of {list(DTYPES)}, got {getattr(self, name)!r}")
+        if self.remat not in REMAT:
+            raise ValueError(f"ModelConfig.remat must be one of {list(REMAT)}, got {self.remat!r}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"ModelConfig.sliding_window must be positive or None, got {self.sliding_window}")
 

@@ -16,15 +16,15 @@ RMSNorm computed in float32, SwiGLU), so Hugging Face weights map without permut
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from magjax import sharding as shd
-from magjax.kernels import causal_attention, panels
+from magjax import backends, sharding as shd
+from magjax.backends import reference
+from magjax.backends.xla import PROJECTIONS, Attention, Projections
 from magjax.models.config import ModelConfig
 
 L, B, T = shd.LAYERS, shd.BATCH, shd.SEQUENCE
@@ -147,35 +147,12 @@ def apply_rope(x_bthe, positions_bt, inv_freq_e2):
     return (x * cos + rotated * sin).astype(x_bthe.dtype)
 
 
-def dense(x, w, in_dims: int = 1):
-    """x[..., in] @ w[in..., out...] as one 2-D matmul.
-
-    XLA:CPU runs the backward pass of a many-dimensional einsum (contracting batch and
-    time together) several times slower than the same product on flattened [tokens, in]
-    operands, so every projection goes through here. A ``PanelWeight`` (the sampler's
-    packed copy) goes to the native few-row kernel instead.
-    """
-    if isinstance(w, panels.PanelWeight):
-        return panels.dense(x, w)
-    lead = x.shape[: x.ndim - in_dims]
-    in_shape, out_shape = w.shape[:in_dims], w.shape[in_dims:]
-    x2 = x.reshape(math.prod(lead), math.prod(in_shape))
-    y2 = x2 @ w.astype(x.dtype).reshape(math.prod(in_shape), math.prod(out_shape))
-    return y2.reshape(*lead, *out_shape)
-
-
-def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt, rotate: bool = True):
+def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt, rotate: bool = True,
+                projections: Projections = PROJECTIONS):
     """Query, key and value for one layer: [b,t,h,e], [b,t,k,e], [b,t,k,e], rotary applied
-    unless ``rotate`` is False (the native attention kernel rotates as it reads)."""
+    unless ``rotate`` is False (for an attention that rotates as it reads)."""
     dt = x_btd.dtype
-    if "wqkv" in layer:  # the sampler's packed copy: one product, split after
-        h, kv, e = config.num_heads, config.num_kv_heads, config.head_dim
-        qkv = dense(x_btd, layer["wqkv"])
-        q, k, v = jnp.split(qkv, [h * e, (h + kv) * e], axis=-1)
-        lead = x_btd.shape[:-1]
-        q, k, v = q.reshape(*lead, h, e), k.reshape(*lead, kv, e), v.reshape(*lead, kv, e)
-    else:
-        q, k, v = dense(x_btd, layer["wq"]), dense(x_btd, layer["wk"]), dense(x_btd, layer["wv"])
+    q, k, v = projections.qkv(config, layer, x_btd)
     if config.qkv_bias:
         q, k, v = q + layer["bq"].astype(dt), k + layer["bk"].astype(dt), v + layer["bv"].astype(dt)
     if config.qk_norm:
@@ -188,119 +165,78 @@ def project_qkv(config: ModelConfig, layer: dict, x_btd, positions_bt, rotate: b
 
 
 def attend(q_bthe, k_bske, v_bske, mask_bts):
-    """Grouped-query attention: each key/value head serves h/k query heads.
-
-    Scores and softmax are float32 whatever the compute dtype.
-    """
-    b, t, h, e = q_bthe.shape
-    kv = k_bske.shape[2]
-    q_btkge = q_bthe.reshape(b, t, kv, h // kv, e)
-    scores_bkgts = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske,
-                              preferred_element_type=jnp.float32) / math.sqrt(e)
-    scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, -1e30)
-    probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(v_bske.dtype)
-    out_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts, v_bske)
-    return out_btkge.reshape(b, t, h, e)
+    """The reference grouped-query attention under a [b, t, s] mask (``backends.reference``)."""
+    return reference.attend(q_bthe, k_bske, v_bske, mask_bts)
 
 
 def attention_mask(config: ModelConfig, positions_bt, segment_ids_bt):
     """Causal (by index), same-segment, and sliding-window (by position) mask [b,t,s]."""
-    t = positions_bt.shape[1]
-    idx = jnp.arange(t)
-    mask_bts = (idx[:, None] >= idx[None, :])[None]
-    mask_bts = mask_bts & (segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :])
-    if config.sliding_window is not None:
-        mask_bts = mask_bts & (positions_bt[:, :, None] - positions_bt[:, None, :] < config.sliding_window)
-    return mask_bts
+    return reference.attention_mask(positions_bt, segment_ids_bt, config.sliding_window)
 
 
-def mlp(layer: dict, x_btd):
+def mlp(layer: dict, x_btd, projections: Projections = PROJECTIONS):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
-    if "w_gate_up" in layer:  # the sampler's packed copy: one product, split after
-        gate, up = jnp.split(dense(x_btd, layer["w_gate_up"]), 2, axis=-1)
-        return dense(jax.nn.silu(gate) * up, layer["w_down"])
-    return dense(jax.nn.silu(dense(x_btd, layer["w_gate"])) * dense(x_btd, layer["w_up"]), layer["w_down"])
+    gate, up = projections.gate_up(layer, x_btd)
+    return projections.down(layer, jax.nn.silu(gate) * up)
 
 
-def attention_inputs(config: ModelConfig, layer: dict, x_btd, positions_bt, rotate: bool = True):
+def attention_inputs(config: ModelConfig, layer: dict, x_btd, positions_bt, rotate: bool = True,
+                     projections: Projections = PROJECTIONS):
     """The first half of a layer: normalised input projected to q, k and v (rotated unless
     ``rotate`` is False)."""
     h_btd = rms_norm(x_btd, layer["attn_norm"], config.rms_norm_eps)
-    return project_qkv(config, layer, h_btd, positions_bt, rotate)
+    return project_qkv(config, layer, h_btd, positions_bt, rotate, projections)
 
 
-def layer_output(config: ModelConfig, layer: dict, x_btd, o_bthe, mesh=None):
+def layer_output(config: ModelConfig, layer: dict, x_btd, o_bthe, mesh=None, projections: Projections = PROJECTIONS):
     """The second half of a layer: attention output projection, then the MLP, both residual."""
-    x_btd = shd.constrain(x_btd + dense(o_bthe, layer["wo"], in_dims=2), (B, T, None), mesh)
-    x_btd = x_btd + mlp(layer, rms_norm(x_btd, layer["mlp_norm"], config.rms_norm_eps))
+    x_btd = shd.constrain(x_btd + projections.attn_out(layer, o_bthe), (B, T, None), mesh)
+    x_btd = x_btd + mlp(layer, rms_norm(x_btd, layer["mlp_norm"], config.rms_norm_eps), projections)
     return shd.constrain(x_btd, (B, T, None), mesh)
 
 
-class Attention(NamedTuple):
-    """How the layers of one forward pass attend over its whole packed sequences."""
-
-    attend: Callable  # (q [b,t,h,e], k [b,t,k,e], v [b,t,k,e]) -> [b,t,h,e]
-    rotates: bool  # attend applies the rotary embedding itself: q and k come unrotated
-
-
-def attention_fn(config: ModelConfig, positions_bt, segment_ids_bt, native: bool = False) -> Attention:
-    """Attention over whole packed sequences: causal, within a segment, within the sliding
-    window. ``native``: the native CPU kernel (see ``causal_attention.applies``), which
-    rotates queries and keys itself and never builds the [b, t, t] mask; otherwise XLA's
-    masked attention on rotated inputs."""
-    if native:
-        window = config.sliding_window or 0
-        cos_bte2, sin_bte2 = rotary_tables(positions_bt, rope_inv_freq(config))
-        return Attention(lambda q, k, v: causal_attention.attend(q, k, v, segment_ids_bt, positions_bt, cos_bte2,
-                                                                 sin_bte2, window), rotates=True)
-    mask_bts = attention_mask(config, positions_bt, segment_ids_bt)
-    return Attention(lambda q, k, v: attend(q, k, v, mask_bts), rotates=False)
-
-
-def block(config: ModelConfig, layer: dict, x_btd, positions_bt, attention: Attention, mesh=None):
+def block(config: ModelConfig, layer: dict, x_btd, positions_bt, attention: Attention, mesh=None,
+          projections: Projections = PROJECTIONS):
     """One pre-norm transformer layer over whole sequences; also returns its keys (rotated)
-    and values. ``attention`` is ``attention_fn(...)`` for these sequences."""
-    q_bthe, k_btke, v_btke = attention_inputs(config, layer, x_btd, positions_bt, rotate=not attention.rotates)
+    and values. ``attention`` is ``backends.attention(...)`` for these sequences."""
+    q_bthe, k_btke, v_btke = attention_inputs(config, layer, x_btd, positions_bt, not attention.rotates, projections)
     o_bthe = attention.attend(q_bthe, k_btke, v_btke)
     if attention.rotates:  # only a caller that keeps the keys (the sampler's prefill) pays for this
         k_btke = apply_rope(k_btke, positions_bt, rope_inv_freq(config))
-    return layer_output(config, layer, x_btd, o_bthe, mesh), (k_btke, v_btke)
+    return layer_output(config, layer, x_btd, o_bthe, mesh, projections), (k_btke, v_btke)
 
 
 def embed(config: ModelConfig, params: dict, tokens_bt):
     return jnp.take(params["embed"], tokens_bt, axis=0).astype(config.jnp_dtype)
 
 
-def unembed(config: ModelConfig, params: dict, h_btd):
+def unembed(config: ModelConfig, params: dict, h_btd, projections: Projections = PROJECTIONS):
     """Final norm and output projection: logits in the compute dtype."""
     h_btd = rms_norm(h_btd, params["final_norm"], config.rms_norm_eps)
-    if config.tie_embeddings and "lm_head" not in params:  # the sampler's copy may carry it packed
-        return dense(h_btd, params["embed"].T)
-    return dense(h_btd, params["lm_head"])
+    return projections.logits(config, params, h_btd)
 
 
 def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=None,
-                  segment_ids_bt=None, *, mesh=None, return_kv: bool = False, native_attention: bool = False):
+                  segment_ids_bt=None, *, mesh=None, return_kv: bool = False):
     """The residual stream after the last layer (before the final norm): [b, t, d].
 
-    With ``return_kv`` also every layer's keys and values, ``[l, b, t, k, e]`` each (the
-    sampler's prefill writes them into its cache). ``native_attention``: see
-    ``attention_fn``.
+    With ``return_kv`` also every layer's keys and values, ``[l, b, t, k, e]`` each.
+    Attention is whatever ``magjax.backends`` picks for this placement and shape.
     """
     b, t = tokens_bt.shape
     if positions_bt is None:
         positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     if segment_ids_bt is None:
         segment_ids_bt = jnp.zeros((b, t), jnp.int32)
-    attention = attention_fn(config, positions_bt, segment_ids_bt, native_attention)
+    attention = backends.attention(config, positions_bt, segment_ids_bt, mesh=mesh)
     x_btd = shd.constrain(embed(config, params, tokens_bt), (B, T, None), mesh)
 
     def body(x_btd, layer):
         x_btd, kv = block(config, layer, x_btd, positions_bt, attention, mesh)
         return x_btd, (kv if return_kv else None)
 
-    if config.remat:
-        body = jax.checkpoint(body, prevent_cse=False)
+    if config.remat not in (False, "none"):
+        body = jax.checkpoint(body, prevent_cse=False, policy=remat_policy(config.remat))
     if config.scan_unroll >= config.num_layers:  # fully unrolled: a plain loop, see ModelConfig.scan_unroll
         kvs = []
         for layer in unstack_layers(params["layers"], config.num_layers):
@@ -310,6 +246,17 @@ def hidden_states(config: ModelConfig, params: dict, tokens_bt, positions_bt=Non
     else:
         x_btd, kv = jax.lax.scan(body, x_btd, params["layers"], unroll=config.scan_unroll)
     return (x_btd, kv) if return_kv else x_btd
+
+
+def remat_policy(remat):
+    """The ``jax.checkpoint`` policy of a ``ModelConfig.remat`` choice. The projections
+    are 2-D products (``backends.xla.dense``), so "no batch dims" selects exactly them."""
+    policies = jax.checkpoint_policies
+    if remat == "save_matmuls":
+        return policies.dots_with_no_batch_dims_saveable
+    if remat == "offload":
+        return policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+    return None  # per layer: nothing saved inside it
 
 
 def unstack_layers(layers: dict, n: int) -> list[dict]:
@@ -329,10 +276,9 @@ def unstack_layers(layers: dict, n: int) -> list[dict]:
 
 
 def forward(config: ModelConfig, params: dict, tokens_bt, positions_bt=None, segment_ids_bt=None,
-            *, mesh=None, native_attention: bool = False):
+            *, mesh=None):
     """Logits [b, t, v] (compute dtype). Segment ids keep packed sequences apart."""
-    h_btd = hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt, mesh=mesh,
-                          native_attention=native_attention)
+    h_btd = hidden_states(config, params, tokens_bt, positions_bt, segment_ids_bt, mesh=mesh)
     return unembed(config, params, h_btd)
 
 

@@ -22,7 +22,6 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from magjax import distributed, sharding as shd
-from magjax.kernels import causal_attention
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
 from magjax.rl import mismatch
@@ -72,9 +71,9 @@ def place_batch(batch: TrainBatch, mesh) -> TrainBatch:
 
 
 def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, mb: TrainBatch,
-                    ref_params=None, mesh=None, native_attention: bool = False):
+                    ref_params=None, mesh=None):
     """The weighted loss of one microbatch [b, t] and its token statistics (sums)."""
-    hidden = functools.partial(decoder.hidden_states, model_config, mesh=mesh, native_attention=native_attention)
+    hidden = functools.partial(decoder.hidden_states, model_config, mesh=mesh)
     h_btd = hidden(params, mb.tokens, mb.positions, mb.segment_ids)
     logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk,
                                          loss_config.temperature)
@@ -112,10 +111,10 @@ def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, 
 
 
 def accumulate_gradients(model_config: ModelConfig, loss_config: LossConfig, params, batch: TrainBatch,
-                         ref_params=None, mesh=None, native_attention: bool = False):
+                         ref_params=None, mesh=None):
     """Loss, float32 gradient and summed statistics over all microbatches of ``batch``."""
     grad_fn = jax.value_and_grad(
-        functools.partial(microbatch_loss, model_config, loss_config, mesh=mesh, native_attention=native_attention),
+        functools.partial(microbatch_loss, model_config, loss_config, mesh=mesh),
         has_aux=True)
 
     def body(carry, mb):
@@ -171,14 +170,10 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
     """
     if loss_config.kl_coef > 0 and shardings is not None and shardings.ref_params is None:
         raise ValueError("kl_coef > 0 needs a TrainState with ref_params")
-    # On one CPU device attention runs in magjax's native kernel (forward and backward);
-    # sharded and accelerator steps keep XLA's.
-    native_attention = causal_attention.applies(model_config, mesh)
-
     def step(state: TrainState, batch: TrainBatch):
         wrapped.traces += 1
         loss, grads, stats = accumulate_gradients(model_config, loss_config, state.params, batch,
-                                                  state.ref_params, mesh, native_attention)
+                                                  state.ref_params, mesh)
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
 
         def update(params, opt_state):
@@ -211,7 +206,6 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
 
     wrapped.traces = 0
     wrapped.jitted = jitted
-    wrapped.native_attention = native_attention
     return wrapped
 
 

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from magjax import sharding as shd
-from magjax.kernels import causal_attention, decode_attention, native, panels
+from magjax import backends, sharding as shd
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
 
@@ -68,12 +66,12 @@ class DecodeState:
     """Everything the device knows about the slots. Arrays only (a pytree)."""
 
     # One cache array per layer, not one stacked array: a layer then reads and updates
-    # its own buffer in place, where slicing a stacked cache copies it every step.
-    # Keys are [slots, kv_heads, head_dim, max_len] and values [slots, kv_heads, max_len,
-    # head_dim]: each puts the dimension its attention product sweeps last, so q·k and
-    # p·v stream the cache once instead of running as many tiny matrix products.
-    k_bkes: tuple[jax.Array, ...]
-    v_bkse: tuple[jax.Array, ...]
+    # its own buffer in place, where slicing a stacked cache copies it every step. The
+    # layout is the backend's (``backends.sampler(...).cache``): on CPUs keys [slots,
+    # kv_heads, head_dim, max_len] and values [slots, kv_heads, max_len, head_dim], on
+    # accelerators both [slots, kv_heads, max_len, head_dim] (head dim minor).
+    k_cache: tuple[jax.Array, ...]
+    v_cache: tuple[jax.Array, ...]
     lengths_b: jax.Array  # tokens in the cache = position of last_token
     last_token_b: jax.Array  # sampled, not yet fed
     active_b: jax.Array  # bool: still generating
@@ -159,76 +157,31 @@ def inverse_cdf(weights_bv, u_b, block: int = 128):
     return (j_b * block + i_b).clip(max=v - 1).astype(jnp.int32), total_b
 
 
-def attend_cache(q_b1he, k_bkes, v_bkse, mask_bs):
-    """One new query per slot against that slot's cache: [b, 1, h, e].
-
-    Written as broadcast products and sums rather than einsums: with one query row per
-    head group, XLA:CPU would run an einsum as b·k tiny matrix products; the fused
-    elementwise form streams the cache once. Scores and softmax in float32.
-    """
-    b, _, h, e = q_b1he.shape
-    kv = k_bkes.shape[1]
-    q_bkge = q_b1he.reshape(b, kv, h // kv, e).astype(jnp.float32)
-    scores_bkgs = jnp.sum(q_bkge[..., None] * k_bkes[:, :, None].astype(jnp.float32), axis=3) / math.sqrt(e)
-    scores_bkgs = jnp.where(mask_bs[:, None, None], scores_bkgs, -1e30)
-    probs_bkgs = jax.nn.softmax(scores_bkgs, axis=-1)
-    out_bkge = jnp.sum(probs_bkgs[..., None] * v_bkse[:, :, None].astype(jnp.float32), axis=3)
-    return out_bkge.reshape(b, 1, h, e).astype(q_b1he.dtype)
-
-
 def _release_slots(state: DecodeState, mask_b) -> DecodeState:
     return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
 
 
-def pack_layer(config: ModelConfig, layer: dict) -> dict:
-    """One layer's projections packed for the native few-row kernel. Products that read the
-    same input become one (q|k|v as ``wqkv``, gate|up as ``w_gate_up``): fewer, larger
-    calls, which matters where a decode step is mostly per-call overhead."""
-    d = config.hidden_size
-    flat = lambda w: w.reshape(d, -1)  # noqa: E731
-    packed = {k: w for k, w in layer.items() if k not in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")}
-    packed["wqkv"] = panels.pack(jnp.concatenate([flat(layer["wq"]), flat(layer["wk"]), flat(layer["wv"])], 1))
-    packed["wo"] = panels.pack(layer["wo"], in_dims=2)
-    packed["w_gate_up"] = panels.pack(jnp.concatenate([layer["w_gate"], layer["w_up"]], 1))
-    packed["w_down"] = panels.pack(layer["w_down"])
-    return packed
-
-
-def prepare_params(config: ModelConfig, params: dict, use_panels: bool = False) -> dict:
+def prepare_params(config: ModelConfig, params: dict, projections=backends.xla.PROJECTIONS) -> dict:
     """The sampler's copy of the weights: the stacked layer arrays split into one dict per
-    layer. A layer loop over stacked weights slices (copies) every weight on every decode
-    step; split once per weight version, each step reads them where they lie.
-
-    With ``use_panels`` the projections (``pack_layer``) and the output matrix, tied or
-    not, as ``lm_head``, are packed for the native kernel (magjax.kernels.panels): a decode
-    step's products have one row per slot, and the packed layout streams each weight once.
-    """
+    layer, each in ``projections``' layout. A layer loop over stacked weights slices
+    (copies) every weight on every decode step; split once per weight version, each step
+    reads them where they lie."""
     layers = [jax.tree.map(lambda a, l=l: a[l], params["layers"]) for l in range(config.num_layers)]
-    prepared = {**{k: v for k, v in params.items() if k != "layers"}, "layers": layers}
-    if use_panels:
-        prepared["layers"] = [pack_layer(config, layer) for layer in layers]
-        prepared["lm_head"] = panels.pack(params["embed"].T if config.tie_embeddings else params["lm_head"])
-    return prepared
+    head = projections.prepare_head(config, {k: v for k, v in params.items() if k != "layers"})
+    return {**head, "layers": [projections.prepare_layer(config, layer) for layer in layers]}
 
 
-def prepared_shardings(config: ModelConfig, mesh, use_panels: bool = False) -> dict:
+def prepared_shardings(config: ModelConfig, mesh, projections=backends.xla.PROJECTIONS) -> dict:
     """NamedShardings of ``prepare_params``' output: each layer as its slice of the stacked
     array (the layer axis is never sharded), so preparing moves no data between devices.
-    Panels are used on one device only, where every leaf is simply on it."""
-    if use_panels:
-        shapes = jax.eval_shape(lambda: prepare_params(config, decoder.init_params(config, jax.random.key(0)), True))
+    On one device every leaf simply lies on it, whatever the layout."""
+    if mesh.devices.size == 1:
+        shapes = jax.eval_shape(lambda: prepare_params(config, decoder.init_params(config, jax.random.key(0)),
+                                                       projections))
         return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), shapes)
     stacked = decoder.param_shardings(config, mesh)
     per_layer = jax.tree.map(lambda sh: NamedSharding(sh.mesh, PartitionSpec(*sh.spec[1:])), stacked["layers"])
     return {**{k: v for k, v in stacked.items() if k != "layers"}, "layers": [per_layer] * config.num_layers}
-
-
-def native_kernels_apply(model_config: ModelConfig, mesh) -> bool:
-    """Whether the sampler runs magjax's native CPU kernels (packed few-row products and
-    decode attention): float32 on a single CPU device (sharded work stays XLA's), with the
-    kernels built."""
-    return (native.on_one_cpu(mesh) and model_config.param_dtype == "float32" and model_config.dtype == "float32"
-            and panels.available())
 
 
 _COMPILED: dict = {}
@@ -245,26 +198,27 @@ class Engine:
                  eos_id: int, *, mesh=None):
         self.model_config, self.config, self.sampling = model_config, engine_config, sampling
         self.eos_id, self.mesh = eos_id, mesh
+        # Projections and decode attention as the backend picks them for these shapes.
+        self.ops = backends.sampler(model_config, mesh, slots=engine_config.slots, max_len=engine_config.max_len)
+        self.implementations = self.ops.implementations  # which ran: "native" or "xla", per function
         # Engines of one configuration share their compiled functions (and trace counts):
         # a run that rebuilds its generator, or a test suite making many, compiles once.
-        key = (model_config, engine_config, sampling, eos_id, mesh)
+        key = (model_config, engine_config, sampling, eos_id, mesh, tuple(sorted(self.implementations.items())))
         if key in _COMPILED:
-            (self._prepare, self._prefill, self._decode, self._release, self.traces,
-             self.native) = _COMPILED[key]
+            self._prepare, self._prefill, self._decode, self._release, self.traces = _COMPILED[key]
             return
         self.traces = {"prefill": 0, "decode": 0}
-        self.native = native_kernels_apply(model_config, mesh)
         shardings = self.state_shardings() if mesh is not None else None
-        params_sh = prepared_shardings(model_config, mesh, self.native) if mesh is not None else None
+        params_sh = prepared_shardings(model_config, mesh, self.ops.projections) if mesh is not None else None
         kw = lambda ins, outs: {} if mesh is None else {"in_shardings": ins, "out_shardings": outs}  # noqa: E731
         rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
-        self._prepare = jax.jit(functools.partial(prepare_params, model_config, use_panels=self.native),
+        self._prepare = jax.jit(functools.partial(prepare_params, model_config, projections=self.ops.projections),
                                 **({} if mesh is None else {"out_shardings": params_sh}))
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
                                 **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
         self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
-        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces, self.native)
+        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces)
 
     def prepare(self, params: dict) -> dict:
         """The weights in the layout ``prefill`` and ``decode`` read (one copy per version)."""
@@ -276,17 +230,16 @@ class Engine:
         mesh = self.mesh
         c = self.model_config
         b, s = self.config.slots, self.config.max_len
-        k_sh = shd.named_sharding((shd.BATCH, shd.KV_HEADS, shd.HEAD_DIM, shd.SEQUENCE),
-                                  (b, c.num_kv_heads, c.head_dim, s), mesh)
-        v_sh = shd.named_sharding((shd.BATCH, shd.KV_HEADS, shd.SEQUENCE, shd.HEAD_DIM),
-                                  (b, c.num_kv_heads, s, c.head_dim), mesh)
+        cache = self.ops.cache
+        k_shape, v_shape = cache.shapes(b, c.num_kv_heads, c.head_dim, s)
+        k_sh = shd.named_sharding(cache.k_axes, k_shape, mesh)
+        v_sh = shd.named_sharding(cache.v_axes, v_shape, mesh)
         slot_sh = shd.named_sharding((shd.BATCH,), (b,), mesh)
         return DecodeState((k_sh,) * c.num_layers, (v_sh,) * c.num_layers, *([slot_sh] * 8))
 
     def init_state(self) -> DecodeState:
         c, s = self.model_config, self.config
-        k_shape = (s.slots, c.num_kv_heads, c.head_dim, s.max_len)
-        v_shape = (s.slots, c.num_kv_heads, s.max_len, c.head_dim)
+        k_shape, v_shape = self.ops.cache.shapes(s.slots, c.num_kv_heads, c.head_dim, s.max_len)
         zeros = lambda dtype: np.zeros((s.slots,), dtype)  # noqa: E731
         state = DecodeState(tuple(jnp.zeros(k_shape, c.jnp_dtype) for _ in range(c.num_layers)),
                             tuple(jnp.zeros(v_shape, c.jnp_dtype) for _ in range(c.num_layers)),
@@ -331,19 +284,16 @@ class Engine:
         positions_1p = jnp.arange(p, dtype=jnp.int32)[None]
         # Padding after the prompt gets its own segment so it cannot disturb the prompt.
         segments_1p = (positions_1p >= prompt_len).astype(jnp.int32)
-        attention = decoder.attention_fn(c, positions_1p, segments_1p,
-                                         self.native and causal_attention.supports(c.head_dim))
+        attention = backends.attention(c, positions_1p, segments_1p, mesh=self.mesh, grad=False)
+        projections = self.ops.projections
         x_1pd = shd.constrain(decoder.embed(c, params, tokens_1p), (shd.BATCH, shd.SEQUENCE, None), self.mesh)
-        k_cache, v_cache = list(state.k_bkes), list(state.v_bkse)
+        k_cache, v_cache = list(state.k_cache), list(state.v_cache)
         for l, layer in enumerate(params["layers"]):
-            x_1pd, (k_1pke, v_1pke) = decoder.block(c, layer, x_1pd, positions_1p, attention, self.mesh)
-            # The prompt's keys and values go to each of its G slots, in the cache layouts.
-            k_gkep = jnp.broadcast_to(jnp.transpose(k_1pke, (0, 2, 3, 1)), (g, *k_1pke.shape[2:], p))
-            v_gkpe = jnp.broadcast_to(jnp.transpose(v_1pke, (0, 2, 1, 3)), (g, k_1pke.shape[2], p, k_1pke.shape[3]))
-            k_cache[l] = k_cache[l].at[slots_g, :, :, :p].set(k_gkep.astype(k_cache[l].dtype))
-            v_cache[l] = v_cache[l].at[slots_g, :, :p].set(v_gkpe.astype(v_cache[l].dtype))
+            x_1pd, (k_1pke, v_1pke) = decoder.block(c, layer, x_1pd, positions_1p, attention, self.mesh, projections)
+            # The prompt's keys and values go to each of its G slots.
+            k_cache[l], v_cache[l] = self.ops.cache.write_prompt(k_cache[l], v_cache[l], slots_g, k_1pke, v_1pke)
         h_11d = jax.lax.dynamic_slice_in_dim(x_1pd, prompt_len - 1, 1, axis=1)
-        logits_1v = decoder.unembed(c, params, h_11d)[:, 0]
+        logits_1v = decoder.unembed(c, params, h_11d, projections)[:, 0]
         uid_g = jnp.full((g,), uid, jnp.int32)
         keys_g = token_key(self.sampling.seed, uid_g, samples_g, jnp.full((g,), prompt_len, jnp.int32))
         token_g, logp_g = sample_tokens(jnp.broadcast_to(logits_1v, (g, logits_1v.shape[-1])), keys_g, self.sampling)
@@ -391,39 +341,22 @@ class Engine:
         """Feeds every slot's last token, writes its keys and values, samples the next token."""
         c = self.model_config
         pos_b = state.lengths_b
+        projections, cache = self.ops.projections, self.ops.cache
         x_b1d = decoder.embed(c, params, state.last_token_b[:, None])
-        # The native kernel takes the attention mask as a range of positions, [lo_b, pos_b];
-        # XLA's path as a [slots, max_len] mask.
-        native_attention = self.native and decode_attention.supports(c.head_dim)
-        if native_attention:
-            lo_b = jnp.maximum(pos_b - c.sliding_window + 1, 0) if c.sliding_window is not None else 0 * pos_b
-        else:
-            s_idx = jnp.arange(self.config.max_len)
-            mask_bs = s_idx[None] <= pos_b[:, None]
-            if c.sliding_window is not None:
-                mask_bs &= pos_b[:, None] - s_idx[None] < c.sliding_window
+        # Each slot attends to cache positions [lo_b, pos_b]: the causal limit and any
+        # sliding window as a range.
+        lo_b = jnp.maximum(pos_b - c.sliding_window + 1, 0) if c.sliding_window is not None else jnp.zeros_like(pos_b)
         # Finished and free slots write nowhere (an out-of-range index is dropped).
         write_b = jnp.where(state.active_b, pos_b, self.config.max_len)
-        slot_idx = jnp.arange(self.config.slots)
-        k_cache, v_cache = list(state.k_bkes), list(state.v_bkse)
+        k_cache, v_cache = list(state.k_cache), list(state.v_cache)
         # The layers run as a Python loop (unrolled): each reads its own weights and cache.
         for l, layer in enumerate(params["layers"]):
-            q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer, x_b1d, pos_b[:, None])
+            q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer, x_b1d, pos_b[:, None], True, projections)
             # A slot just written in this step reads its own new entry from the cache.
-            if native_attention:
-                b, _, h, e = q_b1he.shape
-                o_bkge, k_cache[l], v_cache[l] = decode_attention.write_and_attend(
-                    q_b1he.reshape(b, c.num_kv_heads, h // c.num_kv_heads, e), k_b1ke[:, 0], v_b1ke[:, 0],
-                    k_cache[l], v_cache[l], lo_b, pos_b + 1, write_b)
-                o_b1he = o_bkge.reshape(b, 1, h, e)
-            else:
-                k_cache[l] = k_cache[l].at[slot_idx, :, :, write_b].set(k_b1ke[:, 0].astype(k_cache[l].dtype),
-                                                                       mode="drop")
-                v_cache[l] = v_cache[l].at[slot_idx, :, write_b].set(v_b1ke[:, 0].astype(v_cache[l].dtype),
-                                                                     mode="drop")
-                o_b1he = attend_cache(q_b1he, k_cache[l], v_cache[l], mask_bs)
-            x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh)
-        logits_bv = decoder.unembed(c, params, x_b1d)[:, 0]
+            o_b1he, k_cache[l], v_cache[l] = cache.write_and_attend(q_b1he, k_b1ke, v_b1ke, k_cache[l], v_cache[l],
+                                                                    lo_b, pos_b + 1, write_b)
+            x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh, projections)
+        logits_bv = decoder.unembed(c, params, x_b1d, projections)[:, 0]
         keys_b = token_key(self.sampling.seed, state.uid_b, state.sample_b, pos_b + 1)
         token_b, logp_b = sample_tokens(logits_bv, keys_b, self.sampling)
         valid_b = state.active_b

@@ -1,0 +1,184 @@
+"""The one place that decides how attention, the decode step's cache attention and the
+projections run, by backend:
+
+* TPU: Pallas splash attention under ``shard_map`` (``tpu.py``); the head-minor cache.
+* GPU: ``jax.nn.dot_product_attention`` on cuDNN where it applies (``gpu.py``); the
+  head-minor cache.
+* CPU: magjax's native kernels where they are registered, apply and win a measured race
+  against XLA at the real shapes (``race.py``), else XLA's; the CPU cache layout.
+* Anything else: the portable XLA implementations (``xla.py``, with the blockwise
+  attention of ``flash.py`` for long rows).
+
+The decoder, the sampler and the train step ask here and carry no backend branches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from magjax.backends import race, xla
+from magjax.backends.xla import Attention, Projections  # noqa: F401  (the seam's types)
+
+_CPU_KERNELS: list[str] = []
+
+
+def register_cpu_kernels(module: str) -> None:
+    """Registers a module of native CPU kernels (see ``magjax/kernels/backend.py`` for what
+    it provides); imported on first use, skipped where it is missing or fails to build."""
+    _CPU_KERNELS.append(module)
+
+
+# The native CPU kernels: deleting magjax/kernels/ and this line removes them.
+register_cpu_kernels("magjax.kernels.backend")
+
+
+def platform(mesh=None) -> str:
+    """"cpu", "tpu", "gpu" or another backend name: where work placed on ``mesh`` (None:
+    the default device) runs."""
+    device = next(iter(mesh.devices.flat)) if mesh is not None else jax.devices()[0]
+    p = device.platform
+    return "gpu" if p in ("cuda", "rocm") else p
+
+
+def _one_cpu(mesh) -> bool:
+    """Native kernels run where the work is on one CPU device; sharded work stays XLA's."""
+    return platform(mesh) == "cpu" and (mesh is None or mesh.devices.size == 1)
+
+
+def cpu_kernels(mesh=None):
+    """The registered native kernels module, built and loaded, or None (none registered,
+    missing, unbuildable, or the work is not on one CPU device). With the kernels forced
+    off (``MAGJAX_KERNELS=xla``) the module is returned unbuilt: every race then records
+    XLA as forced, so reports still say what ran."""
+    if not _one_cpu(mesh):
+        return None
+    for name in _CPU_KERNELS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if race.mode() == "xla" or module.available():
+            return module
+    return None
+
+
+def _random(shape, seed: int = 0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def attention(config, positions_bt, segment_ids_bt, *, mesh=None, grad: bool = True) -> Attention:
+    """Attention over whole packed sequences (the train step, the sampler's prefill):
+    causal, within a segment, within the sliding window; never a [t, t] array past short
+    rows. ``grad``: whether its gradient is taken (what a race times)."""
+    p = platform(mesh)
+    if p == "tpu":
+        from magjax.backends import tpu
+        return tpu.attention(config, positions_bt, segment_ids_bt, mesh)
+    if p == "gpu":
+        from magjax.backends import gpu
+        return gpu.attention(config, positions_bt, segment_ids_bt)
+    native = cpu_kernels(mesh)
+    if native is not None and native.attention_applies(config):
+        b, t = positions_bt.shape
+        shape = (f"rows={b} t={t} heads={config.num_heads}/{config.num_kv_heads} e={config.head_dim}"
+                 f" window={config.sliding_window} {'forward+backward' if grad else 'forward'}")
+        builders = {name: (lambda make=make: _attention_thunk(config, make, b, t, grad))
+                    for name, make in (("native", native.attention), ("xla", xla.attention))}
+        if race.pick("attention", shape, native.version(), builders) == "native":
+            return native.attention(config, positions_bt, segment_ids_bt)
+    return xla.attention(config, positions_bt, segment_ids_bt)
+
+
+def _attention_thunk(config, make, b: int, t: int, grad: bool):
+    """One attention (with the rotary embedding where the candidate leaves it to the
+    caller) at [b, t] on made-up inputs, jitted; its gradient too with ``grad``."""
+    from magjax.models import decoder
+
+    h, kv, e = config.num_heads, config.num_kv_heads, config.head_dim
+    positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    segments_bt = jnp.zeros((b, t), jnp.int32)
+    inv_freq = decoder.rope_inv_freq(config)
+
+    def run(q, k, v):
+        att = make(config, positions_bt, segments_bt)
+        if not att.rotates:
+            q, k = decoder.apply_rope(q, positions_bt, inv_freq), decoder.apply_rope(k, positions_bt, inv_freq)
+        return jnp.sum(att.attend(q, k, v))
+
+    fn = jax.jit(jax.grad(run, argnums=(0, 1, 2)) if grad else run)
+    args = (_random((b, t, h, e), 1), _random((b, t, kv, e), 2), _random((b, t, kv, e), 3))
+    return lambda: fn(*args)
+
+
+class SamplerOps(NamedTuple):
+    """How one sampler runs: its projections (and so its weights' layout), its cache
+    layout and decode attention, and which implementation each is."""
+
+    projections: Projections
+    cache: object  # xla.KeysTransposed, xla.HeadMinor or a native subclass
+    implementations: dict
+
+
+def sampler(config, mesh=None, *, slots: int, max_len: int) -> SamplerOps:
+    """The sampler's projections and decode cache for ``slots`` x ``max_len``; on CPUs
+    each raced, native against XLA, at these shapes."""
+    if platform(mesh) != "cpu":
+        return SamplerOps(xla.PROJECTIONS, xla.HeadMinor(), {"projections": "xla", "decode_attention": "xla"})
+    projections, cache = xla.PROJECTIONS, xla.KeysTransposed()
+    chosen = {"projections": "xla", "decode_attention": "xla"}
+    native = cpu_kernels(mesh)
+    if native is not None and native.projections_apply(config):
+        shape = (f"rows={slots} d={config.hidden_size} f={config.intermediate_size}"
+                 f" heads={config.num_heads}/{config.num_kv_heads} e={config.head_dim} vocab={config.vocab_size}")
+        builders = {"native": lambda: _projections_thunk(config, native.PROJECTIONS, slots),
+                    "xla": lambda: _projections_thunk(config, xla.PROJECTIONS, slots)}
+        if race.pick("decode projections", shape, native.version(), builders) == "native":
+            projections, chosen["projections"] = native.PROJECTIONS, "native"
+    if native is not None and native.decode_applies(config):
+        shape = (f"slots={slots} max_len={max_len} heads={config.num_heads}/{config.num_kv_heads}"
+                 f" e={config.head_dim}")
+        builders = {"native": lambda: _decode_thunk(config, native.CACHE, slots, max_len),
+                    "xla": lambda: _decode_thunk(config, xla.KeysTransposed(), slots, max_len)}
+        if race.pick("decode attention", shape, native.version(), builders) == "native":
+            cache, chosen["decode_attention"] = native.CACHE, "native"
+    return SamplerOps(projections, cache, chosen)
+
+
+def _projections_thunk(config, projections: Projections, rows: int):
+    """One layer's products and the output projection for ``rows`` tokens, on random
+    weights of the model's shapes laid out as ``projections`` wants them."""
+    from magjax.models import decoder
+
+    shapes = decoder.param_shapes(config)
+    layer = {k: _random(s[1:], i) * 0.02 for i, (k, s) in enumerate(sorted(shapes["layers"].items()))}
+    head = {k: _random(s, 7) * 0.02 for k, s in shapes.items() if k != "layers"}
+    layer = jax.jit(lambda l: projections.prepare_layer(config, l))(layer)
+    head = jax.jit(lambda p: projections.prepare_head(config, p))(head)
+
+    @jax.jit
+    def run(layer, head, x_md):
+        q, k, v = projections.qkv(config, layer, x_md)
+        y = x_md + projections.attn_out(layer, q)
+        gate, up = projections.gate_up(layer, y)
+        y = y + projections.down(layer, jax.nn.silu(gate) * up)
+        return projections.logits(config, head, y), k, v
+
+    x_md = _random((rows, config.hidden_size), 8)
+    return lambda: run(layer, head, x_md)
+
+
+def _decode_thunk(config, cache, slots: int, max_len: int):
+    """One layer's decode-step cache write and attention, half the cache in use."""
+    kv, e = config.num_kv_heads, config.head_dim
+    k_shape, v_shape = cache.shapes(slots, kv, e, max_len)
+    k_cache, v_cache = _random(k_shape, 1), _random(v_shape, 2)
+    q, k_new, v_new = (_random((slots, 1, config.num_heads, e), 3), _random((slots, 1, kv, e), 4),
+                       _random((slots, 1, kv, e), 5))
+    at_b = jnp.full((slots,), max_len // 2, jnp.int32)
+    run = jax.jit(lambda *a: cache.write_and_attend(*a, jnp.zeros_like(at_b), at_b + 1, at_b))
+    return lambda: run(q, k_new, v_new, k_cache, v_cache)

@@ -1,0 +1,123 @@
+"""magjax's native CPU kernels as one implementation behind ``magjax.backends``.
+
+Registered there by a single line; the seam imports this module on first use and races
+each function here against XLA's at the real shapes (``magjax.backends.race``). Provides:
+
+* ``attention``: whole-sequence attention (``causal_attention.cc``), which applies the
+  rotary embedding itself;
+* ``PROJECTIONS``: the sampler's few-row products on weights packed into panels
+  (``panel_matmul.cc``; q|k|v and gate|up packed together, so a layer is four calls);
+* ``CACHE``: the decode step's cache write and attention (``decode_attention.cc``) on the
+  CPU cache layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import jax.numpy as jnp
+
+from magjax.backends import xla
+from magjax.kernels import causal_attention, decode_attention, native, panels
+
+
+def available() -> bool:
+    """Whether the kernels are built and registered (they build on the first call)."""
+    return native.load()
+
+
+def version() -> str:
+    """What the kernels' speed depends on in this package: their sources and flags."""
+    digest = hashlib.sha256(" ".join(native.FLAGS).encode())
+    here = os.path.dirname(__file__)
+    for name in (*native.SOURCES, *native.HEADERS):
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def attention_applies(config) -> bool:
+    return config.dtype == "float32" and causal_attention.supports(config.head_dim)
+
+
+def attention(config, positions_bt, segment_ids_bt) -> xla.Attention:
+    from magjax.models import decoder
+
+    window = config.sliding_window or 0
+    cos_bte2, sin_bte2 = decoder.rotary_tables(positions_bt, decoder.rope_inv_freq(config))
+    return xla.Attention(lambda q, k, v: causal_attention.attend(q, k, v, segment_ids_bt, positions_bt, cos_bte2,
+                                                                 sin_bte2, window), rotates=True)
+
+
+def projections_apply(config) -> bool:
+    return config.param_dtype == "float32" and config.dtype == "float32"
+
+
+class PanelProjections(xla.Projections):
+    """Products on weights packed once per version (``panels.pack``): a decode step's
+    products have one row per slot, and the packed layout streams each weight once.
+    Products that read the same input are one (q|k|v as ``wqkv``, gate|up as
+    ``w_gate_up``): fewer, larger calls, which matters where a step is mostly per-call
+    overhead."""
+
+    name = "native"
+    _PACKED = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+    def prepare_layer(self, config, layer: dict) -> dict:
+        d = config.hidden_size
+        flat = lambda w: w.reshape(d, -1)  # noqa: E731
+        packed = {k: w for k, w in layer.items() if k not in self._PACKED}
+        packed["wqkv"] = panels.pack(jnp.concatenate([flat(layer["wq"]), flat(layer["wk"]), flat(layer["wv"])], 1))
+        packed["wo"] = panels.pack(layer["wo"], in_dims=2)
+        packed["w_gate_up"] = panels.pack(jnp.concatenate([layer["w_gate"], layer["w_up"]], 1))
+        packed["w_down"] = panels.pack(layer["w_down"])
+        return packed
+
+    def prepare_head(self, config, params: dict) -> dict:
+        """The output matrix, tied or not, packed as ``lm_head``."""
+        head = {k: v for k, v in params.items() if k != "lm_head"}
+        head["lm_head"] = panels.pack(params["embed"].T if config.tie_embeddings else params["lm_head"])
+        return head
+
+    def qkv(self, config, layer: dict, x_btd):
+        h, kv, e = config.num_heads, config.num_kv_heads, config.head_dim
+        q, k, v = jnp.split(panels.dense(x_btd, layer["wqkv"]), [h * e, (h + kv) * e], axis=-1)
+        lead = x_btd.shape[:-1]
+        return q.reshape(*lead, h, e), k.reshape(*lead, kv, e), v.reshape(*lead, kv, e)
+
+    def attn_out(self, layer: dict, o_bthe):
+        return panels.dense(o_bthe, layer["wo"])
+
+    def gate_up(self, layer: dict, x_btd):
+        return jnp.split(panels.dense(x_btd, layer["w_gate_up"]), 2, axis=-1)
+
+    def down(self, layer: dict, h_btf):
+        return panels.dense(h_btf, layer["w_down"])
+
+    def logits(self, config, params: dict, h_btd):
+        return panels.dense(h_btd, params["lm_head"])
+
+
+PROJECTIONS = PanelProjections()
+
+
+def decode_applies(config) -> bool:
+    return config.dtype == "float32" and decode_attention.supports(config.head_dim)
+
+
+class NativeCache(xla.KeysTransposed):
+    """The CPU cache layout, written and read by the native decode attention: it reads each
+    slot's positions [lo, hi) once instead of the whole masked cache."""
+
+    name = "native"
+
+    def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b):
+        b, _, h, e = q_b1he.shape
+        kv = k_cache.shape[1]
+        o_bkge, k_cache, v_cache = decode_attention.write_and_attend(
+            q_b1he.reshape(b, kv, h // kv, e), k_b1ke[:, 0], v_b1ke[:, 0], k_cache, v_cache, lo_b, hi_b, at_b)
+        return o_bkge.reshape(b, 1, h, e).astype(q_b1he.dtype), k_cache, v_cache
+
+
+CACHE = NativeCache()
