@@ -154,7 +154,7 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     if compiled is not None:
         weights = abstract.with_shardings(shapes, compiled.output_shardings)
     else:  # the layout the engine asks for
-        weights = abstract.with_shardings(shapes, prepared_shardings(model, gmesh, engine.native))
+        weights = abstract.with_shardings(shapes, prepared_shardings(model, gmesh, engine.ops.projections))
     decode_state = abstract.decode_state(engine)
     g, bucket = recipe.run.group_size, engine_config.prompt_buckets[-1]
     i32 = lambda shape=(): abstract.scalar(gmesh, np.int32, shape)  # noqa: E731

@@ -220,12 +220,9 @@ def make_logprob_step(model_config: ModelConfig, loss_config: LossConfig, *, mes
     """
     if mesh is not None and param_shardings is None:
         raise ValueError("make_logprob_step with a mesh needs param_shardings (state_shardings(state).params)")
-    native_attention = causal_attention.applies(model_config, mesh)
-
     def logprobs(params, batch: TrainBatch):
         def one(mb: TrainBatch):
-            h_btd = decoder.hidden_states(model_config, params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh,
-                                          native_attention=native_attention)
+            h_btd = decoder.hidden_states(model_config, params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh)
             logp_bt, _ = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk,
                                         loss_config.temperature)
             return jnp.where(mb.weights > 0, logp_bt, mb.old_logprobs)
