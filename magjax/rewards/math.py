@@ -22,7 +22,8 @@ grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
   does not answer ``\\pi`` and ``0.3333`` not 1/3. This is also the policy for ``\\approx``:
   ``y \\approx 5`` states the value 5 and is compared like ``y = 5``; the sign never widens
   the tolerance, since an exact gold asks for an exact answer.
-* Percent: ``50\\%``, ``50 pct`` answer 50 and 0.5. Degrees: ``90^\\circ`` answers 90 (a
+* Percent: ``50\\%``, ``50 pct`` answer 50 and 0.5, and 50 and 0.5 answer them (the sign is
+  a unit, as the MATH graders strip it). Degrees: ``90^\\circ`` answers 90 (a
   unit at the top level); inside a trigonometric function the sign converts to radians.
 * Labelled and restated answers count when the value matches: ``x = 3``, ``g(x)=3``,
   ``PQ=6, RS=2`` (against ``6, 2``, in that order: bare values against named ones keep
