@@ -605,9 +605,14 @@ def _multiset_equal(gold: list, pred: list, eq) -> bool:
     return True
 
 
+def _unspaced(s: str) -> str:
+    """Without spaces, but for those between digits ("1 : 2" is "1:2"; "2 3" is not "23")."""
+    return re.sub(r"(?<!\d) | (?!\d)", "", s)
+
+
 def equivalent(gold: str, pred: str) -> bool:
     """True when ``pred`` (the content of the last \\boxed{}) answers ``gold``."""
-    if normalize(gold).replace(" ", "") == normalize(pred).replace(" ", ""):
+    if _unspaced(normalize(gold)) == _unspaced(normalize(pred)):
         return True
     try:
         return answers_equal(parse_answer(gold), parse_answer(pred))
