@@ -161,7 +161,10 @@ _OPS = {"\\leqslant": "<=", "\\leq": "<=", "\\le": "<=", "<=": "<=", "\\geqslant
         "\\ge": ">=", ">=": ">=", "\\lt": "<", "<": "<", "\\gt": ">", ">": ">", "=": "=", "\\approx": "=",
         "\\in": "in", "\\neq": "!=", "\\ne": "!="}
 _GREEK_NAME = r"\\(?:alpha|beta|gamma|delta|theta|phi|varphi|omega|lambda|mu|sigma|tau|rho)(?![A-Za-z])"
-_NAME = r"(?:(?:\\(?:sin|cos|tan|cot|sec|csc)\s*)?" + _GREEK_NAME + r"|\\(?:sin|cos|tan|cot|sec|csc)\s*[A-Za-z]|[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
+_TRIG_NAME = r"\\(?:sin|cos|tan|cot|sec|csc)\s*"
+_NAME = ("(?:" + rf"(?:{_TRIG_NAME})?{_GREEK_NAME}|{_TRIG_NAME}[A-Za-z]"  # \theta, \tan\theta, \sin A
+         r"|[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?"  # x, a_1, f'(x), f^{-1}(x), PQ
+         r"|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})")  # \overline{AB}, \text{Area}
 _LABEL = re.compile(rf"(?:m\s*)?(?:\\angle\s*)?{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)")
 _WORDS = re.compile(r"(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z .']*[A-Za-z.]")  # a word ("no"), not a product ("x y")
 
