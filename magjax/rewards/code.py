@@ -166,6 +166,8 @@ def _harness(source, test_code, entry):
         # tracing hooks and ctypes; the program gets none of them. ValueError is what the
         # standard library expects of sys._getframe where frames are unavailable (namedtuple,
         # enum and typing carry on without).
+        if event == "object.__getattr__" and args[1] not in ("tb_frame", "gi_frame", "cr_frame", "ag_frame"):
+            return  # other audited reads (a function's __code__, for inspect.signature) reach no frame
         if event in ("sys._getframe", "sys._current_frames", "object.__getattr__", "gc.get_objects",
                      "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile") or \
                 event.startswith("ctypes."):
