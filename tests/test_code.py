@@ -276,13 +276,14 @@ def test_assertion_tests_see_the_programs_helpers(source, test, bug):
 
 
 def test_common_library_code_runs_under_the_harness():
-    source = ("import collections, dataclasses, enum, functools, typing, heapq, fractions\n"
+    source = ("import collections, dataclasses, enum, functools, typing, heapq, fractions, inspect, warnings\n"
               "Point = collections.namedtuple('Point', 'x y')\n"
               "class Color(enum.Enum):\n    RED = 1\n"
               "@dataclasses.dataclass\nclass Box:\n    w: int\n"
               "class Pt(typing.NamedTuple):\n    x: int\n"
               "@functools.lru_cache(None)\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
               "def solve(n):\n    try:\n        {}['missing']\n    except KeyError:\n        pass\n"
+              "    assert len(inspect.signature(fib).parameters) == 1\n    warnings.warn('fine')\n"
               "    g = (i for i in range(3))\n    h = []\n    heapq.heappush(h, 3)\n"
               "    return fib(n) + Point(1, 2).x + Color.RED.value + Box(1).w + Pt(1).x + sum(g) + h[0]"
               " + int(fractions.Fraction(4, 2))\n")

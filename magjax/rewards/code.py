@@ -16,14 +16,16 @@ Assertion tests are run as HumanEval's, MBPP's and LiveCodeBench's harnesses run
 program's top-level names are visible to the test code, so a test may call a helper the
 program defines (HumanEval's ``poly`` for ``find_zero``, ``encode_cyclic`` for
 ``decode_cyclic``), and ``check(entry_point)`` runs. The harness only lets plain built-in
-values out of the program: the entry point's and every helper's results must be plain
-(an object whose ``__eq__`` always says True is rejected, through the candidate, a helper,
-or a method of a class the tests construct), names that would shadow a built-in do not
-reach the tests, nor do classes that define comparison, conversion or call hooks; the tests
-get the built-ins as they were before the program ran. It proves the checks ran to the end by printing a nonce it received on stdin:
-exit code 0 alone never passes a test. (A program that inspects the harness's own frames
-or patches a standard module is beyond what an in-process harness can stop; the sandbox
-still contains it.)
+values out of the program: the entry point's and every helper's results must be plain (an
+object whose ``__eq__`` always says True is rejected, through the candidate, a helper, or a
+method of a class the tests construct); names that would shadow a built-in do not reach the
+tests, nor do classes that define comparison, conversion or call hooks; the tests get the
+built-ins as they were before the program ran. It proves the checks ran to the end by
+printing a nonce it received on stdin, so exit code 0 alone never passes a test; the nonce
+and the checks are locals of the judging code, and an audit hook denies the program the
+ways to reach them (frames, the garbage collector's lists, tracing, ctypes). What stays
+open to a program is patching a standard module's functions that the tests call, as in
+every harness that runs tests in the program's process; the sandbox still contains it.
 """
 
 from __future__ import annotations
@@ -164,6 +166,8 @@ def _harness(source, test_code, entry):
         # tracing hooks and ctypes; the program gets none of them. ValueError is what the
         # standard library expects of sys._getframe where frames are unavailable (namedtuple,
         # enum and typing carry on without).
+        if event == "object.__getattr__" and args[1] not in ("tb_frame", "gi_frame", "cr_frame", "ag_frame"):
+            return  # other audited reads (a function's __code__, for inspect.signature) reach no frame
         if event in ("sys._getframe", "sys._current_frames", "object.__getattr__", "gc.get_objects",
                      "gc.get_referrers", "gc.get_referents", "sys.settrace", "sys.setprofile") or \
                 event.startswith("ctypes."):

@@ -2,11 +2,11 @@
 
 Graders built on ``parse_expr``/``sympify`` execute model text as Python; this parser only
 knows a fixed grammar (numbers, repeating decimals ``0.\\overline{6}``, + - * / ^, implicit
-products, \\frac, \\sqrt, \\binom, factorial, absolute values, floor and ceiling, constants (``i`` is the imaginary
-unit), Greek letters as variables, functions with powers and inverses (``\\cot^2 t``, ``\\sin^{-1} x``, ``\\log_2 8``), degrees
-inside trigonometric functions) and refuses anything else with ``LatexError``. Guards stop
-expressions that would take SymPy minutes or gigabytes (exponent towers, huge factorials)
-before SymPy sees them.
+products, \\frac, \\sqrt, \\binom, factorial, absolute values, floor and ceiling, constants
+(``i`` is the imaginary unit), Greek letters as variables, functions with powers and inverses
+(``\\cot^2 t``, ``\\sin^{-1} x``, ``\\log_2 8``), degrees inside trigonometric functions) and
+refuses anything else with ``LatexError``. Guards stop expressions that would take SymPy
+minutes or gigabytes (exponent towers, huge factorials and binomials) before SymPy sees them.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
   does not answer ``\\pi`` and ``0.3333`` not 1/3. This is also the policy for ``\\approx``:
   ``y \\approx 5`` states the value 5 and is compared like ``y = 5``; the sign never widens
   the tolerance, since an exact gold asks for an exact answer.
-* Percent: ``50\\%``, ``50 pct`` answer 50 and 0.5. Degrees: ``90^\\circ`` answers 90 (a
+* Percent: ``50\\%``, ``50 pct`` answer 50 and 0.5, and 50 and 0.5 answer them (the sign is
+  a unit, as the MATH graders strip it). Degrees: ``90^\\circ`` answers 90 (a
   unit at the top level); inside a trigonometric function the sign converts to radians.
 * Labelled and restated answers count when the value matches: ``x = 3``, ``g(x)=3``,
   ``PQ=6, RS=2`` (against ``6, 2``, in that order: bare values against named ones keep
@@ -160,7 +161,10 @@ _OPS = {"\\leqslant": "<=", "\\leq": "<=", "\\le": "<=", "<=": "<=", "\\geqslant
         "\\ge": ">=", ">=": ">=", "\\lt": "<", "<": "<", "\\gt": ">", ">": ">", "=": "=", "\\approx": "=",
         "\\in": "in", "\\neq": "!=", "\\ne": "!="}
 _GREEK_NAME = r"\\(?:alpha|beta|gamma|delta|theta|phi|varphi|omega|lambda|mu|sigma|tau|rho)(?![A-Za-z])"
-_NAME = r"(?:(?:\\(?:sin|cos|tan|cot|sec|csc)\s*)?" + _GREEK_NAME + r"|\\(?:sin|cos|tan|cot|sec|csc)\s*[A-Za-z]|[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})"
+_TRIG_NAME = r"\\(?:sin|cos|tan|cot|sec|csc)\s*"
+_NAME = ("(?:" + rf"(?:{_TRIG_NAME})?{_GREEK_NAME}|{_TRIG_NAME}[A-Za-z]"  # \theta, \tan\theta, \sin A
+         r"|[A-Za-z]+(?:_\{?[\w,]+\}?)?'*(?:\^\{?-1\}?)?(?:\([^()=<>]*\))?"  # x, a_1, f'(x), f^{-1}(x), PQ
+         r"|\\overline\{[A-Za-z]+\}|\\text\{[A-Za-z ]+\})")  # \overline{AB}, \text{Area}
 _LABEL = re.compile(rf"(?:m\s*)?(?:\\angle\s*)?{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\)")
 _WORDS = re.compile(r"(?=.*[A-Za-z]{2})[A-Za-z][A-Za-z .']*[A-Za-z.]")  # a word ("no"), not a product ("x y")
 
@@ -604,9 +608,14 @@ def _multiset_equal(gold: list, pred: list, eq) -> bool:
     return True
 
 
+def _unspaced(s: str) -> str:
+    """Without spaces, but for those between digits ("1 : 2" is "1:2"; "2 3" is not "23")."""
+    return re.sub(r"(?<!\d) | (?!\d)", "", s)
+
+
 def equivalent(gold: str, pred: str) -> bool:
     """True when ``pred`` (the content of the last \\boxed{}) answers ``gold``."""
-    if normalize(gold).replace(" ", "") == normalize(pred).replace(" ", ""):
+    if _unspaced(normalize(gold)) == _unspaced(normalize(pred)):
         return True
     try:
         return answers_equal(parse_answer(gold), parse_answer(pred))
