@@ -12,6 +12,7 @@ RESOURCE_EXHAUSTED and the bytes it needed: that is recorded as a measurement, n
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 
@@ -83,6 +84,8 @@ def compile_function(memory: FunctionMemory, jitted, args, mesh) -> tuple[Functi
         with jax.set_mesh(mesh):
             compiled = jitted.lower(*args).compile()
     except Exception as err:  # noqa: BLE001 - a program that does not fit is a result
+        if os.environ.get("MAGJAX_PLAN_TRACEBACK"):  # debugging the planner: the full traceback
+            raise
         text = str(err)
         if "RESOURCE_EXHAUSTED" in text:
             memory.needed_bytes, memory.needed_kind = _needed(text)
