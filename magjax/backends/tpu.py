@@ -21,6 +21,9 @@ from magjax import sharding as shd
 from magjax.backends.xla import Attention
 
 
+BLOCK = 128  # the kernel's default query and key block
+
+
 def _kernel(t: int, heads: int, window: int | None):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -34,13 +37,19 @@ def _kernel(t: int, heads: int, window: int | None):
 
 def attention(config, positions_bt, segment_ids_bt, mesh) -> Attention:
     def attend(q_bthe, k_btke, v_btke):
+        t_real = q_bthe.shape[1]
+        pad = -t_real % BLOCK
+        if pad:  # the kernel's blocks tile the row: pad it with positions of segment 0 (padding)
+            widen = lambda x: jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))  # noqa: E731
+            q_bthe, k_btke, v_btke = widen(q_bthe), widen(k_btke), widen(v_btke)
+        seg_bt = jnp.pad(segment_ids_bt, ((0, 0), (0, pad)))
         b, t, h, e = q_bthe.shape
         kv = k_btke.shape[2]
         dt = q_bthe.dtype
         # The kernel does not scale its scores: scale the queries once.
         q_bhte = jnp.transpose(q_bthe * jnp.asarray(1 / math.sqrt(e), dt), (0, 2, 1, 3))
         k_bkte, v_bkte = jnp.transpose(k_btke, (0, 2, 1, 3)), jnp.transpose(v_btke, (0, 2, 1, 3))
-        seg_bt = segment_ids_bt.astype(jnp.int32)
+        seg_bt = seg_bt.astype(jnp.int32)
 
         def local(q_bhte, k_bkte, v_bkte, seg_bt):
             sk, kernel = _kernel(t, q_bhte.shape[1], config.sliding_window)
@@ -51,10 +60,11 @@ def attention(config, positions_bt, segment_ids_bt, mesh) -> Attention:
             o_bhte = local(q_bhte, k_bkte, v_bkte, seg_bt)
         else:
             kv_spec = shd.logical_to_spec((shd.BATCH, shd.KV_HEADS, None, None), (b, kv, t, e), mesh)
+            kv_spec = PartitionSpec(*kv_spec, *(None,) * (4 - len(kv_spec)))  # trailing Nones may be trimmed
             q_spec = PartitionSpec(kv_spec[0], kv_spec[1], None, None)  # heads split as the kv heads are
             seg_spec = PartitionSpec(kv_spec[0], None)
             o_bhte = jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
                                    out_specs=q_spec, check_vma=False)(q_bhte, k_bkte, v_bkte, seg_bt)
-        return jnp.transpose(o_bhte, (0, 2, 1, 3)).astype(dt)
+        return jnp.transpose(o_bhte, (0, 2, 1, 3))[:, :t_real].astype(dt)
 
     return Attention(attend, rotates=False)
