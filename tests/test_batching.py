@@ -12,8 +12,8 @@ PACK = batching.PackingConfig(rows=4, row_len=16)
 def _loss_at_ratio_one(groups, loss_config):
     """With pi_theta = pi_old every ratio is 1 and the loss is -sum(w * A) over tokens."""
     (batch,), _ = batching.make_minibatches(groups, loss_config, PACK)
-    loss, _ = policy_objective(jnp.asarray(batch.old_logprobs), batch.old_logprobs, batch.advantages,
-                               batch.weights, 0.2, 0.28)
+    loss, _ = policy_objective(jnp.asarray(batch.old_logprobs_mbt), batch.old_logprobs_mbt, batch.advantages_mbt,
+                               batch.weights_mbt, 0.2, 0.28)
     return float(loss)
 
 
@@ -51,15 +51,15 @@ def test_packing_is_first_fit_decreasing_and_keeps_sequences_apart():
     assert batching.first_fit_decreasing([5, 9, 3, 7, 4], 12) == [[1, 2], [3, 0], [4]]  # 9, 7, 5, 4, 3 in turn
     groups = random_groups(4, 4, seed=3)
     (batch,), stats = batching.make_minibatches(groups, LossConfig(), PACK)
-    m, b, t = batch.tokens.shape
+    m, b, t = batch.tokens_mbt.shape
     assert (b, t) == (4, 16) and m & (m - 1) == 0  # a power of two
     seqs = [c for g in groups for c in g.completions]
     used = sum(len(c.prompt_tokens) + len(c.tokens) - 1 for c in seqs)
     assert stats["padding_fraction"] == pytest.approx(1 - used / (m * b * t))
-    assert int((batch.weights > 0).sum()) == sum(len(c.tokens) for c in seqs)
+    assert int((batch.weights_mbt > 0).sum()) == sum(len(c.tokens) for c in seqs)
     # Positions restart at every segment start.
-    seg = batch.segment_ids.reshape(-1, t)
-    pos = batch.positions.reshape(-1, t)
+    seg = batch.segment_ids_mbt.reshape(-1, t)
+    pos = batch.positions_mbt.reshape(-1, t)
     starts = (seg != np.roll(seg, 1, axis=1)) | (np.arange(t) == 0)
     assert (pos[starts & (seg > 0)] == 0).all()
 

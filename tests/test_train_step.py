@@ -38,7 +38,7 @@ def test_packed_accumulated_gradient_equals_unpacked(rows, row_len):
     longest = max(s.slots for s in seqs)
     singles = [batching.pack([s], batching.PackingConfig(rows=1, row_len=longest))[0] for s in seqs]
     reference = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *singles)
-    assert reference.tokens.shape == (1, len(seqs), longest)
+    assert reference.tokens_mbt.shape == (1, len(seqs), longest)
     packed, stats = batching.pack(seqs, batching.PackingConfig(rows=rows, row_len=row_len))
     loss_ref, g_ref, _ = grad(params, reference)
     loss_packed, g_packed, _ = grad(params, packed)
@@ -50,7 +50,7 @@ def test_packed_accumulated_gradient_equals_unpacked(rows, row_len):
 def test_sharded_steps_match_unsharded_and_trace_once(mesh_1x8, mesh_2x4):
     pack = batching.PackingConfig(rows=8, row_len=64)
     batches = [batching.make_minibatches(random_groups(4, 4, seed=s), LossConfig(), pack)[0][0] for s in range(5)]
-    assert len({b.tokens.shape for b in batches}) == 1
+    assert len({b.tokens_mbt.shape for b in batches}) == 1
     results = []
     for mesh in (None, mesh_1x8, mesh_2x4):
         state, step = _setup(mesh=mesh)
@@ -70,8 +70,8 @@ def test_nan_in_batch_skips_the_update_and_counts_it():
     state, _ = step(state, batch)  # moments that are not zero, so an unchanged state means something
     before = _host((state.params, state.opt_state))
     bad = jax.tree.map(np.array, batch)
-    i = np.argwhere(bad.weights > 0)[0]
-    bad.old_logprobs[tuple(i)] = np.nan
+    i = np.argwhere(bad.weights_mbt > 0)[0]
+    bad.old_logprobs_mbt[tuple(i)] = np.nan
     state, metrics = step(state, bad)
     assert int(state.skipped) == 1 and int(metrics["train/applied"]) == 0
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_host((state.params, state.opt_state)))):

@@ -159,23 +159,27 @@ def pack(seqs: list[PackedSequence], packing: PackingConfig, min_microbatches: i
             offset += n
     as_mbt = lambda x: x.reshape(m, b, t)  # noqa: E731
     batch = TrainBatch(*(as_mbt(x) for x in (tokens, targets, positions, segment_ids, weights,
-                                              old_logprobs, advantages)))
+                                              old_logprobs, advantages)))  # fields in declaration order
     used = sum(s.slots for s in seqs)
     stats = {"padding_fraction": 1.0 - used / (m * b * t), "microbatches": m,
              "completion_tokens": int(sum(len(s.tokens) - s.prompt_len for s in seqs))}
     return batch, stats
 
 
-def make_minibatches(groups: list[ScoredGroup], loss: LossConfig, packing: PackingConfig,
-                     n_minibatch: int = 1) -> tuple[list[TrainBatch], dict]:
-    """The whole host-side path: filter, split, weigh, pack. One TrainBatch per optimizer step."""
-    kept, removed = filter_groups(groups, loss) if loss.kind == "grpo" else (groups, [])
+def minibatches(kept: list[ScoredGroup], loss: LossConfig, packing: PackingConfig,
+                n_minibatch: int = 1) -> tuple[list[TrainBatch], dict]:
+    """Groups already filtered: split, weigh, pack. One TrainBatch per optimizer step."""
     batches, paddings = [], []
     for part in split_minibatches(kept, n_minibatch):
         batch, stats = pack(minibatch_sequences(part, loss), packing)
         batches.append(batch)
         paddings.append(stats["padding_fraction"])
-    stats = {"groups_filtered": len(removed), "groups_kept": len(kept),
-             "padding_fraction": float(np.mean(paddings)) if paddings else 0.0,
-             "removed": [g.problem_id for g in removed]}
-    return batches, stats
+    return batches, {"groups_kept": len(kept), "padding_fraction": float(np.mean(paddings)) if paddings else 0.0}
+
+
+def make_minibatches(groups: list[ScoredGroup], loss: LossConfig, packing: PackingConfig,
+                     n_minibatch: int = 1) -> tuple[list[TrainBatch], dict]:
+    """The whole host-side path: filter, split, weigh, pack. One TrainBatch per optimizer step."""
+    kept, removed = filter_groups(groups, loss) if loss.kind == "grpo" else (groups, [])
+    batches, stats = minibatches(kept, loss, packing, n_minibatch)
+    return batches, stats | {"groups_filtered": len(removed), "removed": [g.problem_id for g in removed]}

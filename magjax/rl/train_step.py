@@ -70,19 +70,19 @@ def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, 
                     ref_params=None, mesh=None, native_attention: bool = False):
     """The weighted loss of one microbatch [b, t] and its token statistics (sums)."""
     hidden = functools.partial(decoder.hidden_states, model_config, mesh=mesh, native_attention=native_attention)
-    h_btd = hidden(params, mb.tokens, mb.positions, mb.segment_ids)
-    logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk)
-    w_bt = mb.weights
+    h_btd = hidden(params, mb.tokens_mbt, mb.positions_mbt, mb.segment_ids_mbt)
+    logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets_mbt, loss_config.logprob_chunk)
+    w_bt = mb.weights_mbt
     mask_bt = (w_bt > 0).astype(jnp.float32)
     if loss_config.kind == "sft":
         loss = -jnp.sum(w_bt * logp_bt)
         stats = {"tokens": jnp.sum(mask_bt)}
     else:
-        loss, stats = policy_objective(logp_bt, mb.old_logprobs, mb.advantages, w_bt,
+        loss, stats = policy_objective(logp_bt, mb.old_logprobs_mbt, mb.advantages_mbt, w_bt,
                                        loss_config.eps_low, loss_config.eps_high)
     if loss_config.kl_coef > 0:
-        ref_h = hidden(ref_params, mb.tokens, mb.positions, mb.segment_ids)
-        ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets, loss_config.logprob_chunk)
+        ref_h = hidden(ref_params, mb.tokens_mbt, mb.positions_mbt, mb.segment_ids_mbt)
+        ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets_mbt, loss_config.logprob_chunk)
         kl_bt = k3_kl(logp_bt, jax.lax.stop_gradient(ref_logp_bt))
         loss = loss + loss_config.kl_coef * jnp.sum(w_bt * kl_bt)
         stats["kl_ref_sum"] = jnp.sum(mask_bt * kl_bt)
