@@ -150,7 +150,9 @@ class TrainBatch:
     tokens), ``old_logprobs_mbt`` the sampler's log-probability of the target and
     ``advantages_mbt`` its sequence's advantage. ``segment_ids_mbt`` (0 = padding) keep packed
     sequences from attending to each other; ``positions_mbt`` restart at 0 for each sequence.
-    NumPy on the host (batching.py), jax.Array once placed (train_step.place_batch).
+    NumPy on the host (batching.py), jax.Array once placed (train_step.place_batch). A JAX
+    pytree once magjax.rl is imported (registered there: this module imports no JAX, so
+    the verifiers and the data tools never load it).
     """
 
     tokens_mbt: Array  # int32
@@ -161,12 +163,3 @@ class TrainBatch:
     old_logprobs_mbt: Array  # float32
     advantages_mbt: Array  # float32
 
-
-def _register_train_batch():
-    import jax
-
-    fields = [f.name for f in dataclasses.fields(TrainBatch)]
-    jax.tree_util.register_dataclass(TrainBatch, data_fields=fields, meta_fields=[])
-
-
-_register_train_batch()
