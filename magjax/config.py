@@ -40,7 +40,8 @@ def register():
     from magjax.sampling import engine
 
     for cls in (loop.RunConfig, mesh.MeshConfig, engine.EngineConfig, engine.SamplingConfig, losses.LossConfig,
-                optimizer.OptimizerConfig, batching.PackingConfig, reward.RewardConfig, pool.PoolConfig,
+                optimizer.OptimizerConfig, batching.PackingConfig, batching.AdvantageConfig, reward.RewardConfig,
+                pool.PoolConfig,
                 sft.SFTConfig, evaluate.EvalConfig, sources.DataConfig, tokenizer.ChatFormat,
                 model_config.ModelConfig, model_config.RopeScaling, checkpoint.CheckpointConfig,
                 curriculum.Stage, recipe.Recipe):
@@ -133,7 +134,7 @@ def build_abstract() -> dict:
 
     built = recipe()
     parts = {"RunConfig": built.run, "EngineConfig": built.engine, "SamplingConfig": built.sampling,
-             "LossConfig": built.loss, "OptimizerConfig": built.optimizer, "PackingConfig": built.packing,
+             "LossConfig": built.loss, "AdvantageConfig": built.advantage, "OptimizerConfig": built.optimizer, "PackingConfig": built.packing,
              "RewardConfig": built.reward, "PoolConfig": built.pool, "SFTConfig": built.sft,
              "EvalConfig": built.evaluation, "DataConfig": built.data, "ChatFormat": built.chat}
     model = built.model_config

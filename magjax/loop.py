@@ -116,8 +116,8 @@ def run(recipe: Recipe, problems: list[Problem], params: dict | None = None, *, 
     try:
         for step in job.steps():
             groups = job.next_batch(step)  # every process's scored groups
-            kept, removed = batching.filter_groups(groups, recipe.loss)  # zero-variance groups out, once
-            batches, packed = batching.minibatches(kept, recipe.loss, recipe.packing, job.config.n_minibatch)
+            kept, removed = batching.filter_groups(groups, recipe.advantage)  # zero-variance groups out, once
+            batches, packed = batching.minibatches(kept, recipe.advantage, recipe.packing, job.config.n_minibatch)
             m = {}
             for batch in batches:
                 m |= job.trainer.step(batch)

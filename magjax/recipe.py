@@ -19,7 +19,7 @@ from magjax.models.config import ModelConfig, preset
 from magjax.models.tokenizer import ChatFormat
 from magjax.rewards.pool import PoolConfig
 from magjax.rewards.reward import RewardConfig
-from magjax.rl.batching import PackingConfig
+from magjax.rl.batching import AdvantageConfig, PackingConfig
 from magjax.rl.losses import LossConfig
 from magjax.rl.optimizer import OptimizerConfig
 from magjax.sampling.engine import EngineConfig, SamplingConfig
@@ -39,7 +39,8 @@ class Recipe:
     run: RunConfig = RunConfig()
     sampling: SamplingConfig = SamplingConfig()
     engine: EngineConfig = EngineConfig()
-    loss: LossConfig = LossConfig()
+    loss: LossConfig = LossConfig()  # the objective on device
+    advantage: AdvantageConfig = AdvantageConfig()  # advantages, token weights, zero-variance filter (host)
     optimizer: OptimizerConfig = OptimizerConfig()  # RL
     packing: PackingConfig = PackingConfig()
     reward: RewardConfig = RewardConfig()

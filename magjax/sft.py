@@ -76,7 +76,7 @@ def run_sft(examples: list[tuple[str, str]], model_config: ModelConfig, params: 
             order, cursor = rng.permutation(len(groups)), 0
         chosen = [groups[i] for i in order[cursor : cursor + config.batch_size]]
         cursor += config.batch_size
-        (batch,), stats = batching.minibatches(chosen, loss, packing)  # nothing to filter in SFT
+        (batch,), stats = batching.minibatches(chosen, batching.SFT, packing)  # nothing to filter in SFT
         m = trainer.step(batch)
         losses.append(m["train/loss"])
         if metrics is not None:

@@ -207,7 +207,9 @@ def test_train_step_on_native_attention_equals_xla_attention(kind):
     loss = LossConfig(kind=kind)
     opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3))
     assert train_step.make_train_step(config, loss, opt, schedule).native_attention
-    (batch,), _ = batching.make_minibatches(random_groups(4, 4, seed=2), loss, batching.PackingConfig(2, 32))
+    (batch,), _ = batching.make_minibatches(random_groups(4, 4, seed=2),
+                                            batching.SFT if kind == "sft" else batching.AdvantageConfig(),
+                                            batching.PackingConfig(2, 32))
     assert batch.tokens_mbt.shape[0] > 1 and (batch.segment_ids_mbt.max(-1) > 1).any()  # microbatches of packed rows
     params = decoder.init_params(config, jax.random.key(4))
     results = [jax.jit(functools.partial(train_step.accumulate_gradients, config, loss, native_attention=native))(
