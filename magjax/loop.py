@@ -125,9 +125,9 @@ def run(recipe: Recipe, problems: list[Problem], params: dict | None = None, *, 
             job.record(step, groups, kept, removed, packed, m)
             if evaluator is not None and eval_every and step % eval_every == 0:
                 m |= _evaluate(evaluator, job.trainer)
-            job.metrics.write(step, m)
+            job.write(step, m)
             job.checkpoint(step)
-        job.finished = True
+        job.done()
     except _Stop:
         job.stopped()
     finally:
@@ -240,7 +240,7 @@ class _Pipeline:
         self.trainer.publish()
 
         self.accounting = {k: collections.Counter() for k in ("trained", "filtered")}
-        self.spanning, self.first_step, self.resumed_from = 0, 1, None
+        self.spanning, self.first_step, self.resumed_from, self.consumed = 0, 1, None, 0
         self.ckpt = Checkpointer(f"{run.run_dir}/checkpoints", run.checkpoint) if run.run_dir else None
         try:
             mine = self._restore() if self.ckpt is not None else None
@@ -278,7 +278,8 @@ class _Pipeline:
         self.resumed_from, meta = restored
         mine = _process_state(meta, self.process, self.processes, f"{self.ckpt.directory}/{self.resumed_from}")
         self.requests.restore(mine["requests"])
-        self.rollout.collector.finished.update({int(n): c for n, c in mine["finished"].items()})
+        self.rollout.restore_finished(mine["finished"])
+        self.consumed = int(mine["requests"]["next_uid"])  # what was in flight then was abandoned
         self.spanning, self.first_step = meta["spanning"], meta["step"] + 1
         for k in self.accounting:
             self.accounting[k] = collections.Counter({int(n): c for n, c in meta["accounting"][k].items()})
@@ -310,6 +311,7 @@ class _Pipeline:
             self.rollout.put_back(mine)  # a partial batch is not trained half-done: back it goes
             raise _Stop
         self._save_due = any(s["save"] for s in shares)
+        self.consumed += len(mine)  # this process's groups taken by the trainer
         groups = [g for s in shares for g in s["groups"]]
         if self.config.mode == "sync":
             groups.sort(key=lambda g: g.completions[0].uid)  # scoring order must not matter
@@ -326,7 +328,7 @@ class _Pipeline:
                 self.accounting[bucket].update(len(c.tokens) for c in g.completions)
         self.spanning += sum(len(set(c.versions)) > 1 for g in groups for c in g.completions)
         wall = time.perf_counter() - self._wall_start
-        gstats = self.rollout.generator.stats
+        gstats = self.rollout.generation
         m |= _group_metrics(groups, self._version_at_batch)  # lag against the weights the batch reached
         m |= {"pipeline/stage": self.stages.index, "pipeline/groups_filtered": len(removed),
               "pipeline/groups_trained": len(kept), "pipeline/padding_fraction": packed["padding_fraction"],
@@ -339,6 +341,12 @@ class _Pipeline:
               "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
               "train/skipped_steps": self.trainer.skipped_steps} | self.rollout.stats()
 
+    def write(self, step: int, m: dict):
+        self.metrics.write(step, m)
+
+    def done(self):
+        self.finished = True
+
     def checkpoint(self, step: int):
         if self.ckpt is not None and (self._save_due or step == self.recipe.run.steps):
             self._save(step)
@@ -346,8 +354,8 @@ class _Pipeline:
     def _save(self, step: int, wait: bool = False):
         # Every process joins (the exchange and Orbax's save are collective); each one's data
         # position, request counter and scored-length histogram go into the one record.
-        mine = {"iterator": self.iterator.get_state(), "stage": self.stages.index, "requests": self.requests.state(),
-                "finished": dict(self.rollout.collector.finished)}
+        mine = {"iterator": self.iterator.get_state(), "stage": self.stages.index,
+                "requests": self.requests.state() | {"consumed": self.consumed}, "finished": dict(self.rollout.finished)}
         meta = {"step": step, "version": self.trainer.version, "spanning": self.spanning,
                 "processes": distributed.exchange(mine), "run_config": repr(self.config),
                 "tokenizer": self.recipe.tokenizer, "model_config": dataclasses.asdict(self.recipe.model_config),
@@ -370,10 +378,9 @@ class _Pipeline:
         self.metrics.close()
 
     def result(self) -> RunResult:
-        collector = self.rollout.collector
         accounting = dict(self.accounting)
-        accounting["unconsumed"] = collector.unconsumed()
-        accounting["finished"] = collector.finished
+        accounting["unconsumed"] = self.rollout.unconsumed()
+        accounting["finished"] = self.rollout.finished
         accounting["abandoned_in_flight"] = collections.Counter({"sequences": self.abandoned})
         if self.processes > 1 and (self.finished or self.preempted):  # every process got here together: sum
             for key in ("unconsumed", "finished", "abandoned_in_flight"):

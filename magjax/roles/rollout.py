@@ -12,6 +12,7 @@ grouping need no table keyed by id.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -47,7 +48,7 @@ class Requests:
             self._max_new_tokens, self._max_tests = max_new_tokens, max_tests
 
     def state(self) -> dict:
-        return {"next_uid": self._count, "consumed": self._count}
+        return {"next_uid": self._count}
 
     def restore(self, state: dict):
         # Groups in flight at save time were abandoned: nothing is outstanding after a restart.
@@ -147,6 +148,23 @@ class Rollout:
     @property
     def queue_depth(self) -> int:
         return self.collector.groups.qsize()
+
+    @property
+    def generation(self):
+        """The generator's counters (GeneratorStats): chunks, tokens, occupancy, idle time."""
+        return self.generator.stats
+
+    @property
+    def finished(self) -> collections.Counter:
+        """Completion length -> count, of every completion scored (checkpointed)."""
+        return self.collector.finished
+
+    def restore_finished(self, counts: dict):
+        self.collector.finished.update({int(n): c for n, c in counts.items()})
+
+    def unconsumed(self) -> collections.Counter:
+        """Lengths of completions scored but never handed to the trainer."""
+        return self.collector.unconsumed()
 
     # ------------------------------------------------------------------ evaluation, filtering
 
