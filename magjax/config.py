@@ -3,7 +3,8 @@
 The configurable pieces are frozen dataclasses and plain functions that live beside the
 code they configure; they know nothing of gin. ``register()`` makes them configurable
 from the outside (gin's dynamic registration), so a gin file reads like
-``train.rl = @RunConfig()`` then ``RunConfig.steps = 100``. Files are searched in the
+``Recipe.run = @RunConfig()`` then ``RunConfig.steps = 100``; ``recipe()`` builds the one
+``Recipe`` every job takes. Files are searched in the
 working directory and in the repository's ``gin/`` folder; an error names the file, line
 and binding at fault.
 """
@@ -29,8 +30,9 @@ class ConfigError(ValueError):
 
 @functools.cache
 def register():
-    from magjax import checkpoint, evaluate, experiment, loop, mesh, sft
-    from magjax.data import curriculum
+    from magjax import checkpoint, evaluate, loop, mesh, recipe, sft
+    from magjax.data import curriculum, sources
+    from magjax.jobs import sft as sft_job, train as train_job
     from magjax.models import config as model_config
     from magjax.models import tokenizer
     from magjax.rewards import pool, reward
@@ -38,14 +40,17 @@ def register():
     from magjax.sampling import engine
 
     for cls in (loop.RunConfig, mesh.MeshConfig, engine.EngineConfig, engine.SamplingConfig, losses.LossConfig,
-                optimizer.OptimizerConfig, batching.PackingConfig, reward.RewardConfig, pool.PoolConfig,
-                sft.SFTConfig, evaluate.EvalConfig, experiment.DataConfig, tokenizer.ChatFormat,
+                optimizer.OptimizerConfig, batching.PackingConfig, batching.AdvantageConfig, reward.RewardConfig,
+                pool.PoolConfig,
+                sft.SFTConfig, evaluate.EvalConfig, sources.DataConfig, tokenizer.ChatFormat,
                 model_config.ModelConfig, model_config.RopeScaling, checkpoint.CheckpointConfig,
-                curriculum.Stage):
+                curriculum.Stage, recipe.Recipe):
         gin.external_configurable(cls, module="magjax")
     gin.external_configurable(model_config.preset, module="magjax")
-    for job in (experiment.train, experiment.sft_job, experiment.eval_job):
-        gin.external_configurable(job, module="magjax")
+    # The jobs' own switches (train.sft_steps, train.smoke, sft_job.traces); the recipe is
+    # passed to them, never bound.
+    gin.external_configurable(train_job.train, module="magjax", denylist=["recipe", "run_dir", "strict"])
+    gin.external_configurable(sft_job.sft_job, module="magjax", denylist=["recipe", "run_dir", "strict"])
 
 
 def find_gin_file(name: str) -> str:
@@ -57,7 +62,7 @@ def find_gin_file(name: str) -> str:
     raise ConfigError(f"gin file {name!r} not found (searched {searched})")
 
 
-def parse(files: list[str], bindings: list[str], *, required_as_none: bool = False):
+def parse(files: list[str], bindings: list[str], *, finalize: bool = True, required_as_none: bool = False):
     """Applies gin files then bindings (``NAME=VALUE``), with errors naming file and line.
 
     ``required_as_none``: every value left at ``%gin.REQUIRED`` (a checkpoint, a dataset)
@@ -72,11 +77,12 @@ def parse(files: list[str], bindings: list[str], *, required_as_none: bool = Fal
     quiet = _DropGinSearchMisses()
     logging.getLogger().addFilter(quiet)  # gin logs every search-path miss of an include as an error
     try:
-        gin.parse_config_files_and_bindings(paths, bindings, finalize_config=not required_as_none)
+        gin.parse_config_files_and_bindings(paths, bindings, finalize_config=finalize and not required_as_none)
         if required_as_none:
             for key in _required_bindings():
                 gin.bind_parameter(key, None)
-            gin.finalize()
+            if finalize:
+                gin.finalize()
     except (ValueError, KeyError, SyntaxError, ImportError, TypeError) as err:
         text = str(err).strip()
         first = text.splitlines()[0]
@@ -103,6 +109,27 @@ class _DropGinSearchMisses(logging.Filter):
         return not record.getMessage().startswith("Path not found:")
 
 
+def required(files: list[str], names: list[str]) -> set[str]:
+    """Those of ``names`` (``DataConfig.train``) the files leave ``%gin.REQUIRED``: values a
+    launch must give, whichever job it runs."""
+    parse(files, [], finalize=False)
+    out = set()
+    for name in names:
+        try:
+            if str(gin.query_parameter(name)) == "%gin.REQUIRED":
+                out.add(name)
+        except ValueError:  # not bound by the files
+            pass
+    gin.clear_config()
+    return out
+
+
+def recipe():
+    """The Recipe the parsed gin config describes (each dataclass validates as it is built)."""
+    register()
+    return gin.get_configurable("magjax.Recipe")()
+
+
 def configured(name: str):
     """The configured callable of a registered function, e.g. ``configured("train")``."""
     register()
@@ -119,30 +146,18 @@ def save_operative(run_dir: str) -> str:
 
 
 def build_abstract() -> dict:
-    """Builds everything the parsed config configures without running it: every bound
-    dataclass (so its validation runs) and the model's parameters as shapes only."""
+    """Builds everything the parsed config configures without running it: the recipe (so
+    every dataclass's validation runs), its parts by name, and the model's parameters as
+    shapes only."""
     import jax
 
     from magjax.models import decoder
-    from magjax.models.config import preset
 
-    register()
-    built = {}
-    for name in ("RunConfig", "EngineConfig", "SamplingConfig", "LossConfig", "OptimizerConfig", "PackingConfig",
-                 "RewardConfig", "PoolConfig", "SFTConfig", "EvalConfig", "DataConfig", "ChatFormat"):
-        built[name] = gin.get_configurable(f"magjax.{name}")()
-    model = gin.query_parameter("train.model") if _bound("train.model") else "demo"
-    if isinstance(model, gin.config.ConfigurableReference):  # a macro such as %MODEL
-        model = model.scoped_configurable_fn()
-    model = preset(model) if isinstance(model, str) else model
-    built["params"] = jax.eval_shape(lambda: decoder.init_params(model, jax.random.key(0)))
-    built["model"] = model
-    return built
-
-
-def _bound(name: str) -> bool:
-    try:
-        gin.query_parameter(name)
-        return True
-    except ValueError:
-        return False
+    built = recipe()
+    parts = {"RunConfig": built.run, "EngineConfig": built.engine, "SamplingConfig": built.sampling,
+             "LossConfig": built.loss, "AdvantageConfig": built.advantage, "OptimizerConfig": built.optimizer, "PackingConfig": built.packing,
+             "RewardConfig": built.reward, "PoolConfig": built.pool, "SFTConfig": built.sft,
+             "EvalConfig": built.evaluation, "DataConfig": built.data, "ChatFormat": built.chat}
+    model = built.model_config
+    return parts | {"recipe": built, "model": model,
+                    "params": jax.eval_shape(lambda: decoder.init_params(model, jax.random.key(0)))}

@@ -21,10 +21,10 @@ import numpy as np
 from magjax import distributed
 from magjax.models.config import ModelConfig
 from magjax.models.tokenizer import ChatFormat, Tokenizer
-from magjax.rewards.pool import PoolConfig, VerifierPool, answer_equality
+from magjax.rewards.pool import PoolConfig, answer_equality
 from magjax.rewards.reward import RewardConfig
-from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
-from magjax.sampling.generator import Generator, Request
+from magjax.roles.rollout import Rollout
+from magjax.sampling.engine import EngineConfig, SamplingConfig
 from magjax.types import Problem
 
 
@@ -107,29 +107,26 @@ def evaluate(problems: list[Problem], params, model_config: ModelConfig, tokeniz
     on how many processes share the work.
     """
     per_problem: dict[str, dict] = {}
-    verifier = VerifierPool(reward, pool)
     process, processes = jax.process_index(), jax.process_count()
+    mine = [(i, p) for i, p in enumerate(problems) if i % processes == process]
+    sampling = {kind: SamplingConfig(temperature=config.temperature, top_p=top_p, seed=config.seed)
+                for kind, top_p in (("math", config.top_p_math), ("code", config.top_p_code))}
+    rollout = Rollout(model_config, tokenizer, chat, engine=engine, sampling=sampling["math"], reward=reward,
+                      pool=pool, mesh=mesh, params=params)
     try:
-        for kind, top_p in (("math", config.top_p_math), ("code", config.top_p_code)):
-            indexed = [(i, p) for i, p in enumerate(problems) if p.kind == kind and i % processes == process]
+        for kind in ("math", "code"):
+            indexed = [(i, p) for i, p in mine if p.kind == kind]
             if not indexed:
                 continue
-            subset = [p for _, p in indexed]
-            sampling = SamplingConfig(temperature=config.temperature, top_p=top_p, seed=config.seed)
-            gen = Generator(Engine(model_config, engine, sampling, tokenizer.eos_id, mesh=mesh), params,
-                            decode_text=tokenizer.decode)
-            by_id = {p.id: p for p in subset}
-            completions = gen.generate([Request(p.id, chat.encode(tokenizer, p.prompt), config.samples,
-                                                config.max_new_tokens, uid=i) for i, p in indexed])
-            futures = [verifier.submit(by_id[c.problem_id], c) for c in completions]
-            for c, f in zip(completions, futures):
-                scored = f.result()
-                r = per_problem.setdefault(c.problem_id, {"kind": kind, "language": by_id[c.problem_id].language,
-                                                          "samples": {}})
-                r["samples"][c.sample_index] = (scored.reward.is_correct, scored.reward.extracted
-                                                if kind == "math" else None, len(c.tokens))
+            graded = rollout.sample([p for _, p in indexed], config.samples, config.max_new_tokens,
+                                    uids=[i for i, _ in indexed], sampling=sampling[kind])
+            for (_, p), scored in zip(indexed, graded):
+                r = per_problem.setdefault(p.id, {"kind": kind, "language": p.language, "samples": {}})
+                for s in scored:
+                    r["samples"][s.completion.sample_index] = (
+                        s.reward.is_correct, s.reward.extracted if kind == "math" else None, len(s.completion.tokens))
     finally:
-        verifier.close()
+        rollout.close()
     for r in per_problem.values():
         samples = r.pop("samples")
         ordered = [samples[i] for i in sorted(samples)]

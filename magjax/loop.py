@@ -1,12 +1,14 @@
-"""``run()``: the one top-level function. It reads like the diagram in DESIGN.md:
+"""``run()``: GRPO on a problem set. It reads like the diagram in README.md:
 
-    data -> Generator -> VerifierPool -> GroupCollector -> Trainer -> WeightStore -> Generator
+    next batch (rollout) -> filter -> advantages -> step -> publish -> metrics -> checkpoint
 
-``mode="async"`` (Magistral's design): the generator runs in its own thread and never
-waits for the trainer; verifiers score as completions finish; the trainer steps whenever
-``n_batch`` completions' worth of groups are ready, and publishes new weights that the
-generator picks up between decode chunks, mid-sequence. ``mode="sync"``: generate a batch,
-score it, train, repeat; deterministic, for tests and ablations.
+The roles are built and placed by ``_Pipeline`` (roles/): a ``Rollout`` that turns
+problems into whole scored groups, a ``Trainer`` that holds the state and publishes each
+new version to the rollout. ``mode="async"`` (Magistral's design): the rollout streams in
+its own thread and never waits for the trainer; the trainer steps whenever a batch of
+groups is ready, and the generator picks new weights up between decode chunks,
+mid-sequence. ``mode="sync"``: generate a batch, score it, train, repeat; deterministic,
+for tests and ablations.
 
 Across processes (``jax.distributed``, see distributed.py) every process runs this same
 function: it generates and scores its own share of the prompts on its local devices, and
@@ -19,39 +21,39 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import jax
 import numpy as np
 
 from magjax import distributed, evaluate as evaluate_lib
-from magjax.checkpoint import CheckpointConfig, Checkpointer, abstract_like
+from magjax.checkpoint import CheckpointConfig, Checkpointer
 from magjax.data import curriculum, read_problems
 from magjax.data.iterator import ProblemIterator
-from magjax.mesh import MeshConfig, make_mesh
+from magjax.mesh import MeshConfig
 from magjax.metrics import MetricsWriter
-from magjax.models import decoder
-from magjax.models.config import ModelConfig, preset
-from magjax.models.tokenizer import ChatFormat, check_vocab, load_tokenizer
-from magjax.rewards import code as code_lib
-from magjax.rewards.pool import PoolConfig, VerifierPool
+from magjax.models.tokenizer import check_vocab, load_tokenizer
 from magjax.rewards.reward import RewardConfig
-from magjax.rl import batching, optimizer as opt_lib, train_step
+from magjax.rl import batching, losses
 from magjax.rl.collector import GroupCollector
-from magjax.rl.losses import LossConfig
-from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
-from magjax.sampling.generator import Generator, Request
+from magjax.roles.placement import Placement, place
+from magjax.roles.rollout import Requests, Rollout
+from magjax.roles.trainer import Trainer
+from magjax.sampling.engine import EngineConfig
 from magjax.types import Problem, ScoredGroup
-from magjax.weights import WeightStore
+
+if TYPE_CHECKING:  # the recipe gathers this module's RunConfig
+    from magjax.recipe import Recipe
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+    """The RL pipeline's shape: mode, placement, batch sizes, lag bound, length, stages."""
+
     mode: Literal["async", "sync"] = "async"
     placement: Literal["colocated", "disaggregated"] = "colocated"
     generator_devices: int = 4  # disaggregated: N devices generate (split evenly over processes), the rest train
@@ -88,6 +90,8 @@ class RunConfig:
         curriculum.validate(self.stages)
 
 
+
+
 @dataclasses.dataclass
 class RunResult:
     params: dict  # final parameters, on the host
@@ -98,6 +102,44 @@ class RunResult:
     step: int = 0  # batches trained, counting those before a resume
     preempted: bool = False  # stopped early by SIGTERM/SIGINT (after saving a checkpoint)
     resumed_from: int | None = None
+
+
+def run(recipe: Recipe, problems: list[Problem], params: dict | None = None, *, console: bool = True,
+        evaluator: Callable[[dict], dict] | None = None, eval_every: int = 0) -> RunResult:
+    """Trains ``recipe.run.steps`` batches with GRPO on ``problems``; see the module docstring.
+
+    ``evaluator(params) -> summary`` (see evaluate.py), if given, runs every ``eval_every``
+    batches on the trainer's current parameters; its figures join that step's metrics as
+    ``eval/...``. The rollout keeps running meanwhile.
+    """
+    job = _Pipeline(recipe, problems, params, console)
+    try:
+        for step in job.steps():
+            groups = job.next_batch(step)  # every process's scored groups
+            kept, removed = batching.filter_groups(groups, recipe.advantage)  # zero-variance groups out, once
+            batches, packed = batching.minibatches(kept, recipe.advantage, job.packing, job.config.n_minibatch)
+            batches = job.trainer.old_policy(batches)  # pi_old, when the objective is decoupled
+            m = {}
+            for batch in batches:
+                m |= job.trainer.step(batch)
+                m["pipeline/publish_s"] = job.trainer.publish()
+            job.record(step, groups, kept, removed, packed, m)
+            if evaluator is not None and eval_every and step % eval_every == 0:
+                m |= _evaluate(evaluator, job.trainer)
+            job.write(step, m)
+            job.checkpoint(step)
+        job.done()
+    except _Stop:
+        job.stopped()
+    finally:
+        job.close()
+    return job.result()
+
+
+def _evaluate(evaluator: Callable[[dict], dict], trainer: Trainer) -> dict:
+    start = time.perf_counter()
+    m = evaluate_lib.flatten(evaluator(trainer.host_params()))
+    return m | {"pipeline/eval_s": time.perf_counter() - start}
 
 
 class _Stop(Exception):
@@ -127,46 +169,229 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-class _Requests:
-    """Turns problems into generator requests, remembering which request is which problem."""
+class _Stages:
+    """The curriculum: each stage's (run, reward) settings and problems, all checked at the
+    start, and the one in force."""
 
-    def __init__(self, iterator: ProblemIterator, tokenizer, chat: ChatFormat, config: RunConfig, reward: RewardConfig,
-                 process: int = 0, processes: int = 1):
-        self.iterator, self.tokenizer, self.chat, self.config, self.reward = iterator, tokenizer, chat, config, reward
-        self.process, self.processes = process, processes
-        self.problems: dict[int, Problem] = {}
-        self.tests: dict[int, list | None] = {}
-        self._next_uid = 0
-        self._lock = threading.Lock()
-        self.consumed = 0  # groups taken by the trainer
+    def __init__(self, recipe: Recipe, problems: list[Problem], processes: int):
+        run, stages = recipe.run, recipe.run.stages
+        self.settings = [(run, recipe.reward)] + [curriculum.settings(stages, i, run, recipe.reward)
+                                                  for i in range(len(stages))]
+        for config, _ in self.settings:
+            _check_fits(config, recipe.engine, recipe.packing, processes)
+        self.problems = [problems] + [
+            curriculum.select(read_problems(s.data) if s.data else problems, s, f"RunConfig.stages[{i}]")
+            for i, s in enumerate(stages)]
+        self.stages = stages
+        self.index: int | None = None
 
-    def switch(self, iterator: ProblemIterator, config: RunConfig, reward: RewardConfig):
-        """A new curriculum stage: later requests come from ``iterator`` under ``config``."""
-        with self._lock:
-            self.iterator, self.config, self.reward = iterator, config, reward
+    @property
+    def largest_batch(self) -> int:
+        return max(config.n_batch for config, _ in self.settings)
 
-    def state(self) -> dict:
-        return {"next_uid": self._next_uid, "consumed": self.consumed}
+    def at(self, step: int) -> int:
+        return curriculum.index_at(self.stages, step)
 
-    def restore(self, state: dict):
-        # Groups in flight at save time were abandoned: nothing is outstanding after a restart.
-        # (Counts are this process's: its requests and its consumed groups.)
-        self._next_uid = self.consumed = int(state["next_uid"])
+    def enter(self, index: int, process: int, processes: int,
+              iterator_state: dict | None = None) -> tuple[RunConfig, RewardConfig, ProblemIterator]:
+        """Stage ``index`` (-1: the run's own settings): its settings and a problem iterator."""
+        config, reward = self.settings[index + 1]
+        seed = config.seed if index < 0 else config.seed + index + 1
+        iterator = ProblemIterator(self.problems[index + 1], seed=seed, shard_index=process, shard_count=processes)
+        if iterator_state is not None:
+            iterator.set_state(iterator_state)
+        self.index = index
+        return config, reward, iterator
 
-    def next(self) -> Request:
-        with self._lock:
-            problem = next(self.iterator)
-            count = self._next_uid = self._next_uid + 1
-            config, reward = self.config, self.reward
-        # Unique over the job: the uid seeds this group's sampling (engine.py), so it must
-        # not depend on which process or slot runs it.
-        uid = (count - 1) * self.processes + self.process + 1
-        self.problems[uid] = problem
-        # The same test sample for every completion of the group (SPEC.md §2).
-        self.tests[uid] = (code_lib.sample_tests(list(problem.tests), reward.max_tests, f"{problem.id}/{uid}")
-                           if problem.kind == "code" else None)
-        return Request(problem.id, self.chat.encode(self.tokenizer, problem.prompt), config.group_size,
-                       config.max_new_tokens, uid)
+
+class _Pipeline:
+    """The roles of one RL run, placed and wired at construction, and the run's books:
+    versions, accounting, metrics, checkpoints, the stop flag."""
+
+    def __init__(self, recipe: Recipe, problems: list[Problem], params: dict | None, console: bool):
+        self.recipe = recipe
+        model_config, run = recipe.model_config, recipe.run
+        tokenizer = load_tokenizer(recipe.tokenizer)
+        check_vocab(tokenizer, model_config.vocab_size)
+        self.process, self.processes = jax.process_index(), jax.process_count()
+        self.stages = _Stages(recipe, problems, self.processes)
+        groups_per_batch = self.stages.largest_batch // run.group_size
+        placement = place(run.placement, run.trainer_mesh, run.generator_mesh, run.generator_devices)
+        engine = recipe.engine
+        if run.mode == "sync":
+            engine = _sync_engine(engine, self.stages.largest_batch // self.processes, placement)
+
+        # Back-pressure (SPEC.md §3): at most `queue_groups` scored groups wait for the trainer and
+        # at most one batch of completions waits for the verifiers; beyond that the generator's
+        # hand-off blocks, and its sequences stay in flight until the trainer catches up, then
+        # continue on the newer weights. This is what bounds the off-policy lag. A whole batch
+        # of groups must fit, or sync mode (which scores a batch before training on it) would
+        # wait on itself.
+        self.requests = Requests(tokenizer, recipe.chat, self.process, self.processes)
+        self.rollout = Rollout(
+            model_config, tokenizer, recipe.chat, engine=engine, sampling=recipe.sampling, reward=recipe.reward,
+            pool=dataclasses.replace(recipe.pool, max_pending=min(recipe.pool.max_pending,
+                                                                  groups_per_batch * run.group_size)),
+            mesh=placement.rollout, requests=self.requests,
+            collector=GroupCollector(run.group_size, max(run.queue_groups, groups_per_batch)),
+            max_in_flight=self._in_flight(run), streaming=run.mode == "async")
+        # Rows per microbatch from a per-chip token budget, when the recipe gives one.
+        self.packing = recipe.packing.for_mesh(placement.trainer.shape["data"] * placement.trainer.shape["fsdp"])
+        # The trainer scores tokens under the distribution the sampler drew them from.
+        loss = losses.for_sampling(recipe.loss, recipe.sampling)
+        self.trainer = Trainer(model_config, loss, recipe.optimizer, placement.trainer, params=params,
+                               seed=run.seed, publish_to=self.rollout.set_weights,
+                               publish_mesh=None if placement.shared else placement.rollout)
+        self.trainer.publish()
+
+        self.accounting = {k: collections.Counter() for k in ("trained", "filtered")}
+        self.spanning, self.first_step, self.resumed_from, self.consumed = 0, 1, None, 0
+        self.ckpt = Checkpointer(f"{run.run_dir}/checkpoints", run.checkpoint) if run.run_dir else None
+        try:
+            mine = self._restore() if self.ckpt is not None else None
+        except BaseException:  # an unusable checkpoint: leave no threads or worker processes behind
+            self.ckpt.close()
+            self.rollout.close()
+            raise
+        first_stage = self.stages.at(self.first_step)
+        # A checkpoint holds the data position within the stage it was saved in.
+        self._enter(first_stage, mine["iterator"] if mine is not None and mine.get("stage", -1) == first_stage
+                    else None)
+        # Process 0 speaks for the job: one metrics file, one console.
+        self.metrics = MetricsWriter(run.run_dir if self.process == 0 else None, total_steps=run.steps,
+                                     console=console and self.process == 0)
+        self.signals = _StopSignals()
+        self.signals.install()  # kept until the final checkpoint is written, so a second signal waits for it
+        self.step, self.finished, self.preempted, self.abandoned = self.first_step - 1, False, False, 0
+        self._save_due = False
+        self._wall_start, self._trainer_wait, self._wait_start = time.perf_counter(), 0.0, 0.0
+        self.rollout.start()
+
+    def _in_flight(self, config: RunConfig) -> int:
+        return max(config.n_async // self.processes, config.group_size)
+
+    def _enter(self, index: int, iterator_state: dict | None = None):
+        self.config, self.reward, self.iterator = self.stages.enter(index, self.process, self.processes,
+                                                                    iterator_state)
+        self.rollout.switch(self.iterator, self.config.group_size, self.config.max_new_tokens, self.reward,
+                            self._in_flight(self.config))
+
+    def _restore(self) -> dict | None:
+        restored = self.trainer.restore(self.ckpt)
+        if restored is None:
+            return None
+        self.resumed_from, meta = restored
+        mine = _process_state(meta, self.process, self.processes, f"{self.ckpt.directory}/{self.resumed_from}")
+        self.requests.restore(mine["requests"])
+        self.rollout.restore_finished(mine["finished"])
+        self.consumed = int(mine["requests"]["next_uid"])  # what was in flight then was abandoned
+        self.spanning, self.first_step = meta["spanning"], meta["step"] + 1
+        for k in self.accounting:
+            self.accounting[k] = collections.Counter({int(n): c for n, c in meta["accounting"][k].items()})
+        self.trainer.publish()
+        print(f"[magjax] resumed from {self.ckpt.directory}/{self.resumed_from} (version {self.trainer.version})")
+        return mine
+
+    # ------------------------------------------------------------------ the steps
+
+    def steps(self):
+        for step in range(self.first_step, self.recipe.run.steps + 1):
+            if self.stages.at(step) != self.stages.index:
+                self._enter(self.stages.at(step))
+                print(f"[magjax] step {step}: curriculum stage {self.stages.index} ({len(self.iterator.problems)} "
+                      f"problems, n_batch {self.config.n_batch}, max_new_tokens {self.config.max_new_tokens}, "
+                      f"l_max {self.reward.l_max})")
+            self.step = step
+            yield step
+
+    def next_batch(self, step: int) -> list[ScoredGroup]:
+        """The global batch: every process's share, exchanged; raises _Stop on a signal."""
+        self._wait_start = time.perf_counter()
+        stopping = lambda: self.signals.requested  # noqa: E731
+        mine = self.rollout.next_groups(self.config.n_batch // self.processes // self.config.group_size, stopping,
+                                        self.config.batch_timeout_s)
+        shares = distributed.exchange({"groups": mine, "stop": self.signals.requested,
+                                       "save": self.ckpt is not None and self.ckpt.due(step)})
+        if any(s["stop"] for s in shares):
+            self.rollout.put_back(mine)  # a partial batch is not trained half-done: back it goes
+            raise _Stop
+        self._save_due = any(s["save"] for s in shares)
+        self.consumed += len(mine)  # this process's groups taken by the trainer
+        groups = [g for s in shares for g in s["groups"]]
+        if self.config.mode == "sync":
+            groups.sort(key=lambda g: g.completions[0].uid)  # scoring order must not matter
+        self._step_wait = time.perf_counter() - self._wait_start
+        self._trainer_wait += self._step_wait
+        self._compiles_before, self._version_at_batch = self.trainer.compiles, self.trainer.version
+        return groups
+
+    def record(self, step: int, groups: list[ScoredGroup], kept: list[ScoredGroup], removed: list[ScoredGroup],
+               packed: dict, m: dict):
+        """The step's books and metrics, added to ``m``."""
+        for bucket, part in (("trained", kept), ("filtered", removed)):
+            for g in part:
+                self.accounting[bucket].update(len(c.tokens) for c in g.completions)
+        self.spanning += sum(len(set(c.versions)) > 1 for g in groups for c in g.completions)
+        wall = time.perf_counter() - self._wall_start
+        gstats = self.rollout.generation
+        m |= _group_metrics(groups, self._version_at_batch)  # lag against the weights the batch reached
+        m |= {"pipeline/stage": self.stages.index, "pipeline/groups_filtered": len(removed),
+              "pipeline/groups_trained": len(kept), "pipeline/padding_fraction": packed["padding_fraction"],
+              "pipeline/queue_depth": self.rollout.queue_depth, "pipeline/version": self.trainer.version,
+              "pipeline/trainer_idle_fraction": self._trainer_wait / wall, "pipeline/trainer_wait_s": self._step_wait,
+              "pipeline/step_s": time.perf_counter() - self._wait_start,
+              # A batch of a new microbatch count compiles the step (a few shapes per run).
+              "pipeline/train_compiles": self.trainer.compiles - self._compiles_before,
+              "pipeline/generator_idle_fraction": gstats.waiting_s / wall if self.config.mode == "async" else 0.0,
+              "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
+              "train/skipped_steps": self.trainer.skipped_steps} | self.rollout.stats()
+
+    def write(self, step: int, m: dict):
+        self.metrics.write(step, m)
+
+    def done(self):
+        self.finished = True
+
+    def checkpoint(self, step: int):
+        if self.ckpt is not None and (self._save_due or step == self.recipe.run.steps):
+            self._save(step)
+
+    def _save(self, step: int, wait: bool = False):
+        # Every process joins (the exchange and Orbax's save are collective); each one's data
+        # position, request counter and scored-length histogram go into the one record.
+        mine = {"iterator": self.iterator.get_state(), "stage": self.stages.index,
+                "requests": self.requests.state() | {"consumed": self.consumed}, "finished": dict(self.rollout.finished)}
+        meta = {"step": step, "version": self.trainer.version, "spanning": self.spanning,
+                "processes": distributed.exchange(mine), "run_config": repr(self.config),
+                "tokenizer": self.recipe.tokenizer, "model_config": dataclasses.asdict(self.recipe.model_config),
+                "optimizer_config": dataclasses.asdict(self.recipe.optimizer),
+                "accounting": {k: dict(v) for k, v in self.accounting.items()}}
+        self.ckpt.save(step, self.trainer.state, meta, wait=wait)
+
+    def stopped(self):
+        self.preempted = True
+        self.step -= 1  # the interrupted step trained nothing
+        if self.ckpt is not None:
+            self._save(self.step, wait=True)
+        print(f"[magjax] stopped by signal: checkpoint {self.step} saved, in-flight generations abandoned")
+
+    def close(self):
+        self.signals.restore()
+        if self.ckpt is not None:
+            self.ckpt.close()
+        self.abandoned = self.rollout.close()
+        self.metrics.close()
+
+    def result(self) -> RunResult:
+        accounting = dict(self.accounting)
+        accounting["unconsumed"] = self.rollout.unconsumed()
+        accounting["finished"] = self.rollout.finished
+        accounting["abandoned_in_flight"] = collections.Counter({"sequences": self.abandoned})
+        if self.processes > 1 and (self.finished or self.preempted):  # every process got here together: sum
+            for key in ("unconsumed", "finished", "abandoned_in_flight"):
+                accounting[key] = sum(distributed.exchange(accounting[key]), collections.Counter())
+        return RunResult(self.trainer.host_params(), self.metrics.history, accounting, self.trainer.version,
+                         self.spanning, self.step, self.preempted, self.resumed_from)
 
 
 def _group_metrics(groups: list[ScoredGroup], version: int) -> dict:
@@ -175,8 +400,8 @@ def _group_metrics(groups: list[ScoredGroup], version: int) -> dict:
     spans = np.asarray([max(s.completion.versions) - min(s.completion.versions) for s in scored])
     token_lag = np.concatenate([version - np.asarray(s.completion.versions) for s in scored])
     by_kind = collections.defaultdict(list)
-    for s in scored:
-        by_kind[s.reward.kind].append(s.reward.is_correct)  # Problem.kind, whatever the ids look like
+    for g in groups:
+        by_kind[g.task.problem.kind] += [s.reward.is_correct for s in g.scored]
     m = {"reward/mean": float(np.mean([s.reward.total for s in scored])),
          "reward/accuracy": float(np.mean([s.reward.is_correct for s in scored])),
          "reward/format": float(np.mean([s.reward.format > 0 for s in scored])),
@@ -190,231 +415,6 @@ def _group_metrics(groups: list[ScoredGroup], version: int) -> dict:
     for kind, correct in by_kind.items():
         m[f"reward/accuracy_{kind}"] = float(np.mean(correct))
     return m
-
-
-def run(config: RunConfig = RunConfig(), *, problems: list[Problem], model: ModelConfig | str = "demo",
-        params: dict | None = None, tokenizer: str = "byte", chat: ChatFormat = ChatFormat("plain", None),
-        sampling: SamplingConfig = SamplingConfig(), engine: EngineConfig = EngineConfig(slots=32, max_len=256, prompt_buckets=(32, 64, 128)),
-        loss: LossConfig = LossConfig(), optimizer: opt_lib.OptimizerConfig = opt_lib.OptimizerConfig(learning_rate=1e-4),
-        packing: batching.PackingConfig = batching.PackingConfig(rows=8, row_len=256),
-        reward: RewardConfig = RewardConfig(l_max=256, l_cache=64), pool: PoolConfig = PoolConfig(),
-        console: bool = True, evaluator: Callable[[dict], dict] | None = None, eval_every: int = 0) -> RunResult:
-    """Trains ``config.steps`` batches with GRPO on ``problems``; see the module docstring.
-
-    ``evaluator(params) -> summary`` (see evaluate.py), if given, runs every ``eval_every``
-    batches on the trainer's current parameters; its figures join that step's metrics as
-    ``eval/...``. The generator keeps running meanwhile.
-    """
-    model_config = preset(model) if isinstance(model, str) else model
-    tok = load_tokenizer(tokenizer)
-    check_vocab(tok, model_config.vocab_size)
-    processes, process = jax.process_count(), jax.process_index()
-    # Every stage's settings (data/curriculum.py), checked now rather than hours in.
-    phases = [(config, reward)] + [curriculum.settings(config.stages, i, config, reward)
-                                   for i in range(len(config.stages))]
-    for phase, _ in phases:
-        _check_fits(phase, engine, packing, processes)
-    stage_problems = [problems] + [
-        curriculum.select(read_problems(s.data) if s.data else problems, s, f"RunConfig.stages[{i}]")
-        for i, s in enumerate(config.stages)]
-    largest_batch = max(phase.n_batch for phase, _ in phases)
-    groups_per_batch = largest_batch // config.group_size
-    trainer_mesh, generator_mesh = _meshes(config, processes)
-    packing = packing.for_mesh(trainer_mesh.shape["data"] * trainer_mesh.shape["fsdp"])  # a token budget's rows
-    if config.mode == "sync":
-        engine = _sync_engine(engine, largest_batch // processes, generator_mesh)
-
-    # Trainer: state on its mesh, one jitted step.
-    init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))
-    tx, schedule = opt_lib.make_optimizer(optimizer)
-    state = train_step.init_state(jax.device_put(init, decoder.param_shardings(model_config, trainer_mesh)), tx)
-    step_fn = train_step.make_train_step(model_config, loss, tx, schedule, mesh=trainer_mesh,
-                                         shardings=train_step.state_shardings(state))
-
-    # Generator, verifiers, collector, weight path.
-    requests = _Requests(None, tok, chat, config, reward, process, processes)
-    # Back-pressure (SPEC.md §3): at most `queue_groups` scored groups wait for the trainer and
-    # at most one batch of completions waits for the verifiers; beyond that the generator's
-    # hand-off blocks, and its sequences stay in flight until the trainer catches up, then
-    # continue on the newer weights. This is what bounds the off-policy lag.
-    # A whole batch of groups must fit, or sync mode (which scores a batch before training
-    # on it) would wait on itself.
-    collector = GroupCollector(config.group_size, max(config.queue_groups, groups_per_batch))
-    pool = dataclasses.replace(pool, max_pending=min(pool.max_pending, groups_per_batch * config.group_size))
-    verifier = VerifierPool(reward, pool, on_scored=lambda s: collector.add(s, s.completion.uid))
-    eng = Engine(model_config, engine, sampling, tok.eos_id, mesh=generator_mesh)
-    gen_shardings = (decoder.param_shardings(model_config, generator_mesh)
-                     if generator_mesh is not trainer_mesh else None)
-    generator = Generator(eng, None, 0, decode_text=tok.decode,
-                          max_in_flight=max(config.n_async // processes, config.group_size))
-    store = WeightStore(generator.set_weights, shardings=gen_shardings)
-    store.publish(state.params, 0)
-
-    accounting = {k: collections.Counter() for k in ("trained", "filtered")}
-    spanning, version, first_step, resumed_from, mine = 0, 0, 1, None, None
-    ckpt = Checkpointer(f"{config.run_dir}/checkpoints", config.checkpoint) if config.run_dir else None
-    if ckpt is not None:
-        restored = ckpt.restore_latest(abstract_like(state))
-        if restored is not None:
-            resumed_from, state, meta = restored
-            mine = _process_state(meta, process, processes, f"{ckpt.directory}/{resumed_from}")
-            requests.restore(mine["requests"])
-            collector.finished.update({int(n): c for n, c in mine["finished"].items()})
-            version, spanning, first_step = meta["version"], meta["spanning"], meta["step"] + 1
-            for k in accounting:
-                accounting[k] = collections.Counter({int(n): c for n, c in meta["accounting"][k].items()})
-            store.publish(state.params, version)
-            print(f"[magjax] resumed from {ckpt.directory}/{resumed_from} (version {version})")
-
-    stage, iterator, local_completions = None, None, 0
-
-    def enter_stage(index: int, iterator_state: dict | None = None):
-        """Curriculum stage ``index`` (-1: the run's own settings) takes over new requests."""
-        nonlocal config, reward, stage, iterator, local_completions
-        config, reward = phases[index + 1]
-        seed = config.seed if index < 0 else config.seed + index + 1
-        iterator = ProblemIterator(stage_problems[index + 1], seed=seed, shard_index=process, shard_count=processes)
-        if iterator_state is not None:
-            iterator.set_state(iterator_state)
-        requests.switch(iterator, config, reward)
-        verifier.reward_config = reward
-        generator.max_in_flight = max(config.n_async // processes, config.group_size)
-        local_completions = config.n_batch // processes  # each process's share of every batch
-        stage = index
-
-    first_stage = curriculum.index_at(config.stages, first_step)
-    # A checkpoint holds the data position within the stage it was saved in.
-    enter_stage(first_stage, mine["iterator"] if mine is not None and mine.get("stage", -1) == first_stage else None)
-
-    def save(step: int, wait: bool = False):
-        # Every process joins (the exchange and Orbax's save are collective); each one's data
-        # position, request counter and scored-length histogram go into the one record.
-        mine = {"iterator": iterator.get_state(), "stage": stage, "requests": requests.state(),
-                "finished": dict(collector.finished)}
-        meta = {"step": step, "version": version, "spanning": spanning, "processes": distributed.exchange(mine),
-                "run_config": repr(config), "tokenizer": tokenizer,
-                "model_config": dataclasses.asdict(model_config), "optimizer_config": dataclasses.asdict(optimizer),
-                "accounting": {k: dict(v) for k, v in accounting.items()}}
-        ckpt.save(step, state, meta, wait=wait)
-
-    # Process 0 speaks for the job: one metrics file, one console.
-    metrics = MetricsWriter(config.run_dir if process == 0 else None, total_steps=config.steps,
-                            console=console and process == 0)
-    wall_start = time.perf_counter()
-    trainer_wait = 0.0
-    stop = _StopSignals()
-    preempted, finished_normally, step = False, False, first_step - 1
-
-    if config.mode == "async":
-        generator.on_complete = lambda c: verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid])
-        generator.feed = requests.next
-        generator.start()
-
-    def local_groups(wait_start: float) -> list[ScoredGroup]:
-        """This process's share of the next batch; fewer when a stop signal arrived."""
-        if stop.requested:
-            return []
-        if config.mode == "sync":
-            reqs = [requests.next() for _ in range(local_completions // config.group_size)]
-            completions = generator.generate(reqs)
-            futures = [verifier.submit(requests.problems[c.uid], c, requests.tests[c.uid]) for c in completions]
-            for f in futures:
-                f.result()
-            return [collector.groups.get_nowait() for _ in reqs]
-        groups = []
-        while sum(g.size for g in groups) < local_completions and not stop.requested:
-            try:
-                groups.append(collector.groups.get(timeout=0.2))
-            except queue.Empty:
-                if generator.error is not None:
-                    raise RuntimeError("the generator thread failed") from generator.error
-                if time.perf_counter() - wait_start > config.batch_timeout_s:
-                    raise TimeoutError(f"no complete batch within {config.batch_timeout_s} s "
-                                       f"(generator in flight {generator.in_flight}, verifier backlog {verifier.backlog})")
-        return groups
-
-    def next_batch(step: int) -> tuple[list[ScoredGroup], bool]:
-        """The global batch (every process's groups) and whether a checkpoint is due after it."""
-        mine = local_groups(time.perf_counter())
-        shares = distributed.exchange({"groups": mine, "stop": stop.requested,
-                                       "save": ckpt is not None and ckpt.due(step)})
-        if any(s["stop"] for s in shares):
-            for g in mine:  # a partial batch is not trained half-done: back it goes
-                collector.groups.put(g)
-            raise _Stop
-        groups = [g for s in shares for g in s["groups"]]
-        if config.mode == "sync":
-            groups.sort(key=lambda g: g.completions[0].uid)  # scoring order must not matter
-        requests.consumed += len(mine)
-        return groups, any(s["save"] for s in shares)
-
-    try:
-        stop.install()  # kept until the final checkpoint is written, so a second signal waits for it
-        for step in range(first_step, config.steps + 1):
-            if curriculum.index_at(config.stages, step) != stage:
-                enter_stage(curriculum.index_at(config.stages, step))
-                print(f"[magjax] step {step}: curriculum stage {stage} ({len(iterator.problems)} problems, "
-                      f"n_batch {config.n_batch}, max_new_tokens {config.max_new_tokens}, l_max {reward.l_max})")
-            wait_start = time.perf_counter()
-            groups, save_due = next_batch(step)
-            step_wait = time.perf_counter() - wait_start
-            trainer_wait += step_wait
-            kept, removed = batching.filter_groups(groups, loss)
-            for g, bucket in [(g, "trained") for g in kept] + [(g, "filtered") for g in removed]:
-                accounting[bucket].update(len(c.tokens) for c in g.completions)
-            spanning += sum(len(set(c.versions)) > 1 for g in groups for c in g.completions)
-            m = _group_metrics(groups, version)
-            batches, batch_stats = batching.make_minibatches(kept, loss, packing, config.n_minibatch) if kept else ([], {})
-            traced = step_fn.traces
-            for batch in batches:
-                state, train_metrics = step_fn(state, train_step.place_batch(batch, trainer_mesh))
-                version += 1
-                m |= {k: float(v) for k, v in jax.device_get(train_metrics).items()}
-                m["pipeline/publish_s"] = store.publish(state.params, version)
-            wall = time.perf_counter() - wall_start
-            gstats = generator.stats
-            m |= {"pipeline/stage": stage, "pipeline/groups_filtered": len(removed), "pipeline/groups_trained": len(kept),
-                  "pipeline/padding_fraction": batch_stats.get("padding_fraction", 0.0),
-                  "pipeline/queue_depth": collector.groups.qsize(), "pipeline/version": version,
-                  "pipeline/trainer_idle_fraction": trainer_wait / wall, "pipeline/trainer_wait_s": step_wait,
-                  "pipeline/step_s": time.perf_counter() - wait_start,
-                  # A batch of a new microbatch count compiles the step (a few shapes per run).
-                  "pipeline/train_compiles": step_fn.traces - traced,
-                  "pipeline/generator_idle_fraction": gstats.waiting_s / wall if config.mode == "async" else 0.0,
-                  "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
-                  "train/skipped_steps": int(state.skipped)} | verifier.stats()
-            if evaluator is not None and eval_every and step % eval_every == 0:
-                start = time.perf_counter()
-                m |= evaluate_lib.flatten(evaluator(distributed.to_host(state.params)))
-                m["pipeline/eval_s"] = time.perf_counter() - start
-            metrics.write(step, m)
-            if ckpt is not None and (save_due or step == config.steps):
-                save(step)
-        finished_normally = True
-    except _Stop:
-        preempted = True
-        step -= 1  # the interrupted step trained nothing
-        if ckpt is not None:
-            save(step, wait=True)
-        print(f"[magjax] stopped by signal: checkpoint {step} saved, in-flight generations abandoned")
-    finally:
-        stop.restore()
-        if ckpt is not None:
-            ckpt.close()
-        collector.close()  # unblock the pipeline, keep counting
-        generator.stop()
-        abandoned = generator.abandon()
-        verifier.close()
-        collector.close()
-        metrics.close()
-    accounting["unconsumed"] = collector.unconsumed()
-    accounting["finished"] = collector.finished
-    accounting["abandoned_in_flight"] = collections.Counter({"sequences": abandoned})
-    if processes > 1 and (finished_normally or preempted):  # every process got here together: sum their counts
-        for key in ("unconsumed", "finished", "abandoned_in_flight"):
-            accounting[key] = sum(distributed.exchange(accounting[key]), collections.Counter())
-    return RunResult(distributed.to_host(state.params), metrics.history, accounting, version, spanning, step,
-                     preempted, resumed_from)
 
 
 def _check_fits(config: RunConfig, engine: EngineConfig, packing: batching.PackingConfig, processes: int):
@@ -434,34 +434,12 @@ def _check_fits(config: RunConfig, engine: EngineConfig, packing: batching.Packi
                          + (f" / {processes} processes" if processes > 1 else ""))
 
 
-def _sync_engine(engine: EngineConfig, in_flight: int, mesh) -> EngineConfig:
+def _sync_engine(engine: EngineConfig, in_flight: int, placement: Placement) -> EngineConfig:
     """Sync mode holds one batch in flight, never ``n_async``: every slot runs every decode
     step, so slots beyond the batch would only decode padding. Rounded up to a multiple of
-    the generator's data-parallel shards, and never more than configured."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    the rollout's data-parallel shards, and never more than configured."""
+    shards = placement.rollout.shape["data"] * placement.rollout.shape["fsdp"]
     return dataclasses.replace(engine, slots=min(engine.slots, -(-in_flight // shards) * shards))
-
-
-def _meshes(config: RunConfig, processes: int):
-    """(trainer mesh, generator mesh). Colocated on one process they are one mesh; across
-    processes each process generates on its own devices while the trainer spans them all."""
-    devices = jax.devices()
-    if config.placement == "disaggregated":
-        if config.generator_devices % processes:
-            raise ValueError(f"RunConfig.generator_devices ({config.generator_devices}) must split evenly over "
-                             f"{processes} processes")
-        per_process = config.generator_devices // processes
-        generating = [d for p in range(processes) for d in jax.local_devices(process_index=p)[:per_process]]
-        train_devices = [d for d in devices if d not in generating]
-        if not train_devices or not per_process:
-            raise ValueError(f"disaggregated placement needs devices for both roles; have {len(devices)}, "
-                             f"generator_devices={config.generator_devices}")
-        return (make_mesh(config.trainer_mesh, train_devices),
-                make_mesh(config.generator_mesh, jax.local_devices()[:per_process]))
-    trainer_mesh = make_mesh(config.trainer_mesh, devices)
-    if processes == 1:
-        return trainer_mesh, trainer_mesh
-    return trainer_mesh, make_mesh(config.generator_mesh, jax.local_devices())
 
 
 def _process_state(meta: dict, process: int, processes: int, where: str) -> dict:

@@ -17,6 +17,8 @@ import warnings
 
 import numpy as np
 
+from magjax.data.loaders import LoadReport
+
 PLOTS = {
     "reward.png": ("Reward and accuracy", ["reward/mean", "reward/accuracy", "reward/format"]),
     "length.png": ("Completion length (tokens)", ["rollout/length_mean", "rollout/length_max"]),
@@ -29,10 +31,10 @@ PLOTS = {
 }
 
 
-def read_metrics(run_dir: str) -> list[dict]:
+def read_metrics(run_dir: str, report: LoadReport | None = None) -> list[dict]:
     """One record per step, in step order. A run resumed from a checkpoint repeats the steps
     after it (the later record wins), and a process killed mid-write can leave a torn last
-    line (skipped with a warning naming it)."""
+    line (skipped with a warning naming it, and counted in ``report``)."""
     for candidate in (os.path.join(run_dir, "rl", "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl")):
         if os.path.exists(candidate):
             by_step = {}
@@ -44,19 +46,25 @@ def read_metrics(run_dir: str) -> list[dict]:
                         record = json.loads(line)
                     except json.JSONDecodeError:
                         warnings.warn(f"{candidate}:{number}: not a JSON record (a torn write?); skipped")
+                        if report is not None:
+                            report.skipped += 1
+                            report.errors.append(f"{candidate}:{number}: not a JSON record (a torn write?)")
                         continue
                     by_step[record["step"]] = record
+            if report is not None:
+                report.path, report.loaded = candidate, len(by_step)
             return [by_step[s] for s in sorted(by_step)]
     raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (looked in rl/ and the directory itself)")
 
 
-def write_report(run_dir: str, *, length_threshold: float | None = None) -> list[str]:
+def write_report(run_dir: str, *, length_threshold: float | None = None,
+                 load_report: LoadReport | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
+    rows = read_metrics(run_dir, load_report)
     out_dir = os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     steps = np.asarray([r["step"] for r in rows])

@@ -11,14 +11,13 @@ import dataclasses
 import jax
 import numpy as np
 
-from magjax import distributed
 from magjax.mesh import MeshConfig, make_mesh
 from magjax.metrics import MetricsWriter
-from magjax.models import decoder
 from magjax.models.config import ModelConfig
 from magjax.models.tokenizer import ChatFormat, Tokenizer, check_vocab
-from magjax.rl import batching, optimizer as opt_lib, train_step
+from magjax.rl import batching, optimizer as opt_lib
 from magjax.rl.losses import LossConfig
+from magjax.roles.trainer import Trainer
 from magjax.types import Completion, ScoredGroup
 
 
@@ -69,11 +68,7 @@ def run_sft(examples: list[tuple[str, str]], model_config: ModelConfig, params: 
     mesh = make_mesh(config.mesh, sft_devices(config.devices_per_process))
     packing = packing.for_mesh(mesh.shape["data"] * mesh.shape["fsdp"])  # a token budget's rows
     loss = LossConfig(kind="sft")
-    init = params if params is not None else decoder.init_params(model_config, jax.random.key(config.seed))
-    tx, schedule = opt_lib.make_optimizer(optimizer)
-    state = train_step.init_state(jax.device_put(init, decoder.param_shardings(model_config, mesh)), tx)
-    step_fn = train_step.make_train_step(model_config, loss, tx, schedule, mesh=mesh,
-                                         shardings=train_step.state_shardings(state))
+    trainer = Trainer(model_config, loss, optimizer, mesh, params=params, seed=config.seed)
     groups = examples_to_groups(examples, tokenizer, chat)
     rng = np.random.default_rng(config.seed)
     order, cursor, losses = rng.permutation(len(groups)), 0, []
@@ -82,10 +77,9 @@ def run_sft(examples: list[tuple[str, str]], model_config: ModelConfig, params: 
             order, cursor = rng.permutation(len(groups)), 0
         chosen = [groups[i] for i in order[cursor : cursor + config.batch_size]]
         cursor += config.batch_size
-        (batch,), stats = batching.make_minibatches(chosen, loss, packing)
-        state, m = step_fn(state, train_step.place_batch(batch, mesh))
-        losses.append(float(m["train/loss"]))
+        (batch,), stats = batching.minibatches(chosen, batching.SFT, packing)  # nothing to filter in SFT
+        m = trainer.step(batch)
+        losses.append(m["train/loss"])
         if metrics is not None:
-            metrics.write(step, {k: float(v) for k, v in jax.device_get(m).items()}
-                          | {"pipeline/padding_fraction": stats["padding_fraction"]})
-    return distributed.to_host(state.params), losses
+            metrics.write(step, m | {"pipeline/padding_fraction": stats["padding_fraction"]})
+    return trainer.host_params(), losses

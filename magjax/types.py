@@ -13,12 +13,22 @@ Arrays in magjax carry their shape in their name: ``tokens_bt`` is ``[batch, tim
 
 Host-side records (``Problem`` … ``ScoredGroup``) hold Python and NumPy values; only
 ``TrainBatch`` (built in magjax.rl.batching) is arrays all the way down.
+
+A problem travels whole: a ``Task`` (the problem record and the test sample its group is
+graded on) rides on the generator's request, on every completion sampled for it and on
+the scored group, so the verifier and the collector never look anything up by id.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Union
+
+if TYPE_CHECKING:
+    import jax
+    import numpy as np
+
+    Array = Union[jax.Array, np.ndarray]
 
 ProblemKind = Literal["math", "code"]
 FinishReason = Literal["eos", "stop", "length"]
@@ -69,6 +79,18 @@ class Problem:
 
 
 @dataclasses.dataclass(frozen=True)
+class Task:
+    """A problem as posed to the policy: the record, and the tests its group is graded on.
+
+    ``tests`` is the group's sample of ``problem.tests`` (SPEC.md §2: the same sample for
+    every completion of a group); None grades on all of them (and for math).
+    """
+
+    problem: Problem
+    tests: tuple | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class PolicyVersion:
     """Which weights produced something: incremented once per optimizer step."""
 
@@ -92,6 +114,7 @@ class Completion:
     text: str = ""
     finish_reason: FinishReason = "eos"
     uid: int = -1  # the request it belongs to (one uid per group)
+    task: Task | None = None  # what it answers, carried from the request (None: a bare prompt)
 
 
 @dataclasses.dataclass
@@ -110,6 +133,8 @@ class ScoredGroup:
     completions: list[Completion]
     rewards: list[float]
     correct: list[bool] | None = None
+    task: Task | None = None  # the problem the group answers (None for SFT examples)
+    scored: list[ScoredCompletion] = dataclasses.field(default_factory=list)  # full reward breakdowns
 
     @property
     def size(self) -> int:
@@ -120,31 +145,25 @@ class ScoredGroup:
 class TrainBatch:
     """One minibatch as fixed-shape arrays ``[m, b, t]``: m microbatches of b packed rows.
 
-    Position j of a row holds an input token and the next token to predict (``targets``);
-    ``weights`` is the token's share of the loss (0 for prompt, padding and filtered
-    tokens), ``old_logprobs`` the sampler's log-probability of the target and
-    ``advantages`` its sequence's advantage. ``segment_ids`` (0 = padding) keep packed
-    sequences from attending to each other; ``positions`` restart at 0 for each sequence.
-    ``trainer_old_logprobs`` is None, or, for the decoupled objective
+    Position j of a row holds an input token and the next token to predict (``targets_mbt``);
+    ``weights_mbt`` is the token's share of the loss (0 for prompt, padding and filtered
+    tokens), ``old_logprobs_mbt`` the sampler's log-probability of the target and
+    ``advantages_mbt`` its sequence's advantage. ``segment_ids_mbt`` (0 = padding) keep packed
+    sequences from attending to each other; ``positions_mbt`` restart at 0 for each sequence.
+    ``trainer_old_logprobs_mbt`` is None, or, for the decoupled objective
     (``LossConfig.decoupled_old_policy``), the trainer's own log-probability of the target
     under the parameters at the start of the batch (``train_step.recompute_old_logprobs``).
+    NumPy on the host (batching.py), jax.Array once placed (train_step.place_batch). A JAX
+    pytree once magjax.rl is imported (registered there: this module imports no JAX, so
+    the verifiers and the data tools never load it).
     """
 
-    tokens: object
-    targets: object
-    positions: object
-    segment_ids: object
-    weights: object
-    old_logprobs: object
-    advantages: object
-    trainer_old_logprobs: object = None
+    tokens_mbt: Array  # int32
+    targets_mbt: Array  # int32
+    positions_mbt: Array  # int32
+    segment_ids_mbt: Array  # int32
+    weights_mbt: Array  # float32
+    old_logprobs_mbt: Array  # float32
+    advantages_mbt: Array  # float32
+    trainer_old_logprobs_mbt: Array | None = None  # float32
 
-
-def _register_train_batch():
-    import jax
-
-    fields = [f.name for f in dataclasses.fields(TrainBatch)]
-    jax.tree_util.register_dataclass(TrainBatch, data_fields=fields, meta_fields=[])
-
-
-_register_train_batch()

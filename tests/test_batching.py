@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from magjax.rl import batching
-from magjax.rl.losses import LossConfig, policy_objective
+from magjax.rl.losses import policy_objective
 from rollouts import random_groups
 
 PACK = batching.PackingConfig(rows=4, row_len=16)
@@ -12,8 +12,8 @@ PACK = batching.PackingConfig(rows=4, row_len=16)
 def _loss_at_ratio_one(groups, loss_config):
     """With pi_theta = pi_old every ratio is 1 and the loss is -sum(w * A) over tokens."""
     (batch,), _ = batching.make_minibatches(groups, loss_config, PACK)
-    loss, _ = policy_objective(jnp.asarray(batch.old_logprobs), batch.old_logprobs, batch.advantages,
-                               batch.weights, 0.2, 0.28)
+    loss, _ = policy_objective(jnp.asarray(batch.old_logprobs_mbt), batch.old_logprobs_mbt, batch.advantages_mbt,
+                               batch.weights_mbt, 0.2, 0.28)
     return float(loss)
 
 
@@ -30,7 +30,7 @@ def test_aggregation_modes_on_groups_of_unequal_length(aggregation, expected):
     groups = random_groups(2, 2, rewards=[[1, 0], [1, 0]])
     for c, n in zip([*groups[0].completions, *groups[1].completions], [1, 3, 4, 4]):
         c.tokens, c.logprobs, c.versions = c.tokens[:1] * n, [-1.0] * n, [0] * n
-    config = LossConfig(aggregation=aggregation, advantage_mode="dr_grpo", constant_normalizer=10)
+    config = batching.AdvantageConfig(aggregation=aggregation, advantage_mode="dr_grpo", constant_normalizer=10)
     assert _loss_at_ratio_one(groups, config) == pytest.approx(expected, abs=1e-7)
 
 
@@ -39,7 +39,7 @@ def test_a_filtered_group_contributes_to_no_denominator():
     dead = random_groups(1, 4, seed=2, rewards=[[0.1, 0.1, 0.1, 0.1]])
     dead[0].problem_id = "dead"
     for aggregation in ("group", "minibatch", "constant"):
-        config = LossConfig(aggregation=aggregation)
+        config = batching.AdvantageConfig(aggregation=aggregation)
         (with_dead,), stats = batching.make_minibatches(live + dead, config, PACK)
         (without,), _ = batching.make_minibatches(live, config, PACK)
         assert stats["groups_filtered"] == 1 and stats["removed"] == ["dead"]
@@ -50,16 +50,16 @@ def test_a_filtered_group_contributes_to_no_denominator():
 def test_packing_is_first_fit_decreasing_and_keeps_sequences_apart():
     assert batching.first_fit_decreasing([5, 9, 3, 7, 4], 12) == [[1, 2], [3, 0], [4]]  # 9, 7, 5, 4, 3 in turn
     groups = random_groups(4, 4, seed=3)
-    (batch,), stats = batching.make_minibatches(groups, LossConfig(), PACK)
-    m, b, t = batch.tokens.shape
+    (batch,), stats = batching.make_minibatches(groups, batching.AdvantageConfig(), PACK)
+    m, b, t = batch.tokens_mbt.shape
     assert (b, t) == (4, 16) and m & (m - 1) == 0  # a power of two
     seqs = [c for g in groups for c in g.completions]
     used = sum(len(c.prompt_tokens) + len(c.tokens) - 1 for c in seqs)
     assert stats["padding_fraction"] == pytest.approx(1 - used / (m * b * t))
-    assert int((batch.weights > 0).sum()) == sum(len(c.tokens) for c in seqs)
+    assert int((batch.weights_mbt > 0).sum()) == sum(len(c.tokens) for c in seqs)
     # Positions restart at every segment start.
-    seg = batch.segment_ids.reshape(-1, t)
-    pos = batch.positions.reshape(-1, t)
+    seg = batch.segment_ids_mbt.reshape(-1, t)
+    pos = batch.positions_mbt.reshape(-1, t)
     starts = (seg != np.roll(seg, 1, axis=1)) | (np.arange(t) == 0)
     assert (pos[starts & (seg > 0)] == 0).all()
 
@@ -70,7 +70,7 @@ def test_minibatches_hold_whole_groups_and_oversized_sequences_fail_clearly():
     assert [len(p) for p in parts] == [2, 3] or [len(p) for p in parts] == [3, 2]
     long = random_groups(1, 2, seed=5, completion_len=(30, 31), rewards=[[0, 1]])
     with pytest.raises(ValueError, match="does not fit rows of 16"):
-        batching.make_minibatches(long, LossConfig(), PACK)
+        batching.make_minibatches(long, batching.AdvantageConfig(), PACK)
 
 
 def test_rows_from_a_per_chip_token_budget():
@@ -82,6 +82,6 @@ def test_rows_from_a_per_chip_token_budget():
         batching.PackingConfig(row_len=16, tokens_per_chip=8)
     # Packing with a budget not yet resolved for a mesh is refused, never guessed.
     with pytest.raises(ValueError, match="for_mesh"):
-        batching.make_minibatches(random_groups(1, 2), LossConfig(), budget)
-    (batch,), _ = batching.make_minibatches(random_groups(4, 2, seed=3), LossConfig(), budget.for_mesh(2))
-    assert batch.tokens.shape[1:] == (4, 16)
+        batching.make_minibatches(random_groups(1, 2), batching.AdvantageConfig(), budget)
+    (batch,), _ = batching.make_minibatches(random_groups(4, 2, seed=3), batching.AdvantageConfig(), budget.for_mesh(2))
+    assert batch.tokens_mbt.shape[1:] == (4, 16)

@@ -10,6 +10,8 @@ import pytest
 from magjax.data import curriculum
 from magjax.data.loaders import write_problems
 from magjax.loop import RunConfig, run
+from magjax.models.tokenizer import ChatFormat
+from magjax.recipe import Recipe
 from magjax.models import preset
 from magjax.rewards.reward import RewardConfig
 from magjax.rl.batching import PackingConfig
@@ -56,10 +58,11 @@ def _run(params, tmp_path, steps, run_dir=None):
                                               max_difficulty=2, n_batch=16, max_new_tokens=8, l_max=8, l_cache=2))
     config = RunConfig(mode="sync", steps=steps, group_size=8, n_batch=32, n_async=32, max_new_tokens=24,
                        stages=stages, run_dir=run_dir)
-    return run(config, problems=SUMS + HARD, model=preset("demo"), params=params,
-               engine=EngineConfig(slots=32, max_len=96, prompt_buckets=(32, 72), chunk_steps=8),
-               optimizer=OptimizerConfig(learning_rate=3e-4), packing=PackingConfig(rows=8, row_len=96),
-               reward=RewardConfig(l_max=24, l_cache=8), console=False)
+    recipe = Recipe(model=preset("demo"), chat=ChatFormat("plain", None), run=config,
+                    engine=EngineConfig(slots=32, max_len=96, prompt_buckets=(32, 72), chunk_steps=8),
+                    optimizer=OptimizerConfig(learning_rate=3e-4), packing=PackingConfig(rows=8, row_len=96),
+                    reward=RewardConfig(l_max=24, l_cache=8))
+    return run(recipe, SUMS + HARD, params, console=False)
 
 
 def test_a_run_switches_stage_and_resumes_exactly_across_the_switch(sft_params, tmp_path):

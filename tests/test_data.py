@@ -90,7 +90,7 @@ def test_every_math_family_is_well_posed(family):
 
 
 def test_the_cold_start_mix_follows_the_data_config():
-    from magjax.experiment import DataConfig, datasets
+    from magjax.data.sources import DataConfig, datasets
 
     problems, heldout, examples = datasets(DataConfig(demo_train_size=200, demo_heldout_size=20,
                                                       sft_languages=("en",), sft_code_fraction=0.2))

@@ -215,8 +215,10 @@ def test_train_step_on_native_attention_equals_xla_attention(kind, monkeypatch):
     forced in turn, and the step really used it."""
     config = preset("test").replace(head_dim=16, sliding_window=12)
     loss = LossConfig(kind=kind)
-    (batch,), _ = batching.make_minibatches(random_groups(4, 4, seed=2), loss, batching.PackingConfig(2, 32))
-    assert batch.tokens.shape[0] > 1 and (batch.segment_ids.max(-1) > 1).any()  # microbatches of packed rows
+    (batch,), _ = batching.make_minibatches(random_groups(4, 4, seed=2),
+                                            batching.SFT if kind == "sft" else batching.AdvantageConfig(),
+                                            batching.PackingConfig(2, 32))
+    assert batch.tokens_mbt.shape[0] > 1 and (batch.segment_ids_mbt.max(-1) > 1).any()  # microbatches of packed rows
     params = decoder.init_params(config, jax.random.key(4))
     results = []
     for choice in ("xla", "native"):

@@ -94,7 +94,7 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert (run_dir / "final_hf" / "config.json").exists()
     # Each process evaluated half of the held-out problems; both halves are in the summary.
-    from magjax.experiment import DataConfig, datasets
+    from magjax.data.sources import DataConfig, datasets
 
     heldout = datasets(DataConfig(demo_train_size=64, demo_heldout_size=8))[1]
     assert results["eval_after"]["all"]["problems"] == results["eval_before"]["all"]["problems"] == len(heldout)

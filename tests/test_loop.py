@@ -8,6 +8,8 @@ import pytest
 
 from magjax.loop import RunConfig, run
 from magjax.models import preset
+from magjax.models.tokenizer import ChatFormat
+from magjax.recipe import Recipe
 from magjax.rl.batching import PackingConfig
 from magjax.rl.optimizer import OptimizerConfig
 from magjax.sampling.engine import EngineConfig
@@ -24,8 +26,9 @@ PACK = PackingConfig(rows=8, row_len=64)
 def _run(params, problems=SUMS, engine=ENGINE, **overrides):
     config = dict(mode="sync", steps=3, group_size=8, n_batch=32, n_async=32, max_new_tokens=24)
     config |= overrides
-    return run(RunConfig(**config), problems=problems, model=MODEL, params=params, engine=engine,
-               optimizer=OptimizerConfig(learning_rate=3e-4), packing=PACK, console=False)
+    recipe = Recipe(model=MODEL, chat=ChatFormat("plain", None), run=RunConfig(**config), engine=engine,
+                    optimizer=OptimizerConfig(learning_rate=3e-4), packing=PACK)
+    return run(recipe, problems, params, console=False)
 
 
 def _leaves(tree):
@@ -133,7 +136,7 @@ def test_export_writes_a_checkpoint_as_a_hugging_face_directory(sft_params, tmp_
 
 def test_periodic_evaluation_joins_the_step_metrics(sft_params):
     from magjax.evaluate import EvalConfig, evaluate, flatten
-    from magjax.models.tokenizer import ByteTokenizer, ChatFormat
+    from magjax.models.tokenizer import ByteTokenizer
 
     seen, summaries = [], []
 
@@ -143,9 +146,10 @@ def test_periodic_evaluation_joins_the_step_metrics(sft_params):
                                   EvalConfig(samples=2, max_new_tokens=24), engine=ENGINE)["summary"])
         return summaries[-1]
 
-    result = run(RunConfig(mode="sync", steps=2, group_size=8, n_batch=32, n_async=32, max_new_tokens=24),
-                 problems=SUMS, model=MODEL, params=sft_params, engine=ENGINE, packing=PACK, console=False,
-                 evaluator=held_out, eval_every=2)
+    recipe = Recipe(model=MODEL, chat=ChatFormat("plain", None), engine=ENGINE, packing=PACK,
+                    run=RunConfig(mode="sync", steps=2, group_size=8, n_batch=32, n_async=32, max_new_tokens=24),
+                    optimizer=OptimizerConfig(learning_rate=1e-4))
+    result = run(recipe, SUMS, sft_params, console=False, evaluator=held_out, eval_every=2)
     assert len(seen) == 1 and "eval/pass@1" not in result.history[0]
     last = result.history[1]
     expected = flatten(summaries[0])  # every figure of the evaluation, under its row's name, unchanged
@@ -156,7 +160,7 @@ def test_periodic_evaluation_joins_the_step_metrics(sft_params):
 
 
 def test_a_run_directory_initialises_a_new_job(sft_params, tmp_path):
-    from magjax.experiment import load_model
+    from magjax.jobs.common import load_model
 
     result = _run(sft_params, steps=1, run_dir=str(tmp_path / "run"))
     config, params = load_model("test", str(tmp_path / "run"), seed=0)  # the checkpoint wins over the preset

@@ -103,14 +103,14 @@ def _exact_sampler_batch(params, loss, groups, pack):
     """A batch whose sampler log-probs are exactly the trainer's under ``params``."""
     (batch,), _ = batching.make_minibatches(groups, loss, pack)
     mu_star = train_step.make_logprob_step(CONFIG, loss)(params, batch)
-    return dataclasses.replace(batch, old_logprobs=np.asarray(mu_star))
+    return dataclasses.replace(batch, old_logprobs_mbt=np.asarray(mu_star))
 
 
 def _sequences(batch):
     """(microbatch, row, segment) -> completion token positions, in order."""
     out = {}
-    for i in zip(*np.nonzero(batch.weights > 0)):
-        out.setdefault((i[0], i[1], int(batch.segment_ids[i])), []).append(i)
+    for i in zip(*np.nonzero(batch.weights_mbt > 0)):
+        out.setdefault((i[0], i[1], int(batch.segment_ids_mbt[i])), []).append(i)
     return out
 
 
@@ -129,7 +129,7 @@ def test_decoupled_objective_corrects_a_perturbed_sampler():
     exact = _exact_sampler_batch(params, LossConfig(), groups, pack)
     seqs = list(_sequences(exact).values())
     assert len(seqs) == 12
-    perturbed_mu, reference_w = np.array(exact.old_logprobs), np.array(exact.weights)
+    perturbed_mu, reference_w = np.array(exact.old_logprobs_mbt), np.array(exact.weights_mbt)
     for positions in seqs[:2]:  # masked
         for i in positions:
             perturbed_mu[i] += 0.5
@@ -139,15 +139,15 @@ def test_decoupled_objective_corrects_a_perturbed_sampler():
         reference_w[positions[2]] *= 2.0
     perturbed_mu[seqs[4][1]] += 0.3
     reference_w[seqs[4][1]] *= np.exp(-0.3)
-    perturbed = dataclasses.replace(exact, old_logprobs=perturbed_mu)
-    reference = dataclasses.replace(exact, weights=reference_w.astype(np.float32))
+    perturbed = dataclasses.replace(exact, old_logprobs_mbt=perturbed_mu)
+    reference = dataclasses.replace(exact, weights_mbt=reference_w.astype(np.float32))
 
     compiled = {loss: jax.jit(functools.partial(train_step.accumulate_gradients, CONFIG, loss))
                 for loss in (LossConfig(), decoupled)}
     grads = lambda loss, batch: compiled[loss](params, batch)  # noqa: E731
     logprob_step = train_step.make_logprob_step(CONFIG, decoupled)
     [corrected] = train_step.recompute_old_logprobs(logprob_step, params, [perturbed])
-    np.testing.assert_array_equal(np.asarray(corrected.trainer_old_logprobs), exact.old_logprobs)
+    np.testing.assert_array_equal(np.asarray(corrected.trainer_old_logprobs_mbt), exact.old_logprobs_mbt)
     _, g_ref, _ = grads(LossConfig(), reference)
     _, g_fixed, stats = grads(decoupled, corrected)
     _, g_naive, naive_stats = grads(LossConfig(), perturbed)
@@ -190,8 +190,8 @@ def test_decoupled_train_step_sharded_recomputes_once_per_batch(mesh_2x4):
         # have pi_old / mu > 2 and some sequences a geometric mean outside [0.8, 1.25].
         noisy = []
         for b in batches:
-            mu = np.asarray(exact_logprobs(params, b)) + rng.normal(0, 0.6, b.weights.shape) * (b.weights > 0)
-            noisy.append(dataclasses.replace(b, old_logprobs=mu.astype(np.float32)))
+            mu = np.asarray(exact_logprobs(params, b)) + rng.normal(0, 0.6, b.weights_mbt.shape) * (b.weights_mbt > 0)
+            noisy.append(dataclasses.replace(b, old_logprobs_mbt=mu.astype(np.float32)))
         collected.append(noisy)
     with pytest.raises(ValueError, match="param_shardings"):
         train_step.make_logprob_step(CONFIG, loss, mesh=mesh_2x4)
@@ -274,8 +274,8 @@ def test_trainer_logprobs_at_the_samplers_temperature():
     groups = [ScoredGroup(k, v, [float(i) for i in range(len(v))]) for k, v in sorted(by_problem.items())]
     (batch,), _ = batching.make_minibatches(groups, loss, batching.PackingConfig(rows=4, row_len=64))
     [batch] = train_step.recompute_old_logprobs(train_step.make_logprob_step(ENGINE_CONFIG, loss), params, [batch])
-    on = batch.weights > 0
-    assert np.abs(np.asarray(batch.trainer_old_logprobs)[on] - batch.old_logprobs[on]).max() <= 1e-5
+    on = batch.weights_mbt > 0
+    assert np.abs(np.asarray(batch.trainer_old_logprobs_mbt)[on] - batch.old_logprobs_mbt[on]).max() <= 1e-5
     opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3))
     step = train_step.make_train_step(ENGINE_CONFIG, loss, opt, schedule)
     _, metrics = step(train_step.init_state(params, opt), batch)

@@ -20,7 +20,7 @@ KILLS = 3
 
 def _train(run_dir, init_from, steps: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "magjax.cli", "train", "--run_dir", str(run_dir),
-           f"--gin.train.init_from='{init_from}'", "--gin.train.sft_steps=0",
+           f"--gin.INIT_FROM='{init_from}'", "--gin.train.sft_steps=0",
            "--gin.DataConfig.demo_heldout_size=0", "--gin.DataConfig.demo_train_size=64",
            "--gin.DataConfig.demo_kinds=('math',)", "--gin.RunConfig.mode='sync'", f"--gin.RunConfig.steps={steps}",
            "--gin.RunConfig.n_batch=32", "--gin.RunConfig.n_async=32", "--gin.RunConfig.max_new_tokens=48",

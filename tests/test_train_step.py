@@ -11,6 +11,7 @@ from magjax.types import Completion, ScoredGroup
 from rollouts import random_groups, sample_groups
 
 CONFIG = preset("test")
+ADVANTAGE = batching.AdvantageConfig()  # Magistral's
 
 
 def _setup(lr=1e-3, loss=LossConfig(), mesh=None, seed=0):
@@ -33,12 +34,12 @@ def test_packed_accumulated_gradient_equals_unpacked(rows, row_len):
     loss = LossConfig()
     params = decoder.init_params(CONFIG, jax.random.key(1))
     grad = jax.jit(functools.partial(train_step.accumulate_gradients, CONFIG, loss))
-    seqs = batching.minibatch_sequences(groups, loss)
+    seqs = batching.minibatch_sequences(groups, ADVANTAGE)
     # Unpacked: one sequence per row, all rows in one microbatch.
     longest = max(s.slots for s in seqs)
     singles = [batching.pack([s], batching.PackingConfig(rows=1, row_len=longest))[0] for s in seqs]
     reference = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *singles)
-    assert reference.tokens.shape == (1, len(seqs), longest)
+    assert reference.tokens_mbt.shape == (1, len(seqs), longest)
     packed, stats = batching.pack(seqs, batching.PackingConfig(rows=rows, row_len=row_len))
     loss_ref, g_ref, _ = grad(params, reference)
     loss_packed, g_packed, _ = grad(params, packed)
@@ -49,8 +50,8 @@ def test_packed_accumulated_gradient_equals_unpacked(rows, row_len):
 
 def test_sharded_steps_match_unsharded_and_trace_once(mesh_1x8, mesh_2x4):
     pack = batching.PackingConfig(rows=8, row_len=64)
-    batches = [batching.make_minibatches(random_groups(4, 4, seed=s), LossConfig(), pack)[0][0] for s in range(5)]
-    assert len({b.tokens.shape for b in batches}) == 1
+    batches = [batching.make_minibatches(random_groups(4, 4, seed=s), ADVANTAGE, pack)[0][0] for s in range(5)]
+    assert len({b.tokens_mbt.shape for b in batches}) == 1
     results = []
     for mesh in (None, mesh_1x8, mesh_2x4):
         state, step = _setup(mesh=mesh)
@@ -66,12 +67,12 @@ def test_sharded_steps_match_unsharded_and_trace_once(mesh_1x8, mesh_2x4):
 
 def test_nan_in_batch_skips_the_update_and_counts_it():
     state, step = _setup()
-    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=8), LossConfig(), batching.PackingConfig(8, 32))
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=8), ADVANTAGE, batching.PackingConfig(8, 32))
     state, _ = step(state, batch)  # moments that are not zero, so an unchanged state means something
     before = _host((state.params, state.opt_state))
     bad = jax.tree.map(np.array, batch)
-    i = np.argwhere(bad.weights > 0)[0]
-    bad.old_logprobs[tuple(i)] = np.nan
+    i = np.argwhere(bad.weights_mbt > 0)[0]
+    bad.old_logprobs_mbt[tuple(i)] = np.nan
     state, metrics = step(state, bad)
     assert int(state.skipped) == 1 and int(metrics["train/applied"]) == 0
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(_host((state.params, state.opt_state)))):
@@ -87,7 +88,7 @@ def test_bfloat16_state_keeps_its_dtypes_through_steps():
     opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-2))
     state = train_step.init_state(decoder.init_params(config, jax.random.key(0)), opt)
     step = train_step.make_train_step(config, LossConfig(), opt, schedule)
-    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=3), LossConfig(), batching.PackingConfig(8, 32))
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=3), ADVANTAGE, batching.PackingConfig(8, 32))
     dtypes = [x.dtype for x in jax.tree.leaves(state)]
     before = _host(state.params)
     for _ in range(2):
@@ -100,7 +101,7 @@ def test_bfloat16_state_keeps_its_dtypes_through_steps():
 def test_kl_to_a_reference_starts_at_zero_and_pulls_back(mesh_2x4):
     """The optional k3 penalty to a frozen reference: zero (value and gradient) while the
     policy equals the reference, then positive and changing the update."""
-    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=5), LossConfig(), batching.PackingConfig(8, 32))
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=5), ADVANTAGE, batching.PackingConfig(8, 32))
     opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=3e-2, weight_decay=0.0))
     params = decoder.init_params(CONFIG, jax.random.key(6))
     runs = {}
@@ -138,7 +139,7 @@ def test_grpo_raises_a_toy_reward():
         key, sub = jax.random.split(key)
         groups = sample_groups(CONFIG, state.params, prompts, 8, 8, lambda t: float(np.mean(t == target)), sub)
         means.append(np.mean([g.rewards for g in groups]))
-        batches, _ = batching.make_minibatches(groups, LossConfig(), pack)
+        batches, _ = batching.make_minibatches(groups, ADVANTAGE, pack)
         for batch in batches:
             state, metrics = step(state, batch)
     first, last = np.mean(means[:10]), np.mean(means[-10:])
@@ -151,7 +152,7 @@ def test_sft_fits_a_memorisable_set():
     rng = np.random.default_rng(0)
     groups = [ScoredGroup(f"s{i}", [Completion(f"s{i}", 0, [1, 3 + i], rng.integers(3, 60, 10).tolist(),
                                                [0.0] * 10, [0] * 10)], [0.0]) for i in range(4)]
-    (batch,), _ = batching.make_minibatches(groups, loss_config, batching.PackingConfig(4, 16))
+    (batch,), _ = batching.make_minibatches(groups, batching.SFT, batching.PackingConfig(4, 16))
     losses = []
     for _ in range(40):
         state, metrics = step(state, batch)

@@ -21,33 +21,26 @@ import numpy as np
 
 def run(steps: int = 12, sft_steps: int = 60, gin_file: str = "experiments/demo_cpu.gin",
         bindings: tuple[str, ...] = ()) -> dict:
-    import gin
-
     from magjax import config
-    from magjax.experiment import datasets
+    from magjax.data.sources import datasets
     from magjax.loop import run as run_loop
     from magjax.models.tokenizer import load_tokenizer
     from magjax.sft import run_sft
 
     config.parse([gin_file], list(bindings))
-    built = config.build_abstract()
-    model, rl, data = built["model"], built["RunConfig"], built["DataConfig"]
-    tokenizer = gin.query_parameter("train.tokenizer")
-    tokenizer = tokenizer.scoped_configurable_fn() if isinstance(tokenizer, gin.config.ConfigurableReference) \
-        else tokenizer
-    problems, _, examples = datasets(dataclasses.replace(data, demo_heldout_size=0))
+    recipe = config.recipe()
+    model, rl = recipe.model_config, recipe.run
+    problems, _, examples = datasets(dataclasses.replace(recipe.data, demo_heldout_size=0))
     t0 = time.perf_counter()
-    params, _ = run_sft(examples, model, None, load_tokenizer(tokenizer), built["ChatFormat"],
-                        dataclasses.replace(built["SFTConfig"], steps=sft_steps), packing=built["PackingConfig"])
+    params, _ = run_sft(examples, model, None, load_tokenizer(recipe.tokenizer), recipe.chat,
+                        dataclasses.replace(recipe.sft, steps=sft_steps), packing=recipe.packing)
     sft_s = time.perf_counter() - t0
     out = {"bench": "pipeline", "gin_file": gin_file, "steps": steps, "n_batch": rl.n_batch,
            "n_async": rl.n_async, "sft_s": sft_s}
     for mode in ("sync", "async"):
-        result = run_loop(dataclasses.replace(rl, mode=mode, steps=steps, run_dir=None), problems=problems,
-                          model=model, params=params, tokenizer=tokenizer, chat=built["ChatFormat"],
-                          sampling=built["SamplingConfig"], engine=built["EngineConfig"], loss=built["LossConfig"],
-                          optimizer=built["OptimizerConfig"], packing=built["PackingConfig"],
-                          reward=built["RewardConfig"], pool=built["PoolConfig"], console=False)
+        result = run_loop(dataclasses.replace(recipe, run=dataclasses.replace(rl, mode=mode, steps=steps,
+                                                                             run_dir=None)),
+                          problems, params, console=False)
         steady = [h for h in result.history[1:] if not h["pipeline/train_compiles"]]
         if not steady:  # a run too short to have any: time what there is, compilation and all
             steady = result.history[1:] or result.history

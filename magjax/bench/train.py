@@ -48,7 +48,8 @@ def run(preset_name: str, *, dtype: str = "float32", batch: int = 16, prompt_len
     seq = prompt_len + completion_len
     loss = LossConfig(logprob_chunk=seq)
     groups = synthetic_groups(config.vocab_size, batch, prompt_len, completion_len)
-    (train_batch,), stats = batching.make_minibatches(groups, loss, batching.PackingConfig(rows=batch, row_len=seq))
+    (train_batch,), stats = batching.make_minibatches(groups, batching.AdvantageConfig(),
+                                                      batching.PackingConfig(rows=batch, row_len=seq))
     opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-6, b2=0.99))
     state = train_step.init_state(decoder.init_params(config, jax.random.key(0)), opt)
     step = train_step.make_train_step(config, loss, opt, schedule)

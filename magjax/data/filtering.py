@@ -1,7 +1,7 @@
 """Difficulty filtering (SPEC.md §4): keep problems a model solves sometimes, not always.
 
 For every problem, ``k`` completions are sampled and graded (by a ``PassRateSource``: the
-real sampler and verifier pool, or any function for tests). A problem is kept when its
+rollout role, ``magjax.roles.rollout.pass_rate_source``, or any function for tests). A problem is kept when its
 pass rate lies inside ``[min_pass_rate, max_pass_rate]``; it is dropped as likely
 mislabelled when a majority of samples agree on one answer that contradicts the label
 (Magistral's second pass, with a stronger model). Results are appended to
@@ -92,30 +92,3 @@ def filter_problems(problems: list[Problem], source: PassRateSource, out_dir: st
     with open(os.path.join(out_dir, "histogram.json"), "w") as f:
         json.dump(histogram, f, indent=2)
     return {"kept": len(kept), "dropped": len(dropped), "histogram": histogram}
-
-
-def sampler_source(model_config, params, tokenizer, chat, *, engine, sampling, reward, max_new_tokens: int = 256,
-                   mesh=None, with_text: bool = False) -> PassRateSource:
-    """The real pass-rate source: the sampler draws k completions, the verifiers grade them.
-
-    With ``with_text`` it yields (correct, response text) pairs instead: a teacher for
-    ``magjax.data.distill``.
-    """
-    from magjax.rewards.pool import PoolConfig, VerifierPool
-    from magjax.sampling.engine import Engine
-    from magjax.sampling.generator import Generator, Request
-
-    generator = Generator(Engine(model_config, engine, sampling, tokenizer.eos_id, mesh=mesh), params,
-                          decode_text=tokenizer.decode)
-    verifier = VerifierPool(reward, PoolConfig())
-
-    def source(problem: Problem, k: int) -> list[tuple[bool, str | None]]:
-        completions = generator.generate([Request(problem.id, chat.encode(tokenizer, problem.prompt), k,
-                                                  max_new_tokens)])
-        scored = [verifier.score_now(problem, c) for c in sorted(completions, key=lambda c: c.sample_index)]
-        if with_text:
-            return [(s.reward.is_correct, s.completion.text) for s in scored]
-        return [(s.reward.is_correct, s.reward.extracted if problem.kind == "math" else None) for s in scored]
-
-    source.close = verifier.close
-    return source

@@ -117,7 +117,7 @@ def _records(path: Path):
                 try:
                     yield f"{path}:{n}", json.loads(line)
                 except json.JSONDecodeError as err:
-                    yield f"{path}:{n}", ValueError(f"bad JSON ({err.msg} at column {err.colno})")
+                    yield f"{path}:{n}", ValueError(f"bad JSON ({err.msg.removesuffix(' at')}, column {err.colno})")
     elif suffix in (".parquet", ".arrow"):
         import pyarrow.ipc
         import pyarrow.parquet

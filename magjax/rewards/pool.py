@@ -60,12 +60,15 @@ class VerifierPool:
         with self._lock:
             self.counts[key] += 1
 
-    def score_now(self, problem: Problem, completion: Completion, tests: list | None = None) -> ScoredCompletion:
-        """Grades one completion in the calling thread (what the pool's threads run)."""
+    def score_now(self, problem: Problem, completion: Completion, tests: list | None = None,
+                  reward_config: reward_lib.RewardConfig | None = None) -> ScoredCompletion:
+        """Grades one completion in the calling thread (what the pool's threads run), under
+        ``reward_config`` (default: the pool's; a curriculum stage brings its own)."""
         start = time.perf_counter()
         deadline = time.monotonic() + self.config.item_deadline_s
         try:
-            breakdown = reward_lib.score(problem, completion.text, len(completion.tokens), self.reward_config,
+            breakdown = reward_lib.score(problem, completion.text, len(completion.tokens),
+                                         reward_config or self.reward_config,
                                          tests=tests, math_check=self._math_check,
                                          code_check=functools.partial(reward_lib.default_code_check, deadline=deadline))
         except Exception as err:  # one bad item must not take the run down
@@ -78,13 +81,14 @@ class VerifierPool:
             self._latencies.append(time.perf_counter() - start)
         return ScoredCompletion(completion, breakdown)
 
-    def submit(self, problem: Problem, completion: Completion, tests: list | None = None) -> concurrent.futures.Future:
+    def submit(self, problem: Problem, completion: Completion, tests: list | None = None,
+               reward_config: reward_lib.RewardConfig | None = None) -> concurrent.futures.Future:
         """Queues one completion; the result also goes to ``on_scored``. Blocks when saturated."""
         self._slots.acquire()
 
         def job():
             try:
-                scored = self.score_now(problem, completion, tests)
+                scored = self.score_now(problem, completion, tests, reward_config)
                 if self.on_scored is not None:
                     self.on_scored(scored)
                 return scored

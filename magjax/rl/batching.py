@@ -11,12 +11,43 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import numpy as np
 
 from magjax.rl import advantages as adv_lib
-from magjax.rl.losses import LossConfig
 from magjax.types import ScoredGroup, TrainBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    """How scored groups become advantages and per-token loss weights (SPEC.md §1), on the
+    host. Defaults are Magistral's. (The on-device objective is rl/losses.py's LossConfig.)"""
+
+    # How token terms are normalised: "group" = divide by the group's total completion
+    # length and average over groups (Magistral); "minibatch" = divide by the minibatch's
+    # completion tokens (DAPO/verl); "constant" = divide by constant_normalizer per
+    # sequence (Dr. GRPO).
+    aggregation: Literal["group", "minibatch", "constant"] = "group"
+    constant_normalizer: float = 1024.0
+    # "none": supervised examples, not groups: no advantages and nothing to filter (SFT).
+    advantage_mode: Literal["magistral", "grpo", "dr_grpo", "rloo", "none"] = "magistral"
+    advantage_eps: float = 1e-6
+    filter_on: Literal["reward", "correct"] = "reward"  # zero-variance test
+
+    def __post_init__(self):
+        if self.aggregation not in ("group", "minibatch", "constant"):
+            raise ValueError(f"AdvantageConfig.aggregation must be group, minibatch or constant, "
+                             f"got {self.aggregation!r}")
+        if self.constant_normalizer <= 0:
+            raise ValueError("AdvantageConfig.constant_normalizer must be positive")
+        if self.advantage_mode not in (*adv_lib.MODES, "none"):
+            raise ValueError(f"AdvantageConfig.advantage_mode must be one of {adv_lib.MODES} or 'none', "
+                             f"got {self.advantage_mode!r}")
+
+
+# SFT examples: no advantages, every target token weighs the same (the minibatch token mean).
+SFT = AdvantageConfig(aggregation="minibatch", advantage_mode="none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +109,19 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def token_weights(completion_lens_nG: list[list[int]], loss: LossConfig) -> list[np.ndarray]:
+def token_weights(completion_lens_nG: list[list[int]], config: AdvantageConfig) -> list[np.ndarray]:
     """Each sequence's per-token loss weight, one array [G] per group of the minibatch.
 
     group:     1 / (n * tokens of its group)     -> mean over groups of per-group token means
     minibatch: 1 / (tokens of the minibatch)      -> token mean over the minibatch
     constant:  1 / (C * number of sequences)      -> Dr. GRPO's constant normaliser
-    SFT always uses the minibatch token mean.
+    SFT uses the minibatch token mean (``SFT``).
     """
     lens = [np.asarray(g, np.float64) for g in completion_lens_nG]
     n = len(lens)
     num_seqs = sum(len(g) for g in lens)
     total = sum(float(g.sum()) for g in lens)
-    mode = "minibatch" if loss.kind == "sft" else loss.aggregation
+    mode = config.aggregation
     out = []
     for g in lens:
         if mode == "group":
@@ -98,17 +129,17 @@ def token_weights(completion_lens_nG: list[list[int]], loss: LossConfig) -> list
         elif mode == "minibatch":
             out.append(np.full(len(g), 1.0 / max(total, 1.0)))
         else:
-            out.append(np.full(len(g), 1.0 / (loss.constant_normalizer * num_seqs)))
+            out.append(np.full(len(g), 1.0 / (config.constant_normalizer * num_seqs)))
     return out
 
 
-def filter_groups(groups: list[ScoredGroup], loss: LossConfig) -> tuple[list[ScoredGroup], list[ScoredGroup]]:
+def filter_groups(groups: list[ScoredGroup], config: AdvantageConfig) -> tuple[list[ScoredGroup], list[ScoredGroup]]:
     """(kept, removed): groups whose rewards (or correctness) are all equal are removed."""
     kept, removed = [], []
     for g in groups:
         rewards = np.asarray([g.rewards])
         correct = np.asarray([g.correct]) if g.correct is not None else None
-        dead = adv_lib.zero_variance_groups(rewards, correct, on=loss.filter_on)[0]
+        dead = adv_lib.zero_variance_groups(rewards, correct, on=config.filter_on)[0]
         (removed if dead else kept).append(g)
     return kept, removed
 
@@ -121,14 +152,16 @@ def split_minibatches(groups: list, n_minibatch: int) -> list[list]:
     return [groups[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def minibatch_sequences(groups: list[ScoredGroup], loss: LossConfig) -> list[PackedSequence]:
-    """Advantages and weights for one minibatch of (kept) groups, as packable sequences."""
+def minibatch_sequences(groups: list[ScoredGroup], config: AdvantageConfig) -> list[PackedSequence]:
+    """Advantages and weights for one minibatch of (kept) groups, as packable sequences
+    (``SFT``: examples, no advantages)."""
     completion_lens = [[len(c.tokens) for c in g.completions] for g in groups]
-    weights = token_weights(completion_lens, loss)
-    if loss.kind == "grpo":
+    weights = token_weights(completion_lens, config)
+    if config.advantage_mode != "none":
         if len({g.size for g in groups}) != 1:
             raise ValueError("GRPO groups in one minibatch must have the same size G")
-        advs = adv_lib.advantages(np.asarray([g.rewards for g in groups]), loss.advantage_mode, loss.advantage_eps)
+        advs = adv_lib.advantages(np.asarray([g.rewards for g in groups]), config.advantage_mode,
+                                  config.advantage_eps)
     else:
         advs = [[0.0] * g.size for g in groups]
     seqs = []
@@ -177,23 +210,27 @@ def pack(seqs: list[PackedSequence], packing: PackingConfig, min_microbatches: i
             offset += n
     as_mbt = lambda x: x.reshape(m, b, t)  # noqa: E731
     batch = TrainBatch(*(as_mbt(x) for x in (tokens, targets, positions, segment_ids, weights,
-                                              old_logprobs, advantages)))
+                                              old_logprobs, advantages)))  # fields in declaration order
     used = sum(s.slots for s in seqs)
     stats = {"padding_fraction": 1.0 - used / (m * b * t), "microbatches": m,
              "completion_tokens": int(sum(len(s.tokens) - s.prompt_len for s in seqs))}
     return batch, stats
 
 
-def make_minibatches(groups: list[ScoredGroup], loss: LossConfig, packing: PackingConfig,
-                     n_minibatch: int = 1) -> tuple[list[TrainBatch], dict]:
-    """The whole host-side path: filter, split, weigh, pack. One TrainBatch per optimizer step."""
-    kept, removed = filter_groups(groups, loss) if loss.kind == "grpo" else (groups, [])
+def minibatches(kept: list[ScoredGroup], config: AdvantageConfig, packing: PackingConfig,
+                n_minibatch: int = 1) -> tuple[list[TrainBatch], dict]:
+    """Groups already filtered: split, weigh, pack. One TrainBatch per optimizer step."""
     batches, paddings = [], []
     for part in split_minibatches(kept, n_minibatch):
-        batch, stats = pack(minibatch_sequences(part, loss), packing)
+        batch, stats = pack(minibatch_sequences(part, config), packing)
         batches.append(batch)
         paddings.append(stats["padding_fraction"])
-    stats = {"groups_filtered": len(removed), "groups_kept": len(kept),
-             "padding_fraction": float(np.mean(paddings)) if paddings else 0.0,
-             "removed": [g.problem_id for g in removed]}
-    return batches, stats
+    return batches, {"groups_kept": len(kept), "padding_fraction": float(np.mean(paddings)) if paddings else 0.0}
+
+
+def make_minibatches(groups: list[ScoredGroup], config: AdvantageConfig, packing: PackingConfig,
+                     n_minibatch: int = 1) -> tuple[list[TrainBatch], dict]:
+    """The whole host-side path: filter, split, weigh, pack. One TrainBatch per optimizer step."""
+    kept, removed = filter_groups(groups, config) if config.advantage_mode != "none" else (groups, [])
+    batches, stats = minibatches(kept, config, packing, n_minibatch)
+    return batches, stats | {"groups_filtered": len(removed), "removed": [g.problem_id for g in removed]}

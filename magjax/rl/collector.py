@@ -27,9 +27,9 @@ class GroupCollector:
         self._closed = False
         self._leftover: list[ScoredGroup] = []  # groups completed after close()
 
-    def add(self, scored: ScoredCompletion, uid: int):
-        """Adds one scored completion of request ``uid``; emits the group when it is whole."""
-        key = (scored.completion.problem_id, uid)
+    def add(self, scored: ScoredCompletion):
+        """Adds one scored completion; emits its request's group when the group is whole."""
+        key = (scored.completion.problem_id, scored.completion.uid)
         with self._lock:
             self.finished[len(scored.completion.tokens)] += 1
             members = self._partial[key]
@@ -39,13 +39,18 @@ class GroupCollector:
             del self._partial[key]
         members.sort(key=lambda s: s.completion.sample_index)
         group = ScoredGroup(key[0], [s.completion for s in members], [float(s.reward.total) for s in members],
-                            [bool(s.reward.is_correct) for s in members])
-        group.scored = members  # the full breakdowns, for metrics
+                            [bool(s.reward.is_correct) for s in members], task=members[0].completion.task,
+                            scored=members)
         with self._lock:
             if self._closed:
                 self._leftover.append(group)
                 return
         self.groups.put(group)  # blocks when the trainer lags
+
+    def put_back(self, groups: list[ScoredGroup]):
+        """Returns groups taken but not trained (a batch cut short by a stop signal)."""
+        for g in groups:
+            self.groups.put(g)
 
     def close(self):
         """Stops blocking: later groups are kept aside, and the queue is emptied so that a

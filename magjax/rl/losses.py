@@ -24,15 +24,8 @@ class LossConfig:
     kind: Literal["grpo", "sft"] = "grpo"
     eps_low: float = 0.2  # lower clip: rho >= 1 - eps_low
     eps_high: float = 0.28  # clip-higher (DAPO): rho <= 1 + eps_high
-    # How token terms are normalised: "group" = divide by the group's total completion
-    # length and average over groups (Magistral); "minibatch" = divide by the minibatch's
-    # completion tokens (DAPO/verl); "constant" = divide by constant_normalizer per
-    # sequence (Dr. GRPO).
-    aggregation: Literal["group", "minibatch", "constant"] = "group"
-    constant_normalizer: float = 1024.0
-    advantage_mode: Literal["magistral", "grpo", "dr_grpo", "rloo"] = "magistral"
-    advantage_eps: float = 1e-6
-    filter_on: Literal["reward", "correct"] = "reward"  # zero-variance test
+    # How advantages and token weights are made from scored groups is host-side work:
+    # rl/batching.py's AdvantageConfig.
     kl_coef: float = 0.0  # k3 KL to a frozen reference (off in Magistral)
     entropy_coef: float = 0.0  # entropy bonus (off in Magistral)
     logprob_chunk: int = 256  # sequence chunk for the float32 log-softmax
@@ -55,10 +48,6 @@ class LossConfig:
             raise ValueError(f"LossConfig.kind must be 'grpo' or 'sft', got {self.kind!r}")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
             raise ValueError(f"LossConfig: need 0 <= eps_low < 1 and eps_high >= 0, got {self.eps_low}, {self.eps_high}")
-        if self.aggregation not in ("group", "minibatch", "constant"):
-            raise ValueError(f"LossConfig.aggregation must be group, minibatch or constant, got {self.aggregation!r}")
-        if self.constant_normalizer <= 0:
-            raise ValueError("LossConfig.constant_normalizer must be positive")
         if self.logprob_chunk < 1:
             raise ValueError("LossConfig.logprob_chunk must be positive")
         if not self.temperature > 0:

@@ -67,17 +67,18 @@ def place_batch(batch: TrainBatch, mesh) -> TrainBatch:
     if mesh is None or jax.process_count() == 1:
         return batch
     sharding = batch_sharding(mesh)
-    return jax.tree.map(lambda x: distributed.global_array(x, sharding), batch)
+    # Leaves already placed (a batch whose pi_old was recomputed) stay as they are.
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else distributed.global_array(x, sharding), batch)
 
 
 def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, mb: TrainBatch,
                     ref_params=None, mesh=None):
     """The weighted loss of one microbatch [b, t] and its token statistics (sums)."""
     hidden = functools.partial(decoder.hidden_states, model_config, mesh=mesh)
-    h_btd = hidden(params, mb.tokens, mb.positions, mb.segment_ids)
-    logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk,
+    h_btd = hidden(params, mb.tokens_mbt, mb.positions_mbt, mb.segment_ids_mbt)
+    logp_bt, entropy_bt = token_logprobs(model_config, params, h_btd, mb.targets_mbt, loss_config.logprob_chunk,
                                          loss_config.temperature)
-    w_bt = mb.weights
+    w_bt = mb.weights_mbt
     mask_bt = (w_bt > 0).astype(jnp.float32)
     if loss_config.kind == "sft":
         loss = -jnp.sum(w_bt * logp_bt)
@@ -85,20 +86,20 @@ def microbatch_loss(model_config: ModelConfig, loss_config: LossConfig, params, 
     elif loss_config.decoupled_old_policy:
         # pi_old is the trainer's (recomputed at the batch's start); the sampler's mu only
         # weighs tokens (truncated importance sampling) and masks sequences.
-        fix = mismatch.correction(mb.trainer_old_logprobs, mb.old_logprobs, mask_bt, mb.segment_ids,
+        fix = mismatch.correction(mb.trainer_old_logprobs_mbt, mb.old_logprobs_mbt, mask_bt, mb.segment_ids_mbt,
                                   loss_config.truncation_cap, loss_config.sequence_mask)
-        loss, stats = policy_objective(logp_bt, mb.trainer_old_logprobs, mb.advantages, w_bt,
+        loss, stats = policy_objective(logp_bt, mb.trainer_old_logprobs_mbt, mb.advantages_mbt, w_bt,
                                        loss_config.eps_low, loss_config.eps_high, fix.scale_bt)
-        stats |= fix.stats | mismatch.gap_stats(mb.trainer_old_logprobs, mb.old_logprobs, mask_bt)
+        stats |= fix.stats | mismatch.gap_stats(mb.trainer_old_logprobs_mbt, mb.old_logprobs_mbt, mask_bt)
     else:
-        loss, stats = policy_objective(logp_bt, mb.old_logprobs, mb.advantages, w_bt,
+        loss, stats = policy_objective(logp_bt, mb.old_logprobs_mbt, mb.advantages_mbt, w_bt,
                                        loss_config.eps_low, loss_config.eps_high)
         # The trainer's side of the sampler-trainer gap: pi_theta (at a batch's first step,
         # the parameters the decoupled objective would take as pi_old).
-        stats |= mismatch.gap_stats(logp_bt, mb.old_logprobs, mask_bt)
+        stats |= mismatch.gap_stats(logp_bt, mb.old_logprobs_mbt, mask_bt)
     if loss_config.kl_coef > 0:
-        ref_h = hidden(ref_params, mb.tokens, mb.positions, mb.segment_ids)
-        ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets, loss_config.logprob_chunk,
+        ref_h = hidden(ref_params, mb.tokens_mbt, mb.positions_mbt, mb.segment_ids_mbt)
+        ref_logp_bt, _ = token_logprobs(model_config, ref_params, ref_h, mb.targets_mbt, loss_config.logprob_chunk,
                                         loss_config.temperature)
         kl_bt = k3_kl(logp_bt, jax.lax.stop_gradient(ref_logp_bt))
         loss = loss + loss_config.kl_coef * jnp.sum(w_bt * kl_bt)
@@ -199,8 +200,8 @@ def make_train_step(model_config: ModelConfig, loss_config: LossConfig, optimize
                          out_shardings=(shardings, replicated), donate_argnums=0)
 
     def wrapped(state, batch):
-        if loss_config.decoupled_old_policy and batch.trainer_old_logprobs is None:
-            raise ValueError("LossConfig.decoupled_old_policy: the batch has no trainer_old_logprobs; call "
+        if loss_config.decoupled_old_policy and batch.trainer_old_logprobs_mbt is None:
+            raise ValueError("LossConfig.decoupled_old_policy: the batch has no trainer_old_logprobs_mbt; call "
                              "train_step.recompute_old_logprobs before the batch's first step")
         return jitted(state, batch)
 
@@ -222,12 +223,12 @@ def make_logprob_step(model_config: ModelConfig, loss_config: LossConfig, *, mes
         raise ValueError("make_logprob_step with a mesh needs param_shardings (state_shardings(state).params)")
     def logprobs(params, batch: TrainBatch):
         def one(mb: TrainBatch):
-            h_btd = decoder.hidden_states(model_config, params, mb.tokens, mb.positions, mb.segment_ids, mesh=mesh)
-            logp_bt, _ = token_logprobs(model_config, params, h_btd, mb.targets, loss_config.logprob_chunk,
+            h_btd = decoder.hidden_states(model_config, params, mb.tokens_mbt, mb.positions_mbt, mb.segment_ids_mbt, mesh=mesh)
+            logp_bt, _ = token_logprobs(model_config, params, h_btd, mb.targets_mbt, loss_config.logprob_chunk,
                                         loss_config.temperature)
-            return jnp.where(mb.weights > 0, logp_bt, mb.old_logprobs)
+            return jnp.where(mb.weights_mbt > 0, logp_bt, mb.old_logprobs_mbt)
 
-        return jax.lax.map(one, dataclasses.replace(batch, trainer_old_logprobs=None))
+        return jax.lax.map(one, dataclasses.replace(batch, trainer_old_logprobs_mbt=None))
 
     if mesh is None:
         return jax.jit(logprobs)
@@ -235,7 +236,7 @@ def make_logprob_step(model_config: ModelConfig, loss_config: LossConfig, *, mes
 
 
 def recompute_old_logprobs(logprob_step, params, batches: list[TrainBatch]) -> list[TrainBatch]:
-    """The batches with ``trainer_old_logprobs`` filled by ``logprob_step`` (see
+    """The batches with ``trainer_old_logprobs_mbt`` filled by ``logprob_step`` (see
     ``make_logprob_step``) under ``params``: call it with the parameters at the start of a
     batch, before its first optimizer step (the step donates them)."""
-    return [dataclasses.replace(b, trainer_old_logprobs=logprob_step(params, b)) for b in batches]
+    return [dataclasses.replace(b, trainer_old_logprobs_mbt=logprob_step(params, b)) for b in batches]

@@ -205,9 +205,8 @@ class Engine:
         # a run that rebuilds its generator, or a test suite making many, compiles once.
         key = (model_config, engine_config, sampling, eos_id, mesh, tuple(sorted(self.implementations.items())))
         if key in _COMPILED:
-            self._prepare, self._prefill, self._decode, self._release, self.traces = _COMPILED[key]
+            self._prepare, self._prefill, self._decode, self._release = _COMPILED[key]
             return
-        self.traces = {"prefill": 0, "decode": 0}
         shardings = self.state_shardings() if mesh is not None else None
         params_sh = prepared_shardings(model_config, mesh, self.ops.projections) if mesh is not None else None
         kw = lambda ins, outs: {} if mesh is None else {"in_shardings": ins, "out_shardings": outs}  # noqa: E731
@@ -218,7 +217,12 @@ class Engine:
                                 **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
         self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
-        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self.traces)
+        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release)
+
+    @property
+    def traces(self) -> dict[str, int]:
+        """Compilations so far (jit's own cache; nothing is counted inside a traced function)."""
+        return {"prefill": self._prefill._cache_size(), "decode": self._decode._cache_size()}  # noqa: SLF001
 
     def prepare(self, params: dict) -> dict:
         """The weights in the layout ``prefill`` and ``decode`` read (one copy per version)."""
@@ -277,7 +281,6 @@ class Engine:
         return state, jax.tree.map(np.asarray, out)
 
     def _prefill_fn(self, params, state: DecodeState, tokens_1p, prompt_len, slots_g, uid, samples_g, max_new):
-        self.traces["prefill"] += 1
         c = self.model_config
         p = tokens_1p.shape[1]
         g = slots_g.shape[0]
@@ -320,7 +323,6 @@ class Engine:
                                   int(steps))
 
     def _decode_fn(self, params, state: DecodeState):
-        self.traces["decode"] += 1
         k_steps, b = self.config.chunk_steps, self.config.slots
         out = (jnp.zeros((k_steps, b), jnp.int32), jnp.zeros((k_steps, b), jnp.float32),
                jnp.zeros((k_steps, b), bool))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from magjax.sampling.engine import EOS, RUNNING, Engine
-from magjax.types import Completion
+from magjax.types import Completion, Task
 
 FINISH_NAMES = {EOS: "eos", 2: "length"}
 
@@ -33,6 +33,7 @@ class Request:
     num_samples: int = 1
     max_new_tokens: int = 256
     uid: int | None = None  # the random stream's identity; default: a hash of problem_id
+    task: Task | None = None  # what is asked, handed on to every completion untouched
 
     def __post_init__(self):
         if self.uid is None:
@@ -116,6 +117,11 @@ class Generator:
                 self.engine.bucket(len(r.prompt))  # fail here, not in the loop
                 self._pending.append(r)
             self._lock.notify_all()
+
+    def limit_in_flight(self, n: int):
+        """At most ``n`` sequences in flight from the next admission on (a new curriculum stage)."""
+        with self._lock:
+            self.max_in_flight = min(n, self.engine.config.slots)
 
     def set_weights(self, params, version: int):
         """Publishes new weights; the loop switches at its next chunk boundary."""
@@ -246,7 +252,7 @@ class Generator:
         self.stats.completions += 1
         text = self.decode_text(s.tokens) if self.decode_text is not None else ""
         return [Completion(s.request.problem_id, s.sample, list(s.request.prompt), s.tokens, s.logprobs,
-                           s.versions, text, reason, s.request.uid)]
+                           s.versions, text, reason, s.request.uid, s.request.task)]
 
     def _stop_at(self, tokens: list[int]) -> int | None:
         """The shortest token prefix whose text contains a stop string, or None."""

@@ -25,6 +25,8 @@ def main(out: str, params_file: str):
 
     from magjax.loop import RunConfig, run
     from magjax.models import preset
+    from magjax.models.tokenizer import ChatFormat
+    from magjax.recipe import Recipe
     from magjax.rl.batching import PackingConfig
     from magjax.rl.optimizer import OptimizerConfig
     from magjax.sampling.engine import EngineConfig
@@ -46,10 +48,10 @@ def main(out: str, params_file: str):
 
     def job(name, **overrides):
         config = dict(mode="sync", steps=4, group_size=8, n_batch=32, n_async=32, max_new_tokens=24) | overrides
-        result = run(RunConfig(**config), problems=sums, model=preset("demo"), params=params,
-                     engine=EngineConfig(slots=32, max_len=64, prompt_buckets=(32,), chunk_steps=8),
-                     optimizer=OptimizerConfig(learning_rate=3e-4), packing=PackingConfig(rows=8, row_len=64),
-                     console=False)
+        recipe = Recipe(model=preset("demo"), chat=ChatFormat("plain", None), run=RunConfig(**config),
+                        engine=EngineConfig(slots=32, max_len=64, prompt_buckets=(32,), chunk_steps=8),
+                        optimizer=OptimizerConfig(learning_rate=3e-4), packing=PackingConfig(rows=8, row_len=64))
+        result = run(recipe, sums, params, console=False)
         leaves = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(result.params)[0]}
         np.savez(os.path.join(out, f"{name}.{pid}.npz"), **leaves)
         keep = ("reward/mean", "reward/accuracy", "train/loss", "train/grad_norm", "pipeline/version")

@@ -1,0 +1,38 @@
+"""``magjax bench train|sampler|verifier|pipeline|accelerator``: throughput against this
+machine's measured limits (magjax/bench/); ``accelerator`` also checks a GPU's or TPU's
+bfloat16 log-probs against a float32 CPU reference."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+
+def add_arguments(p) -> None:
+    p.add_argument("what", choices=("train", "sampler", "verifier", "pipeline", "accelerator"))
+    p.add_argument("--preset", default="tiny", help="model preset (magjax.models.PRESETS)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--json", help="also write the result as JSON to this path")
+    p.add_argument("--steps", type=int, default=12,
+                   help="pipeline: batches per mode (those that compile the train step are untimed)")
+
+
+def main(args, bindings: list[str]) -> int:
+    if args.what == "pipeline":  # the demo's 8 simulated CPU devices (accelerators ignore it)
+        from magjax.jobs.common import simulated_cpu_devices
+
+        simulated_cpu_devices()
+    bench = importlib.import_module(f"magjax.bench.{args.what}")
+    if args.what in ("train", "sampler"):
+        result = bench.run(args.preset, dtype=args.dtype)
+    elif args.what == "accelerator":
+        result = bench.run(args.preset)
+    elif args.what == "verifier":
+        result = bench.run()
+    else:
+        result = bench.run(steps=args.steps, bindings=tuple(bindings))
+    print(bench.describe(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

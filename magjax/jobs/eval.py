@@ -1,0 +1,63 @@
+"""``magjax eval``: k samples per problem of ``DataConfig.heldout`` (or the demo's held-out
+split); writes RUN_DIR/eval.json (summary and per-problem results) and prints a table."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from magjax.data.sources import heldout_problems
+from magjax.evaluate import evaluate, format_summary
+from magjax.jobs.common import (MODEL_SETTINGS, JobError, add_gin_arguments, gin_recipe, load_model, report_loads,
+                                simulated_cpu_devices, write_json)
+from magjax.models.tokenizer import load_tokenizer
+from magjax.recipe import Recipe
+
+# Evaluation samples with EvalConfig's temperature and top-p, not SamplingConfig's (RL's).
+READS = MODEL_SETTINGS | {"DataConfig", "EvalConfig", "EngineConfig", "RewardConfig", "PoolConfig", "Recipe.data",
+                          "Recipe.evaluation", "Recipe.engine", "Recipe.reward", "Recipe.pool"}
+REFUSED = {f"DataConfig.{name}": "eval reads only the held-out problems" for name in
+           ("demo_train_size", "sft_languages", "sft_code_fraction")}
+
+
+def eval_job(recipe: Recipe, run_dir: str = "runs/eval", *, strict: bool = False) -> dict:
+    tok = load_tokenizer(recipe.tokenizer)
+    reports = []
+    heldout = heldout_problems(recipe.data, reports=reports)
+    report_loads(reports, strict)
+    if not heldout:
+        raise JobError("no problems to evaluate (set DataConfig.heldout to a problem file)")
+    model_config, params = load_model(recipe.model, recipe.init_from, recipe.data.seed)
+    evaluation = recipe.evaluation
+    print(f"[magjax] evaluating {len(heldout)} problems, {evaluation.samples} samples each")
+    out = evaluate(heldout, params, model_config, tok, recipe.chat, evaluation, engine=recipe.engine,
+                   reward=recipe.reward, pool=recipe.pool)
+    out["table"] = format_summary(out["summary"], evaluation.samples)
+    out["run_dir"] = run_dir
+    if jax.process_index() == 0:
+        write_json(os.path.join(run_dir, "eval.json"), {"summary": out["summary"], "problems": out["problems"],
+                                                        "config": dataclasses.asdict(evaluation)})
+    return out
+
+
+def add_arguments(p) -> None:
+    add_gin_arguments(p)
+
+
+def main(args, bindings: list[str]) -> int:
+    from magjax import config
+    from magjax.mesh import initialize_distributed
+
+    simulated_cpu_devices()
+    initialize_distributed()
+    recipe = gin_recipe("eval", args.gin_file, bindings, READS, REFUSED)
+    results = eval_job(recipe, args.run_dir or "runs/eval", strict=args.strict)
+    if jax.process_index() != 0:
+        return 0
+    run_dir = results["run_dir"]
+    config.save_operative(run_dir)
+    print(f"\n[magjax] done. Run directory: {run_dir}")
+    print(f"  results: {os.path.join(run_dir, 'eval.json')}\n\n{results['table']}")
+    return 0

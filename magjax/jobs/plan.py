@@ -1,0 +1,32 @@
+"""``magjax plan``: what a recipe needs per chip, before anything runs.
+
+``--topology v5p-64`` (with libtpu, the ``tpu`` extra) compiles the recipe's real functions
+for the slice ahead of time and judges XLA's per-chip allocations (magjax/aot/); without
+it, the hand formula of magjax/plan.py, labelled an estimate. Neither loads a checkpoint
+or a dataset.
+"""
+
+from __future__ import annotations
+
+from magjax.jobs.common import MODEL_SETTINGS, refuse_unread
+
+READS = MODEL_SETTINGS | {"RunConfig", "MeshConfig", "PackingConfig", "EngineConfig", "SamplingConfig", "LossConfig",
+                          "OptimizerConfig", "MESH_SLICE", "MESH_DEVICES", "Recipe.run", "Recipe.packing",
+                          "Recipe.engine", "Recipe.sampling", "Recipe.loss", "Recipe.optimizer"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    p.add_argument("--devices", type=int,
+                   help="devices the mesh spans (default: the slice's chips, or the mesh file's MESH_DEVICES)")
+    p.add_argument("--device_memory_gb", type=float, help="estimate: memory per device, to check the fit")
+    p.add_argument("--topology", help="a TPU slice (v5p-64, v5e-16, v4-32, v6e-8, v5p:2x4x4): compile the "
+                                      "recipe for it and report XLA's per-chip memory (needs libtpu)")
+    p.add_argument("--json", help="also write the report as JSON to this path")
+
+
+def main(args, bindings: list[str]) -> int:
+    from magjax.aot import command
+
+    refuse_unread("plan", bindings, READS)
+    return command.run(args, bindings)

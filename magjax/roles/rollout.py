@@ -1,0 +1,216 @@
+"""The rollout role: prompts in, scored completions out.
+
+    problems ─▶ Requests ─▶ Generator (engine: jitted prefill/decode) ─▶ VerifierPool ─▶ GroupCollector
+                (uid, Task)   continuous batching, new weights mid-flight    grade       whole groups
+
+Built in one place and used three ways: RL streams groups from it (``start`` in async
+mode, or ``next_groups`` batch by batch in sync mode), evaluation and difficulty
+filtering draw k samples of given problems (``sample``). Each request carries its
+``Task`` (the problem record and its test sample) to every completion, so grading and
+grouping need no table keyed by id.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from magjax.data.iterator import ProblemIterator
+from magjax.models.config import ModelConfig
+from magjax.models.tokenizer import ChatFormat, Tokenizer
+from magjax.rewards import code as code_lib
+from magjax.rewards.pool import PoolConfig, VerifierPool
+from magjax.rewards.reward import RewardConfig
+from magjax.rl.collector import GroupCollector
+from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
+from magjax.sampling.generator import Generator, Request
+from magjax.types import Completion, Problem, ScoredCompletion, ScoredGroup, Task
+
+
+class Requests:
+    """Turns problems into generator requests: one uid per group, unique over the job, and
+    the group's test sample chosen once (SPEC.md §2: the same tests for all G completions)."""
+
+    def __init__(self, tokenizer: Tokenizer, chat: ChatFormat, process: int = 0, processes: int = 1):
+        self.tokenizer, self.chat, self.process, self.processes = tokenizer, chat, process, processes
+        self._iterator: ProblemIterator | None = None
+        self._group_size, self._max_new_tokens, self._max_tests = 1, 1, 0
+        self._count = 0  # requests this process made
+        self._lock = threading.Lock()
+
+    def switch(self, iterator: ProblemIterator, group_size: int, max_new_tokens: int, max_tests: int):
+        """A new curriculum stage: later requests come from ``iterator`` with these sizes."""
+        with self._lock:
+            self._iterator, self._group_size = iterator, group_size
+            self._max_new_tokens, self._max_tests = max_new_tokens, max_tests
+
+    def state(self) -> dict:
+        return {"next_uid": self._count}
+
+    def restore(self, state: dict):
+        # Groups in flight at save time were abandoned: nothing is outstanding after a restart.
+        self._count = int(state["next_uid"])
+
+    def next(self) -> Request:
+        with self._lock:
+            problem = next(self._iterator)
+            self._count += 1
+            count, group_size, max_new, max_tests = self._count, self._group_size, self._max_new_tokens, self._max_tests
+        # Unique over the job: the uid seeds this group's sampling (engine.py), so it must
+        # not depend on which process or slot runs it.
+        uid = (count - 1) * self.processes + self.process + 1
+        tests = (tuple(code_lib.sample_tests(list(problem.tests), max_tests, f"{problem.id}/{uid}"))
+                 if problem.kind == "code" else None)
+        return Request(problem.id, self.chat.encode(self.tokenizer, problem.prompt), group_size, max_new,
+                       uid, Task(problem, tests))
+
+
+class Rollout:
+    """The engine, the generator, the verifier pool and (for RL) the group collector.
+
+    ``requests`` and ``collector`` make it an RL rollout; ``streaming`` (async mode) runs
+    the generator in its own thread, fed by ``requests`` and handing each completion to
+    the verifiers as it finishes.
+    """
+
+    def __init__(self, model_config: ModelConfig, tokenizer: Tokenizer, chat: ChatFormat, *, engine: EngineConfig,
+                 sampling: SamplingConfig, reward: RewardConfig, pool: PoolConfig, mesh=None, params=None,
+                 requests: Requests | None = None, collector: GroupCollector | None = None,
+                 max_in_flight: int | None = None, streaming: bool = False):
+        self.model_config, self.tokenizer, self.chat, self.mesh = model_config, tokenizer, chat, mesh
+        self.engine_config, self.sampling = engine, sampling
+        self.requests, self.collector = requests, collector
+        self._reward = reward  # the stage's: grades every completion handed on from now
+        self.verifier = VerifierPool(reward, pool, on_scored=collector.add if collector is not None else None)
+        self._weights = (params, 0)
+        self.generator = self._generator(sampling, max_in_flight=max_in_flight,
+                                         on_complete=self._grade if streaming else None,
+                                         feed=requests.next if streaming else None)
+        self.streaming = streaming
+        self._closed = False
+
+    # ------------------------------------------------------------------ RL
+
+    def switch(self, iterator: ProblemIterator, group_size: int, max_new_tokens: int, reward: RewardConfig,
+               max_in_flight: int):
+        """A curriculum stage takes over: its problems, lengths, reward and lag bound."""
+        self.requests.switch(iterator, group_size, max_new_tokens, reward.max_tests)
+        self._reward = reward
+        self.generator.limit_in_flight(max_in_flight)
+
+    def start(self):
+        if self.streaming:
+            self.generator.start()
+
+    def set_weights(self, params, version: int):
+        """The weight store's delivery: the generator switches at its next chunk boundary."""
+        self._weights = (params, version)
+        self.generator.set_weights(params, version)
+
+    def _generator(self, sampling: SamplingConfig, **kw) -> Generator:
+        engine = Engine(self.model_config, self.engine_config, sampling, self.tokenizer.eos_id, mesh=self.mesh)
+        return Generator(engine, *self._weights, decode_text=self.tokenizer.decode, **kw)
+
+    def _grade(self, completion: Completion):
+        return self.verifier.submit(completion.task.problem, completion, completion.task.tests, self._reward)
+
+    def next_groups(self, count: int, stop: Callable[[], bool], timeout_s: float) -> list[ScoredGroup]:
+        """This process's next ``count`` whole groups (fewer when ``stop()``).
+
+        Sync mode generates and grades exactly that many now; async mode takes them from
+        the collector as the streaming pipeline completes them.
+        """
+        if stop():
+            return []
+        if not self.streaming:
+            reqs = [self.requests.next() for _ in range(count)]
+            for future in [self._grade(c) for c in self.generator.generate(reqs)]:
+                future.result()
+            return [self.collector.groups.get_nowait() for _ in reqs]
+        groups, start = [], time.perf_counter()
+        while len(groups) < count and not stop():
+            try:
+                groups.append(self.collector.groups.get(timeout=0.2))
+            except queue.Empty:
+                if self.generator.error is not None:
+                    raise RuntimeError("the generator thread failed") from self.generator.error
+                if time.perf_counter() - start > timeout_s:
+                    raise TimeoutError(f"no complete batch within {timeout_s} s (generator in flight "
+                                       f"{self.generator.in_flight}, verifier backlog {self.verifier.backlog})")
+        return groups
+
+    def put_back(self, groups: list[ScoredGroup]):
+        self.collector.put_back(groups)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.collector.groups.qsize()
+
+    @property
+    def generation(self):
+        """The generator's counters (GeneratorStats): chunks, tokens, occupancy, idle time."""
+        return self.generator.stats
+
+    @property
+    def finished(self) -> collections.Counter:
+        """Completion length -> count, of every completion scored (checkpointed)."""
+        return self.collector.finished
+
+    def restore_finished(self, counts: dict):
+        self.collector.finished.update({int(n): c for n, c in counts.items()})
+
+    def unconsumed(self) -> collections.Counter:
+        """Lengths of completions scored but never handed to the trainer."""
+        return self.collector.unconsumed()
+
+    # ------------------------------------------------------------------ evaluation, filtering
+
+    def sample(self, problems: list[Problem], samples: int, max_new_tokens: int, *, uids: list[int] | None = None,
+               sampling: SamplingConfig | None = None) -> list[list[ScoredCompletion]]:
+        """``samples`` graded completions of each problem, in sample order. ``uids`` seed each
+        problem's random stream (default: a hash of its id); ``sampling`` overrides the
+        rollout's own for this call (evaluation samples math and code differently)."""
+        generator = self.generator if sampling in (None, self.sampling) else self._generator(sampling)
+        uids = uids if uids is not None else [None] * len(problems)
+        requests = [Request(p.id, self.chat.encode(self.tokenizer, p.prompt), samples, max_new_tokens, uid, Task(p))
+                    for p, uid in zip(problems, uids)]
+        futures = [self._grade(c) for c in generator.generate(requests)]
+        by_request: dict[tuple[str, int], list[ScoredCompletion]] = {(r.problem_id, r.uid): [] for r in requests}
+        for f in futures:
+            scored = f.result()
+            by_request[scored.completion.problem_id, scored.completion.uid].append(scored)
+        return [sorted(by_request[r.problem_id, r.uid], key=lambda s: s.completion.sample_index) for r in requests]
+
+    # ------------------------------------------------------------------ both
+
+    def stats(self) -> dict:
+        return self.verifier.stats()
+
+    def close(self) -> int:
+        """Stops everything once; returns the sequences abandoned in flight."""
+        if self._closed:
+            return 0
+        self._closed = True
+        if self.collector is not None:
+            self.collector.close()  # unblocks a verifier thread blocked on a full queue; keeps counting
+        self.generator.stop()
+        abandoned = self.generator.abandon()
+        self.verifier.close()
+        return abandoned
+
+
+def pass_rate_source(rollout: Rollout, max_new_tokens: int, *, with_text: bool = False):
+    """Difficulty filtering's source (data/filtering.py): k graded samples of a problem as
+    (correct, extracted answer or None). With ``with_text``, (correct, response text)
+    pairs: a teacher for data/distill.py."""
+
+    def source(problem: Problem, k: int) -> list[tuple[bool, str | None]]:
+        (scored,) = rollout.sample([problem], k, max_new_tokens)
+        if with_text:
+            return [(s.reward.is_correct, s.completion.text) for s in scored]
+        return [(s.reward.is_correct, s.reward.extracted if problem.kind == "math" else None) for s in scored]
+
+    return source
