@@ -130,6 +130,14 @@ def recipe():
     return gin.get_configurable("magjax.Recipe")()
 
 
+def macro(name: str):
+    """The value of the gin macro ``name`` (``MODEL``, ``MESH_SLICE``), or None when unset."""
+    try:
+        return gin.query_parameter(f"{name}/macro.value")
+    except ValueError:
+        return None
+
+
 def configured(name: str):
     """The configured callable of a registered function, e.g. ``configured("train")``."""
     register()

@@ -64,7 +64,11 @@ FORBIDDEN = {
     # The sampler and the trainer know nothing of each other, of rewards or of data.
     "sampling": {"rl", "rewards", "data", "roles", "loop", "jobs", "recipe", "config"},
     "rl": {"sampling", "rewards", "data", "roles", "loop", "jobs", "recipe", "config"},
-    "kernels": UNITS - {"kernels", "build_cache"},
+    # Native kernels are one backend among others: they plug into the seam and read the
+    # model's shapes, nothing more.
+    "kernels": UNITS - {"kernels", "build_cache", "backends", "models", "sharding"},
+    # The seam chooses implementations; it knows no sampler, trainer, reward or data.
+    "backends": {"sampling", "rl", "rewards", "data", "roles", "loop", "jobs", "recipe", "config", "kernels"},
     # Roles compose the components; the loop and the jobs compose the roles.
     "roles": {"loop", "jobs", "recipe", "config", "cli", "evaluate", "sft", "bench"},
     "loop": {"jobs", "config", "cli", "sft"},

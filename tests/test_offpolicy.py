@@ -101,7 +101,7 @@ def test_correction_and_gap_by_hand():
 
 def _exact_sampler_batch(params, loss, groups, pack):
     """A batch whose sampler log-probs are exactly the trainer's under ``params``."""
-    (batch,), _ = batching.make_minibatches(groups, loss, pack)
+    (batch,), _ = batching.make_minibatches(groups, batching.AdvantageConfig(), pack)
     mu_star = train_step.make_logprob_step(CONFIG, loss)(params, batch)
     return dataclasses.replace(batch, old_logprobs_mbt=np.asarray(mu_star))
 
@@ -184,7 +184,7 @@ def test_decoupled_train_step_sharded_recomputes_once_per_batch(mesh_2x4):
     rng = np.random.default_rng(0)
     collected = []  # per collected batch, its two minibatches
     for seed in (1, 2):
-        batches, _ = batching.make_minibatches(random_groups(4, 4, seed=seed), loss, pack, n_minibatch=2)
+        batches, _ = batching.make_minibatches(random_groups(4, 4, seed=seed), batching.AdvantageConfig(), pack, n_minibatch=2)
         assert len(batches) == 2
         # A sampler that is the initial model plus noise (0.6 nats per token): some tokens
         # have pi_old / mu > 2 and some sequences a geometric mean outside [0.8, 1.25].
@@ -272,7 +272,7 @@ def test_trainer_logprobs_at_the_samplers_temperature():
     for c in completions:
         by_problem.setdefault(c.problem_id, []).append(c)
     groups = [ScoredGroup(k, v, [float(i) for i in range(len(v))]) for k, v in sorted(by_problem.items())]
-    (batch,), _ = batching.make_minibatches(groups, loss, batching.PackingConfig(rows=4, row_len=64))
+    (batch,), _ = batching.make_minibatches(groups, batching.AdvantageConfig(), batching.PackingConfig(rows=4, row_len=64))
     [batch] = train_step.recompute_old_logprobs(train_step.make_logprob_step(ENGINE_CONFIG, loss), params, [batch])
     on = batch.weights_mbt > 0
     assert np.abs(np.asarray(batch.trainer_old_logprobs_mbt)[on] - batch.old_logprobs_mbt[on]).max() <= 1e-5

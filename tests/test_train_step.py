@@ -164,7 +164,7 @@ def test_the_magistral_step_reports_the_sampler_trainer_gap():
     """Without the decoupled objective the trainer's side of the gap is pi_theta: at the
     first step its mean |log pi - log mu| and k3 KL are the ratio's own statistics."""
     state, step = _setup()
-    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=4), LossConfig(), batching.PackingConfig(8, 32))
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=4), ADVANTAGE, batching.PackingConfig(8, 32))
     _, metrics = step(state, batch)
     m = {k: float(v) for k, v in metrics.items()}
     assert m["mismatch/logprob_gap"] > 0.1  # random_groups' log-probs are not the model's

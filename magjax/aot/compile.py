@@ -137,7 +137,7 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     else:
         state = abstract.state_sharded_like_params(init, tx, p, tmesh)
     packing = recipe.packing.for_mesh(tmesh.shape["data"] * tmesh.shape["fsdp"])  # rows from a token budget
-    recipe = dataclasses.replace(recipe, packing=packing)
+    recipe = recipe.with_packing(packing)
     m = abstract.microbatches(recipe)
     batch = abstract.train_batch(recipe, tmesh, m)
     step = train_step.make_train_step(model, recipe.loss, tx, schedule, mesh=tmesh,

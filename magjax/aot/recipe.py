@@ -14,43 +14,44 @@ import dataclasses
 from magjax import config
 from magjax.mesh import MeshConfig
 from magjax.models.config import ModelConfig
+from magjax.recipe import Recipe
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
+class Planned:
+    """The run's own recipe (magjax.recipe.Recipe), as built from the gin files, and what
+    the mesh file says of the hardware. Every recipe setting reads through: ``planned.run``,
+    ``planned.engine``, ...; ``model`` is the architecture itself (a ModelConfig)."""
+
+    recipe: Recipe
     model_name: str  # the MODEL preset
-    model: ModelConfig
-    run: object  # loop.RunConfig
-    engine: object  # sampling.engine.EngineConfig
-    sampling: object  # sampling.engine.SamplingConfig
-    packing: object  # rl.batching.PackingConfig
-    loss: object  # rl.losses.LossConfig
-    optimizer: object  # rl.optimizer.OptimizerConfig
     mesh_slice: str | None  # MESH_SLICE of the mesh file, e.g. "v5p-64"
     mesh_devices: int | None  # MESH_DEVICES of the mesh file
 
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # copy/pickle probe dunders: not recipe settings
+            raise AttributeError(name)
+        return getattr(self.recipe, name)
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.recipe.model_config
+
     @property
     def trainer_mesh(self) -> MeshConfig:
-        return self.run.trainer_mesh
+        return self.recipe.run.trainer_mesh
 
     @property
     def generator_mesh(self) -> MeshConfig:
-        return self.run.generator_mesh
+        return self.recipe.run.generator_mesh
+
+    def with_packing(self, packing) -> Planned:
+        return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, packing=packing))
 
 
-def _macro(name: str):
-    import gin
-
-    try:
-        return gin.query_parameter(f"{name}/macro.value")
-    except ValueError:
-        return None
-
-
-def load(files: list[str], bindings: list[str]) -> Recipe:
+def load(files: list[str], bindings: list[str]) -> Planned:
     """Parses the gin files and bindings; raises config.ConfigError or ValueError naming what is wrong."""
     config.parse(files, bindings, required_as_none=True)
-    built = config.build_abstract()
-    return Recipe(str(_macro("MODEL") or built["model"].family), built["model"], built["RunConfig"],
-                  built["EngineConfig"], built["SamplingConfig"], built["PackingConfig"], built["LossConfig"],
-                  built["OptimizerConfig"], _macro("MESH_SLICE"), _macro("MESH_DEVICES"))
+    recipe = config.recipe()  # every dataclass validates as it is built
+    return Planned(recipe, str(config.macro("MODEL") or recipe.model_config.family), config.macro("MESH_SLICE"),
+                   config.macro("MESH_DEVICES"))
