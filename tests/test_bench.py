@@ -19,7 +19,8 @@ def test_bench_sampler_reports_decode_prefill_and_roofline():
     want = "native" if native.load() else "xla"
     assert r["kernels"] == {"projections": want, "decode_attention": "xla"}
     if want == "native":
-        assert "decode projections at rows=4 d=32 f=64 heads=4/2 e=8 vocab=64: native (forced" in sampler.describe(r)
+        line = "decode projections at rows=4 d=32 f=64 heads=4/2 e=8 vocab=64: native (forced by MAGJAX_KERNELS=native"
+        assert line in sampler.describe(r)
 
 
 def test_bench_verifier_times_math_and_sandboxed_code():

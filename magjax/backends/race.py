@@ -123,7 +123,8 @@ def pick(function: str, shape: str, kernel_version: str, candidates: dict[str, C
     forced = mode()
     if forced != "race":
         winner = forced if forced in candidates else "xla"
-        return _record(function, shape, winner, {}, f"forced (MAGJAX_KERNELS={forced})")
+        by = "MAGJAX_NATIVE_KERNELS=0" if os.environ.get("MAGJAX_NATIVE_KERNELS") == "0" else f"MAGJAX_KERNELS={forced}"
+        return _record(function, shape, winner, {}, f"forced by {by}")
     key = f"{_identity_key(kernel_version)}|{function}|{shape}"
     with _LOCK:
         record, how = _MEMORY.get(key), "decided earlier in this process"

@@ -9,6 +9,11 @@ decode chunks free. ``Decoder`` is the NNX face of the same thing: it owns the
 ``nnx.Param`` leaves, each annotated with its logical axes (``axes`` metadata, resolved by
 magjax.sharding).
 
+How attention and the projections run (splash on TPUs, cuDNN on GPUs, native kernels or
+XLA on CPUs, a packed weight layout in the sampler) is ``magjax.backends``' business: the
+model code calls the ``Attention`` and ``Projections`` it is handed, and knows no layout
+but its own parameters'.
+
 Conventions follow Hugging Face's Llama implementation (rotate-half rotary embedding,
 RMSNorm computed in float32, SwiGLU), so Hugging Face weights map without permutation.
 """
