@@ -171,3 +171,33 @@ def test_the_magistral_step_reports_the_sampler_trainer_gap():
     assert m["mismatch/logprob_gap"] == pytest.approx(m["pipeline/logprob_gap"], rel=1e-6)
     assert m["mismatch/kl"] == pytest.approx(m["train/kl_to_sampler"], rel=1e-6)
     assert not any(k.startswith(("mismatch/truncated", "mismatch/masked", "mismatch/importance")) for k in m)
+
+
+def test_optimizer_moments_are_sharded_like_their_parameters(mesh_2x4):
+    """init_state places each AdamW moment as its parameter (FSDP x tensor parallel), not
+    replicated on every device, and the counters replicated; the state's bytes per device
+    are the parameters' share."""
+    opt, _ = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3))
+    params = jax.device_put(decoder.init_params(CONFIG, jax.random.key(0)), decoder.param_shardings(CONFIG, mesh_2x4))
+    state = train_step.init_state(params, opt)
+    param_specs = jax.tree.map(lambda x: x.sharding.spec, params)
+    assert any(any(axis is not None for axis in spec) for spec in jax.tree.leaves(
+        param_specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)))
+    adam = next(s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
+    for moments in (adam.mu, adam.nu):
+        moment_sh = jax.tree.map(lambda x: x.sharding, moments)
+        param_sh = jax.tree.map(lambda x: x.sharding, params)
+        for m_sh, p_sh, m, p in zip(jax.tree.leaves(moment_sh), jax.tree.leaves(param_sh),
+                                    jax.tree.leaves(moments), jax.tree.leaves(params)):
+            assert m_sh.is_equivalent_to(p_sh, m.ndim)
+            assert m.addressable_shards[0].data.shape == p.addressable_shards[0].data.shape
+    assert adam.count.sharding.is_fully_replicated
+    # One step later (the state donated) the moments still lie as their parameters.
+    _, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3))
+    step = train_step.make_train_step(CONFIG, LossConfig(), opt, schedule, mesh=mesh_2x4,
+                                      shardings=train_step.state_shardings(state))
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=3), LossConfig(), batching.PackingConfig(8, 32))
+    new_state, _ = step(state, batch)
+    adam = next(s for s in jax.tree.leaves(new_state.opt_state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
+    for m, p in zip(jax.tree.leaves(adam.mu), jax.tree.leaves(new_state.params)):
+        assert m.addressable_shards[0].data.shape == p.addressable_shards[0].data.shape

@@ -2,7 +2,7 @@
 
 Each helper mirrors how the run builds the real thing: the train state as
 ``train_step.init_state`` lays it out from parameters placed by ``decoder.param_shardings``
-(optimizer moments take the layout XLA gives them there, read from that compiled program),
+(optimizer moments sharded as their parameters; the layout is read from that compiled program),
 the batch at the experiment's microbatch shape, the sampler's state as ``Engine.init_state``
 builds it.
 """
@@ -13,7 +13,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from magjax.models import decoder
 from magjax.rl import optimizer as opt_lib
@@ -30,26 +29,14 @@ def params(model, mesh):
     return with_shardings(shapes, decoder.param_shardings(model, mesh))
 
 
-def init_state_fn(recipe):
-    """(the run's state initialisation as one jitted function of the parameters, the
-    optimizer, its schedule): ``train_step.init_state``, with a frozen reference copy of the
-    parameters when the loss has a KL term."""
+def init_state_fn(recipe, params):
+    """(the run's state initialisation, ``train_step.init_state_fn``, as one jitted function
+    of the parameters ``params`` (abstract, with shardings), the optimizer, its schedule);
+    with a frozen reference copy of the parameters when the loss has a KL term."""
     tx, schedule = opt_lib.make_optimizer(recipe.optimizer)
     with_ref = recipe.loss.kl_coef > 0
-    return jax.jit(lambda p: train_step.init_state(p, tx, p if with_ref else None)), tx, schedule
-
-
-def state_sharded_like_params(init, tx, p, mesh):
-    """The train state with every optimizer moment laid out as its parameter (what a run
-    needs when XLA's own choice for the moments does not fit)."""
-    shapes = jax.eval_shape(init, p)
-    param_sh = jax.tree.map(lambda x: x.sharding, p)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, shapes.opt_state, param_sh,
-                                   transform_non_params=lambda _: replicated)
-    sh = train_step.TrainState(replicated, param_sh, opt_sh, replicated,
-                               None if shapes.ref_params is None else param_sh)
-    return with_shardings(shapes, sh)
+    init = train_step.init_state_fn(tx, params, with_ref=with_ref)
+    return jax.jit(lambda p: init(p, p if with_ref else None)), tx, schedule
 
 
 def microbatches(recipe) -> int:

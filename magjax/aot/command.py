@@ -33,15 +33,14 @@ def model_flops_per_token(model, row_len: int) -> float:
 def _moment_note(state, init) -> list[str]:
     """Optimizer moments less sharded than the parameters they shadow cost every chip."""
     if not init.compiled:
-        return ["the run's init_state does not fit (its optimizer moments take XLA's layout); the train step was "
-                "compiled with the moments sharded like the parameters"]
+        return ["the run's init_state does not fit; the train step was compiled with the optimizer moments "
+                "sharded like the parameters"]
     params, moments = abstract.per_chip_bytes(state.params), abstract.per_chip_bytes(state.opt_state)
     total = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
     expected = params * total(state.opt_state) / max(total(state.params), 1)
     if moments > 1.5 * expected:
         return [f"the optimizer state takes {moments / 2**30:.2f} GiB per chip where sharded like the parameters it "
-                f"would take {expected / 2**30:.2f} GiB (train_step.init_state leaves the moments' layout to XLA, "
-                f"which replicates them)"]
+                f"would take {expected / 2**30:.2f} GiB"]
     return []
 
 

@@ -127,15 +127,16 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     # Trainer: its state as the run initialises it, then one step over the largest
     # minibatch's microbatches.
     tmesh = placement.trainer
-    init, tx, schedule = abstract.init_state_fn(recipe)
     p = abstract.params(model, tmesh)
+    init, tx, schedule = abstract.init_state_fn(recipe, p)
     init_memory, compiled = compile_function(FunctionMemory("trainer", "init_state", "parameters -> train state"),
                                              init, (p,), tmesh)
     functions.append(init_memory)
     if compiled is not None:
         state = abstract.with_shardings(jax.eval_shape(init, p), compiled.output_shardings)
     else:
-        state = abstract.state_sharded_like_params(init, tx, p, tmesh)
+        state = abstract.with_shardings(jax.eval_shape(init, p), train_step.init_state_shardings(
+            tx, p, with_ref=recipe.loss.kl_coef > 0))
     packing = recipe.packing.for_mesh(tmesh.shape["data"] * tmesh.shape["fsdp"])  # rows from a token budget
     recipe = recipe.with_packing(packing)
     m = abstract.microbatches(recipe)

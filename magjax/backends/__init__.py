@@ -1,9 +1,10 @@
 """The one place that decides how attention, the decode step's cache attention and the
 projections run, by backend:
 
-* TPU: Pallas splash attention under ``shard_map`` (``tpu.py``); the head-minor cache.
+* TPU: Pallas splash attention under ``shard_map`` (``tpu.py``); the token-major cache
+  attended blockwise (``decode_blockwise.py``, head dim minor).
 * GPU: ``jax.nn.dot_product_attention`` on cuDNN where it applies (``gpu.py``); the
-  head-minor cache.
+  token-major cache attended blockwise.
 * CPU: magjax's native kernels where they are registered, apply and win a measured race
   against XLA at the real shapes (``race.py``), else XLA's; the CPU cache layout.
 * Anything else: the portable XLA implementations (``xla.py``, with the blockwise
@@ -120,7 +121,7 @@ class SamplerOps(NamedTuple):
     layout and decode attention, and which implementation each is."""
 
     projections: Projections
-    cache: object  # xla.KeysTransposed, xla.HeadMinor or a native subclass
+    cache: object  # xla.KeysTransposed, decode_blockwise.TokenMajor or a native subclass
     implementations: dict
 
 
@@ -128,7 +129,9 @@ def sampler(config, mesh=None, *, slots: int, max_len: int) -> SamplerOps:
     """The sampler's projections and decode cache for ``slots`` x ``max_len``; on CPUs
     each raced, native against XLA, at these shapes."""
     if platform(mesh) != "cpu":
-        return SamplerOps(xla.PROJECTIONS, xla.HeadMinor(), {"projections": "xla", "decode_attention": "xla"})
+        from magjax.backends import decode_blockwise  # token-major, head dim minor (see there)
+        return SamplerOps(xla.PROJECTIONS, decode_blockwise.TokenMajor(),
+                          {"projections": "xla", "decode_attention": "xla-blockwise"})
     projections, cache = xla.PROJECTIONS, xla.KeysTransposed()
     chosen = {"projections": "xla", "decode_attention": "xla"}
     native = cpu_kernels(mesh)

@@ -43,12 +43,41 @@ jax.tree_util.register_dataclass(
 
 
 def init_state(params: dict, optimizer: optax.GradientTransformation, ref_params: dict | None = None) -> TrainState:
-    """The initial state; optimizer moments inherit the parameters' shardings."""
-    @jax.jit
+    """The initial state; optimizer moments take the shardings of the parameters they shadow
+    (see ``init_state_fn``)."""
+    return init_state_fn(optimizer, params, with_ref=ref_params is not None)(params, ref_params)
+
+
+def init_state_fn(optimizer: optax.GradientTransformation, params, *, with_ref: bool = False):
+    """The jitted ``init(params, ref_params) -> TrainState`` for parameters like ``params``
+    (arrays or ``jax.ShapeDtypeStruct``s: their shapes, dtypes and shardings).
+
+    Where the parameters lie on one mesh (NamedShardings), the state leaves it with every
+    parameter-shaped optimizer leaf (AdamW's two moments) sharded as its parameter and the
+    counters replicated. Left to XLA, a jit with no output shardings replicates the moments:
+    a 24B model's 2 x 44 GiB on every chip.
+    """
     def init(params, ref_params):
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), jnp.zeros((), jnp.int32),
                           ref_params)
-    return init(params, ref_params)
+
+    out_shardings = init_state_shardings(optimizer, params, with_ref=with_ref)
+    return jax.jit(init) if out_shardings is None else jax.jit(init, out_shardings=out_shardings)
+
+
+def init_state_shardings(optimizer: optax.GradientTransformation, params, *, with_ref: bool = False):
+    """The TrainState of shardings ``init_state_fn`` gives its output, or None where the
+    parameters are not all laid out on one mesh."""
+    param_shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), params)
+    leaves = jax.tree.leaves(param_shardings)
+    if (len(leaves) != len(jax.tree.leaves(params))
+            or not all(isinstance(s, NamedSharding) and s.mesh == leaves[0].mesh for s in leaves)):
+        return None
+    replicated = NamedSharding(leaves[0].mesh, PartitionSpec())
+    opt_shapes = jax.eval_shape(optimizer.init, params)
+    opt_shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, opt_shapes, param_shardings,
+                                          transform_non_params=lambda _: replicated)
+    return TrainState(replicated, param_shardings, opt_shardings, replicated, param_shardings if with_ref else None)
 
 
 def state_shardings(state: TrainState):
