@@ -157,3 +157,38 @@ def test_sft_fits_a_memorisable_set():
         state, metrics = step(state, batch)
         losses.append(float(metrics["train/loss"]))
     assert losses[0] > 3.5 and losses[-1] < 0.25 * losses[0], losses[::8]
+
+
+def test_chunked_logprobs_have_the_direct_gradient_and_never_hold_every_tokens_logits():
+    """The loss's log-probs in token chunks (LossConfig.logprob_chunk): the same gradient
+    as one chunk over the whole row, and no float32 [tokens, vocab] array for the whole
+    microbatch anywhere in the forward or backward pass."""
+    from magjax.rl.losses import token_logprobs
+
+    config = preset("test").replace(vocab_size=512)
+    params = decoder.init_params(config, jax.random.key(0))
+    b, t = 2, 32
+    tokens = np.random.default_rng(1).integers(0, config.vocab_size, (b, t)).astype(np.int32)
+    targets = np.roll(tokens, -1, axis=1)
+
+    def loss(params, chunk):
+        h = decoder.hidden_states(config, params, tokens)
+        logp, entropy = token_logprobs(config, params, h, targets, chunk)
+        return (logp.sum() + 0.1 * entropy.sum())
+
+    chunked = jax.jit(jax.grad(functools.partial(loss, chunk=8)))(params)
+    direct = jax.jit(jax.grad(functools.partial(loss, chunk=t)))(params)
+    for a, g in zip(jax.tree.leaves(chunked), jax.tree.leaves(direct)):
+        np.testing.assert_allclose(a, g, rtol=1e-5, atol=1e-6)
+    jaxpr = jax.make_jaxpr(jax.grad(functools.partial(loss, chunk=8)))(params)
+
+    def sizes(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from (int(np.prod(v.aval.shape)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+            for p in eqn.params.values():
+                for sub in p if isinstance(p, (list, tuple)) else [p]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from sizes(inner)
+
+    assert max(sizes(jaxpr.jaxpr)) < b * t * config.vocab_size
