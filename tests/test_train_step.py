@@ -196,8 +196,43 @@ def test_optimizer_moments_are_sharded_like_their_parameters(mesh_2x4):
     _, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-3))
     step = train_step.make_train_step(CONFIG, LossConfig(), opt, schedule, mesh=mesh_2x4,
                                       shardings=train_step.state_shardings(state))
-    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=3), LossConfig(), batching.PackingConfig(8, 32))
+    (batch,), _ = batching.make_minibatches(random_groups(2, 4, seed=3), ADVANTAGE, batching.PackingConfig(8, 32))
     new_state, _ = step(state, batch)
     adam = next(s for s in jax.tree.leaves(new_state.opt_state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
     for m, p in zip(jax.tree.leaves(adam.mu), jax.tree.leaves(new_state.params)):
         assert m.addressable_shards[0].data.shape == p.addressable_shards[0].data.shape
+
+
+def test_chunked_logprobs_have_the_direct_gradient_and_never_hold_every_tokens_logits():
+    """The loss's log-probs in token chunks (LossConfig.logprob_chunk): the same gradient
+    as one chunk over the whole row, and no float32 [tokens, vocab] array for the whole
+    microbatch anywhere in the forward or backward pass."""
+    from magjax.rl.losses import token_logprobs
+
+    config = preset("test").replace(vocab_size=512)
+    params = decoder.init_params(config, jax.random.key(0))
+    b, t = 2, 32
+    tokens = np.random.default_rng(1).integers(0, config.vocab_size, (b, t)).astype(np.int32)
+    targets = np.roll(tokens, -1, axis=1)
+
+    def loss(params, chunk):
+        h = decoder.hidden_states(config, params, tokens)
+        logp, entropy = token_logprobs(config, params, h, targets, chunk)
+        return (logp.sum() + 0.1 * entropy.sum())
+
+    chunked = jax.jit(jax.grad(functools.partial(loss, chunk=8)))(params)
+    direct = jax.jit(jax.grad(functools.partial(loss, chunk=t)))(params)
+    for a, g in zip(jax.tree.leaves(chunked), jax.tree.leaves(direct)):
+        np.testing.assert_allclose(a, g, rtol=1e-5, atol=1e-6)
+    jaxpr = jax.make_jaxpr(jax.grad(functools.partial(loss, chunk=8)))(params)
+
+    def sizes(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from (int(np.prod(v.aval.shape)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+            for p in eqn.params.values():
+                for sub in p if isinstance(p, (list, tuple)) else [p]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from sizes(inner)
+
+    assert max(sizes(jaxpr.jaxpr)) < b * t * config.vocab_size

@@ -3,8 +3,8 @@
 A native kernel tuned on one CPU can lose to XLA's own code on another (an AVX2 machine
 ran the sampler at half XLA's speed through them), so nothing is assumed: the first time
 a function is needed at a shape, each candidate is compiled and timed at that shape
-(best of a few alternating calls, well under a second at the shapes magjax runs on
-CPUs), and the faster one is used. Outcomes are cached on disk (``races.json`` under magjax's cache
+(best of a few alternating calls; compiling the candidates is most of the cost, a few
+seconds per model the first time on 2 cores), and the faster one is used. Outcomes are cached on disk (``races.json`` under magjax's cache
 directory) per CPU identity (model name and flags), kernel version and jax version, so
 each machine races each shape once.
 
