@@ -34,6 +34,10 @@ class Recipe:
     model: str | ModelConfig = "demo"  # a preset name or a ModelConfig
     tokenizer: str = "byte"  # "byte" or a tokenizer.json (or its folder)
     init_from: str | None = None  # a Hugging Face directory or a magjax run/checkpoint directory
+    # The trainer's rematerialisation (ModelConfig.remat: "none", "layer", "save_matmuls",
+    # "offload"), set by a recipe for its row length and slice; None keeps the model's own
+    # (a checkpoint's config.json says nothing about memory).
+    remat: bool | str | None = None
     chat: ChatFormat = ChatFormat()
     data: DataConfig = DataConfig()
     run: RunConfig = RunConfig()
@@ -52,4 +56,8 @@ class Recipe:
 
     @property
     def model_config(self) -> ModelConfig:
-        return preset(self.model) if isinstance(self.model, str) else self.model
+        return self.with_remat(preset(self.model) if isinstance(self.model, str) else self.model)
+
+    def with_remat(self, model: ModelConfig) -> ModelConfig:
+        """``model`` with the recipe's rematerialisation, if it sets one."""
+        return model if self.remat is None else model.replace(remat=self.remat)

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from magjax import config
+from magjax.models import preset
 
 GIN_ROOT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin")
 EXPERIMENTS = sorted(os.path.relpath(p, GIN_ROOT) for p in glob.glob(os.path.join(GIN_ROOT, "experiments", "*.gin")))
@@ -108,3 +109,12 @@ def test_a_wheel_carries_every_module_and_gin_file():
             shipped |= {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern.strip()))}
     in_tree = {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "gin", "**", "*.gin"), recursive=True)}
     assert in_tree and in_tree <= shipped, sorted(in_tree - shipped)
+
+
+def test_a_recipes_remat_reaches_the_model_it_trains():
+    from magjax.recipe import Recipe
+
+    assert Recipe(model="tiny").model_config.remat == preset("tiny").remat  # unset: the model's own
+    assert Recipe(model="tiny", remat="layer").model_config.remat == "layer"
+    with pytest.raises(ValueError, match="remat"):
+        Recipe(model="tiny", remat="everything").model_config

@@ -101,7 +101,7 @@ def write_json(path: str, obj) -> None:
 
 # Everything that says which model a job loads and how it talks to it.
 MODEL_SETTINGS = {"MODEL", "TOKENIZER", "INIT_FROM", "ModelConfig", "RopeScaling", "preset", "ChatFormat",
-                  "Recipe.model", "Recipe.tokenizer", "Recipe.init_from", "Recipe.chat"}
+                  "Recipe.model", "Recipe.tokenizer", "Recipe.init_from", "Recipe.chat", "Recipe.remat"}
 DEFAULT_GIN = "experiments/demo_cpu.gin"
 
 

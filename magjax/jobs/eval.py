@@ -30,6 +30,7 @@ def eval_job(recipe: Recipe, run_dir: str = "runs/eval", *, strict: bool = False
     if not heldout:
         raise JobError("no problems to evaluate (set DataConfig.heldout to a problem file)")
     model_config, params = load_model(recipe.model, recipe.init_from, recipe.data.seed)
+    model_config = recipe.with_remat(model_config)
     evaluation = recipe.evaluation
     print(f"[magjax] evaluating {len(heldout)} problems, {evaluation.samples} samples each")
     out = evaluate(heldout, params, model_config, tok, recipe.chat, evaluation, engine=recipe.engine,

@@ -24,6 +24,7 @@ READS = MODEL_SETTINGS | {"DataConfig", "SFTConfig", "PackingConfig", "Recipe.da
 def sft_job(recipe: Recipe, run_dir: str = "runs/sft", *, traces: str | None = None, strict: bool = False) -> dict:
     tok = load_tokenizer(recipe.tokenizer)
     model_config, params = load_model(recipe.model, recipe.init_from, recipe.data.seed)
+    model_config = recipe.with_remat(model_config)
     if traces:
         examples = read_traces(traces)  # every line is a trace, or the job stops naming it
         print(f"[magjax] {traces}: loaded {len(examples)} examples (weighted), skipped 0")

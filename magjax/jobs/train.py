@@ -42,6 +42,7 @@ def train(recipe: Recipe, run_dir: str = "runs/demo", *, sft_steps: int = 0, smo
     os.makedirs(run_dir, exist_ok=True)
     tok = load_tokenizer(recipe.tokenizer)
     model_config, params = load_model(recipe.model, recipe.init_from, recipe.data.seed)
+    model_config = recipe.with_remat(model_config)
     reports = []
     problems, heldout, examples = datasets(recipe.data, strict=False, reports=reports)
     report_loads(reports, strict)
