@@ -8,7 +8,7 @@ or a dataset.
 
 from __future__ import annotations
 
-from magjax.jobs.common import MODEL_SETTINGS, refuse_unread
+from magjax.jobs.common import DEFAULT_GIN, MODEL_SETTINGS, JobError, refuse_unread
 
 READS = MODEL_SETTINGS | {"RunConfig", "MeshConfig", "PackingConfig", "EngineConfig", "SamplingConfig", "LossConfig",
                           "OptimizerConfig", "MESH_SLICE", "MESH_DEVICES", "Recipe.run", "Recipe.packing",
@@ -26,7 +26,14 @@ def add_arguments(p) -> None:
 
 
 def main(args, bindings: list[str]) -> int:
+    from magjax import config
     from magjax.aot import command
 
-    refuse_unread("plan", bindings, READS)
+    # A value the files require (INIT_FROM, DataConfig.train) may be given, as for any job;
+    # the plan reads neither.
+    try:
+        required = config.required(args.gin_file or [DEFAULT_GIN], [b.split("=", 1)[0].strip() for b in bindings])
+    except config.ConfigError as err:
+        raise JobError(f"configuration error: {err}") from None
+    refuse_unread("plan", [b for b in bindings if b.split("=", 1)[0].strip() not in required], READS)
     return command.run(args, bindings)
