@@ -99,9 +99,13 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
           optimizer: OptimizerConfig = OptimizerConfig(learning_rate=3e-4),
           packing: batching.PackingConfig = batching.PackingConfig(rows=8, row_len=256),
           reward: RewardConfig = RewardConfig(l_max=256, l_cache=64), pool: PoolConfig = PoolConfig(),
-          smoke: bool = False) -> dict:
+          remat: bool | str | None = None, smoke: bool = False) -> dict:
     """SFT cold start (``sft_steps`` > 0), evaluation, RL (evaluated every
     ``EvalConfig.every_steps``), evaluation; returns the results.
+
+    ``remat``: the trainer's rematerialisation (``ModelConfig.remat``: "none", "layer",
+    "save_matmuls", "offload"), set by the recipe for its row length and slice; None keeps
+    the model's own (a checkpoint's config.json says nothing about memory).
 
     ``smoke=True`` shrinks every phase to seconds (a local check of a configuration).
     """
@@ -114,6 +118,8 @@ def train(run_dir: str = "runs/demo", *, model: str | ModelConfig = "demo", init
     os.makedirs(run_dir, exist_ok=True)
     tok = load_tokenizer(tokenizer)
     model_config, params = load_model(model, init_from, data.seed)
+    if remat is not None:
+        model_config = model_config.replace(remat=remat)
     problems, heldout, examples = datasets(data)
     results: dict = {"run_dir": run_dir}
     rl_dir = os.path.join(run_dir, "rl")

@@ -3,7 +3,7 @@
 Values a recipe leaves at ``%gin.REQUIRED`` (the checkpoint to start from, the dataset) are
 what a run loads, not what it allocates, so they read as None here. The architecture is
 the ``MODEL`` preset (a run starting from a checkpoint reads the same architecture from its
-config.json). Mesh files say which slice (``MESH_SLICE``) or how many devices
+config.json), with the recipe's ``train.remat``. Mesh files say which slice (``MESH_SLICE``) or how many devices
 (``MESH_DEVICES``) they are for.
 """
 
@@ -47,10 +47,23 @@ def _macro(name: str):
         return None
 
 
+def _parameter(name: str):
+    import gin
+
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return None
+
+
 def load(files: list[str], bindings: list[str]) -> Recipe:
     """Parses the gin files and bindings; raises config.ConfigError or ValueError naming what is wrong."""
     config.parse(files, bindings, required_as_none=True)
     built = config.build_abstract()
-    return Recipe(str(_macro("MODEL") or built["model"].family), built["model"], built["RunConfig"],
+    model = built["model"]
+    remat = _parameter("train.remat")
+    if remat is not None:  # what the run trains with (experiment.train applies it)
+        model = model.replace(remat=remat)
+    return Recipe(str(_macro("MODEL") or model.family), model, built["RunConfig"],
                   built["EngineConfig"], built["SamplingConfig"], built["PackingConfig"], built["LossConfig"],
                   built["OptimizerConfig"], _macro("MESH_SLICE"), _macro("MESH_DEVICES"))
