@@ -199,3 +199,22 @@ def test_the_demo_recipe_compiles_disaggregated_on_two_hosts():
     d = report.to_dict()
     assert d["colocated"] is None
     assert dataclasses.asdict(report.function("prefill")).items() <= d["functions"][3].items()
+
+
+@needs_libtpu
+@pytest.mark.parametrize("placement, per_host", [("colocated", 4), ("disaggregated", 2)])
+def test_a_hosts_sampler_compiles_for_chips_numbered_from_zero(placement, per_host):
+    """v5e-16's first host drives chips 0, 1, 4 and 5, and libtpu compiles an n-chip program
+    only for chips 0..n-1: the sampler's mesh takes a one-host slice's chips of the same kind."""
+    from magjax.aot.placement import place
+    from magjax.loop import RunConfig
+
+    slice_ = parse_slice("v5e-16")
+    devices = topology.devices(slice_)
+    assert sorted(d.id for d in devices[:4]) != [0, 1, 2, 3]  # what the placement has to repair
+    run = RunConfig(placement=placement, generator_devices=2 * slice_.hosts)
+    placed = place(run, slice_, devices)
+    chips = list(placed.generator.devices.flat)
+    assert sorted(d.id for d in chips) == list(range(per_host))
+    assert {d.device_kind for d in chips} == {devices[0].device_kind}
+    assert placed.trainer.devices.size == (16 if placement == "colocated" else 16 - 2 * slice_.hosts)

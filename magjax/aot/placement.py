@@ -12,8 +12,21 @@ import dataclasses
 
 from jax.sharding import Mesh
 
+from magjax.aot import topology
 from magjax.aot.topology import Slice
 from magjax.mesh import make_mesh
+
+
+def _one_host(slice_: Slice, chips: list) -> list:
+    """One host's chips for the program each process compiles for its own chips. libtpu
+    compiles a program for n chips only where their ids are 0..n-1; a host's chips are not
+    numbered so on every slice (v5e-16's first host has chips 0, 1, 4 and 5), so then the
+    chips of a one-host slice of the same generation stand in: the same program, compiled
+    for the same kind and number of chips."""
+    if sorted(d.id for d in chips) == list(range(len(chips))):
+        return chips
+    grid = slice_.chips_per_host_bounds[:slice_.generation.dims]
+    return list(topology.devices(Slice(f"{slice_.name} (one host)", slice_.generation, tuple(grid))))[:len(chips)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +53,8 @@ def place(run, slice_: Slice, devices: tuple) -> Placement:
         generating = [d for host in host_devices for d in host[:per_process]]
         training = [d for d in devices if d not in generating]
         return Placement(make_mesh(run.trainer_mesh, training),
-                         make_mesh(run.generator_mesh, host_devices[0][:per_process]), False, False)
+                         make_mesh(run.generator_mesh, _one_host(slice_, host_devices[0][:per_process])), False, False)
     trainer = make_mesh(run.trainer_mesh, list(devices))
     if hosts == 1:
         return Placement(trainer, trainer, True, True)
-    return Placement(trainer, make_mesh(run.generator_mesh, host_devices[0]), True, False)
+    return Placement(trainer, make_mesh(run.generator_mesh, _one_host(slice_, host_devices[0])), True, False)

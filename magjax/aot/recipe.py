@@ -3,7 +3,7 @@
 Values a recipe leaves at ``%gin.REQUIRED`` (the checkpoint to start from, the dataset) are
 what a run loads, not what it allocates, so they read as None here. The architecture is
 the ``MODEL`` preset (a run starting from a checkpoint reads the same architecture from its
-config.json). Mesh files say which slice (``MESH_SLICE``) or how many devices
+config.json), with the recipe's ``Recipe.remat``. Mesh files say which slice (``MESH_SLICE``) or how many devices
 (``MESH_DEVICES``) they are for.
 """
 

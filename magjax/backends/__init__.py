@@ -77,7 +77,7 @@ def attention(config, positions_bt, segment_ids_bt, *, mesh=None, grad: bool = T
     causal, within a segment, within the sliding window; never a [t, t] array past short
     rows. ``grad``: whether its gradient is taken (what a race times)."""
     p = platform(mesh)
-    if p == "tpu":
+    if p == "tpu" and positions_bt.shape[1] % 128 == 0:  # splash attention's blocks; other rows are XLA's
         from magjax.backends import tpu
         return tpu.attention(config, positions_bt, segment_ids_bt, mesh)
     if p == "gpu":
