@@ -82,7 +82,7 @@ def test_code_rewards_run_the_tests():
 
 def test_per_kind_accuracy_comes_from_the_problems_kind_not_its_id():
     from magjax.loop import _group_metrics
-    from magjax.types import Completion, ScoredCompletion, ScoredGroup
+    from magjax.types import Completion, ScoredCompletion, ScoredGroup, Task
 
     # Ids as loaded datasets write them: no kind prefix, and dashes everywhere.
     problems = [Problem("gsm8k/0001", "math", MATH.prompt, answer="7"),
@@ -92,8 +92,8 @@ def test_per_kind_accuracy_comes_from_the_problems_kind_not_its_id():
     groups = []
     for uid, (problem, text) in enumerate(zip(problems, responses)):
         c = Completion(problem.id, 0, [1], [5, 6], [-1.0, -1.0], [0, 0], text, "eos", uid)
-        g = ScoredGroup(problem.id, [c], [0.0])
-        g.scored = [ScoredCompletion(c, reward.score(problem, text, 2))]
+        g = ScoredGroup(problem.id, [c], [0.0], task=Task(problem),
+                        scored=[ScoredCompletion(c, reward.score(problem, text, 2))])
         groups.append(g)
     m = _group_metrics(groups, version=0)
     per_kind = {k: v for k, v in m.items() if k.startswith("reward/accuracy_")}

@@ -39,6 +39,9 @@ class WorkerTimeout(RuntimeError):
     pass
 
 
+STARTUP_TIMEOUT_S = 120.0  # spawn + imports + warm-up, apart from any check's own deadline
+
+
 class WorkerDied(RuntimeError):
     pass
 
@@ -50,6 +53,7 @@ def _worker_main(conn, memory_mb: int):
 
     for gold, pred in (("\\frac{1}{2}", "0.5"), ("e^{i\\pi}", "-1"), ("x^2-1", "(x-1)(x+1)")):
         equivalent(gold, pred)  # warm: SymPy's imports and first evaluations take most of a second
+    conn.send(("ready", None))  # a check's deadline starts after this, never during start-up
 
     while True:
         try:
@@ -71,6 +75,17 @@ class _Worker:
         self.process = ctx.Process(target=_worker_main, args=(child, memory_mb), daemon=True)
         self.process.start()
         child.close()
+        self.ready = False  # start-up (spawn, imports, warm-up) done: see WorkerPool.call
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the worker finished starting within ``timeout`` seconds. On a loaded
+        machine a spawn and SymPy's warm-up take seconds: that time is not the check's."""
+        if not self.ready:
+            if not self.conn.poll(timeout):
+                return False
+            status, _ = self.conn.recv()
+            self.ready = status == "ready"
+        return self.ready
 
     def kill(self):
         self.process.kill()
@@ -107,6 +122,9 @@ class WorkerPool:
             raise KeyError(f"unknown worker task {name!r}")
         w = self._idle.get()
         try:
+            if not w.wait_ready(STARTUP_TIMEOUT_S):
+                self._retire(w)
+                raise WorkerDied(f"{name}: a worker did not start within {STARTUP_TIMEOUT_S} s")
             w.conn.send((name, args))
             if not w.conn.poll(timeout):
                 self._retire(w)
