@@ -10,8 +10,21 @@ building the same entry at once never read a partial file.
 from __future__ import annotations
 
 import os
+import platform
 import threading
 from typing import Callable
+
+
+def cpu_identity() -> str:
+    """The CPU's model name and feature flags: what ``-march=native`` code and a measured
+    race between implementations depend on, so a cache shared by different hosts never
+    mixes them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
 
 
 def root() -> str:

@@ -48,23 +48,13 @@ def mode() -> str:
     return value
 
 
-def cpu_identity() -> str:
-    """The CPU's model name and feature flags: what decides which code is fastest here."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [l for l in f if l.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor()
-
-
 def cache_path() -> str:
     return os.path.join(build_cache.root(), "races.json")
 
 
 def _identity_key(kernel_version: str) -> str:
     digest = hashlib.sha256()
-    for part in (cpu_identity(), kernel_version, jax.__version__, platform.machine()):
+    for part in (build_cache.cpu_identity(), kernel_version, jax.__version__, platform.machine()):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 

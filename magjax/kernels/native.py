@@ -38,16 +38,6 @@ TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul",  # XLA custom-call name -
 _LOCK = threading.Lock()
 
 
-def _cpu_identity() -> str:
-    """What -march=native depends on: a cache shared by different hosts must not mix them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [l for l in f if l.startswith(("model name", "flags", "Features", "CPU part"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor()
-
-
 def cache_dir() -> str:
     return os.path.join(build_cache.root(), "kernels")
 
@@ -58,7 +48,7 @@ def _build(compiler: str) -> str:
     sources = [os.path.join(here, s) for s in SOURCES]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256()
-    for part in (version, " ".join(FLAGS), jaxlib.__version__, platform.machine(), _cpu_identity()):
+    for part in (version, " ".join(FLAGS), jaxlib.__version__, platform.machine(), build_cache.cpu_identity()):
         digest.update(part.encode())
     for path in [*sources, *(os.path.join(here, h) for h in HEADERS)]:
         with open(path, "rb") as f:
