@@ -224,25 +224,27 @@ def test_an_item_deadline_stops_further_tests():
 
 
 def test_identical_programs_on_identical_tests_run_once():
-    from magjax.rewards.code import SHARED
+    from magjax.rewards.code import VerdictCache
 
+    verdicts = VerdictCache()
     source = f"# {uuid.uuid4()}\na, b = map(int, input().split())\nprint(a + b)\n"
-    runs = SHARED.runs
     results = [None] * 6
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run_tests(source, "python", ADD, FAST)))
-               for i in range(6)]  # as a group's samples reach the verifier's threads together
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+        i, run_tests(source, "python", ADD, FAST, verdicts=verdicts))) for i in range(6)]
+    # as a group's samples reach the verifier's threads together
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert all(r.passed and r.verdicts == ["AC", "AC"] for r in results)
-    assert SHARED.runs == runs + 1
-    assert run_tests(source, "python", ADD[:1], FAST).passed and SHARED.runs == runs + 2  # other tests: runs
+    assert verdicts.runs == 1 and verdicts.shared == 5
+    assert run_tests(source, "python", ADD[:1], FAST, verdicts=verdicts).passed and verdicts.runs == 2  # other tests
+    assert VerdictCache().runs == 0  # another cache (another pool) shares nothing
     # A time-limit verdict depends on the machine's load: it is not kept, the item runs again.
     spin = f"# {uuid.uuid4()}\nwhile True:\n    pass\n"
     short = CodeLimits(test=sandbox.Limits(seconds=0.5, memory_mb=300))
-    assert run_tests(spin, "python", ADD[:1], short).verdicts == ["TLE"]
-    assert run_tests(spin, "python", ADD[:1], short).verdicts == ["TLE"] and SHARED.runs == runs + 4
+    assert run_tests(spin, "python", ADD[:1], short, verdicts=verdicts).verdicts == ["TLE"]
+    assert run_tests(spin, "python", ADD[:1], short, verdicts=verdicts).verdicts == ["TLE"] and verdicts.runs == 4
 
 
 # Assertion tests see the program's top-level names, as HumanEval's, MBPP's and LiveCodeBench's
@@ -326,7 +328,7 @@ def test_a_liar_from_a_method_of_a_constructed_class_does_not_pass():
               "def find_root(c):\n    return -0.4533976515164037\n")
     for test in (METHOD_TEST, AssertTest("def check(candidate):\n    assert Poly.at([1], candidate([1])) == 0\n", "find_root"),
                  AssertTest("def check(candidate):\n    assert Poly().zero == candidate([1])\n", "find_root")):
-        assert run_tests(liar, "python", [test], FAST, share=False).verdicts == ["RE"]
+        assert run_tests(liar, "python", [test], FAST).verdicts == ["RE"]
     relaxed = AssertTest("def check(candidate):\n    assert abs(Poly().value([1, 2, 0, 1], candidate([1, 2, 0, 1]))) < 1e-9\n",
                          "find_root")
     assert run_tests(honest, "python", [relaxed], FAST).verdicts == ["AC"]
@@ -337,5 +339,5 @@ ABS_TEST = AssertTest("def check(candidate):\n    for c in ([1, 2, 0, 1], [-6, 1
 
 @pytest.mark.parametrize("name", sorted(CHEATS))
 def test_programs_cannot_pass_assertion_tests_by_cheating(name):
-    result = run_tests(CHEATS[name], "python", [ABS_TEST], FAST, share=False)
+    result = run_tests(CHEATS[name], "python", [ABS_TEST], FAST)
     assert not result.passed and result.verdicts in (["RE"], ["WA"]), result

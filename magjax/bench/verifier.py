@@ -75,10 +75,10 @@ def run(rounds: int = 3, workers: int = 2) -> dict:
     test = [IOTest("1 2\n", "3\n")]
     t0 = time.perf_counter()
     for _ in range(10):
-        code_lib.run_tests(PY_ADD, "python", test, share=False)  # each one a real run
+        code_lib.run_tests(PY_ADD, "python", test)  # each one a real run
     python_run = (time.perf_counter() - t0) / 10
     t0 = time.perf_counter()
-    code_lib.run_tests(CPP_ADD, "cpp", test * 5, share=False)
+    code_lib.run_tests(CPP_ADD, "cpp", test * 5)
     cpp_total = time.perf_counter() - t0
     return {"bench": "verifier", "sandbox_tier": sandbox.tier(), "pids_cgroup": sandbox.pids_cgroup_available(),
             "math_pairs": len(table), "math_agreement": agree / len(table), "math_false_positives": false_positives,

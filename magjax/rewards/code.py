@@ -6,9 +6,10 @@ the sandbox. Tests are stdin/stdout pairs (compared token by token, optionally w
 float tolerance) or, for Python, HumanEval-style assertion code with an entry point.
 Correct means every test passed (Magistral's binary reward).
 
-Identical programs on identical tests are run once: the verifier's threads share the
-verdicts of recent (language, source, tests, limits) items, and a thread that finds the
-same item already running waits for it. The G samples of a group often write the same
+Identical programs on identical tests are run once: given a ``VerdictCache`` (each
+``VerifierPool`` owns one), the verifier's threads share the verdicts of recent
+(language, source, tests, limits) items, and a thread that finds the same item already
+running waits for it. The G samples of a group often write the same
 program (a converging policy almost always does), and each test run is a sandboxed
 process. Time-limit verdicts are not kept (they depend on the machine's load).
 
@@ -284,8 +285,9 @@ def _compile_cpp(source: str, workdir: str, limits: CodeLimits) -> tuple[bool, s
     return True, ""
 
 
-class _SharedVerdicts:
-    """The verdicts of the last ``size`` items, and the items being run now."""
+class VerdictCache:
+    """The verdicts of the last ``size`` items, and the items being run now. One per
+    verifier pool: no module-level state, so two pools (or a test) never see each other's."""
 
     def __init__(self, size: int = 4096):
         self.size = size
@@ -325,21 +327,19 @@ def _copy(r: CodeResult) -> CodeResult:
     return dataclasses.replace(r, verdicts=list(r.verdicts))
 
 
-SHARED = _SharedVerdicts()
-
-
 def run_tests(source: str, language: str, tests: list, limits: CodeLimits = CodeLimits(),
-              deadline: float | None = None, *, share: bool = True) -> CodeResult:
+              deadline: float | None = None, *, verdicts: VerdictCache | None = None) -> CodeResult:
     """Runs ``source`` against ``tests``; stops at the first failure (the reward is binary).
 
     ``deadline`` (a ``time.monotonic()`` instant) caps the whole item: past it, the next
-    test is not started and the item fails with a TLE verdict. ``share``: answer an
-    identical item from a recent or concurrent run (see the module docstring).
+    test is not started and the item fails with a TLE verdict. ``verdicts``: answer an
+    identical item from a recent or concurrent run kept there (see the module docstring);
+    None runs it.
     """
-    if not share:
+    if verdicts is None:
         return _run_tests(source, language, tests, limits, deadline)
     key = hashlib.sha256(repr((language, source, tests, limits)).encode()).hexdigest()
-    return SHARED.get(key, lambda: _run_tests(source, language, tests, limits, deadline))
+    return verdicts.get(key, lambda: _run_tests(source, language, tests, limits, deadline))
 
 
 def _run_tests(source: str, language: str, tests: list, limits: CodeLimits, deadline: float | None) -> CodeResult:

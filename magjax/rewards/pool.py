@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from magjax.rewards import reward as reward_lib
+from magjax.rewards import code as code_lib, reward as reward_lib
 from magjax.rewards.workers import WorkerDied, WorkerPool, WorkerTimeout
 from magjax.types import Completion, Problem, ScoredCompletion
 
@@ -43,6 +43,7 @@ class VerifierPool:
         self._slots = threading.BoundedSemaphore(config.max_pending)
         self._lock = threading.Lock()
         self._latencies: list[float] = []
+        self.verdicts = code_lib.VerdictCache()  # a group's identical programs run once
         self.counts = {"scored": 0, "timeouts": 0, "memory": 0, "crashes": 0, "math": 0, "code": 0}
         self._started = time.perf_counter()
 
@@ -70,7 +71,8 @@ class VerifierPool:
             breakdown = reward_lib.score(problem, completion.text, len(completion.tokens),
                                          reward_config or self.reward_config,
                                          tests=tests, math_check=self._math_check,
-                                         code_check=functools.partial(reward_lib.default_code_check, deadline=deadline))
+                                         code_check=functools.partial(reward_lib.default_code_check, deadline=deadline,
+                                                                      verdicts=self.verdicts))
         except Exception as err:  # one bad item must not take the run down
             self._count("crashes")
             breakdown = reward_lib.RewardBreakdown(reason=f"verifier error: {type(err).__name__}: {err}",

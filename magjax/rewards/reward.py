@@ -63,8 +63,9 @@ def default_math_check(gold: str, pred: str) -> tuple[bool, str]:
     return math_lib.equivalent(gold, pred), ""
 
 
-def default_code_check(source: str, language: str, tests: list, deadline: float | None = None) -> tuple[bool, list[str], str]:
-    r = code_lib.run_tests(source, language, tests, deadline=deadline)
+def default_code_check(source: str, language: str, tests: list, deadline: float | None = None,
+                       verdicts: code_lib.VerdictCache | None = None) -> tuple[bool, list[str], str]:
+    r = code_lib.run_tests(source, language, tests, deadline=deadline, verdicts=verdicts)
     return r.passed, r.verdicts, r.detail
 
 
