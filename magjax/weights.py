@@ -15,6 +15,7 @@ local replica placed on the generator's sub-mesh.
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ class WeightStore:
         """
         self.deliver, self.shardings, self.dtype = deliver, shardings, dtype
         self.version = 0
-        self.publish_seconds: list[float] = []
+        self.publish_seconds: collections.deque[float] = collections.deque(maxlen=1024)  # the latest, bounded
 
     def publish(self, params: dict, version: int) -> float:
         start = time.perf_counter()

@@ -115,6 +115,8 @@ class Rollout:
         return Generator(engine, *self._weights, decode_text=self.tokenizer.decode, **kw)
 
     def _grade(self, completion: Completion):
+        if self.collector is not None:
+            self.collector.arrive(completion)
         return self.verifier.submit(completion.task.problem, completion, completion.task.tests, self._reward)
 
     def next_groups(self, count: int, stop: Callable[[], bool], timeout_s: float) -> list[ScoredGroup]:
@@ -156,7 +158,7 @@ class Rollout:
 
     @property
     def finished(self) -> collections.Counter:
-        """Completion length -> count, of every completion scored (checkpointed)."""
+        """Completion length -> count, of every completion the generator finished (checkpointed)."""
         return self.collector.finished
 
     def restore_finished(self, counts: dict):
@@ -187,19 +189,25 @@ class Rollout:
     # ------------------------------------------------------------------ both
 
     def stats(self) -> dict:
-        return self.verifier.stats()
+        """The verifiers' figures and the size of every table kept per request (each bounded
+        by the work in flight, never by the run's length)."""
+        tables = {"rollout/open_groups": self.collector.open_groups if self.collector is not None else 0,
+                  "rollout/generator_requests": self.generator.in_flight + self.generator.pending,
+                  "verifier/waiting": self.verifier.waiting, "verifier/latency_samples": self.verifier.latency_samples}
+        return self.verifier.stats() | tables
 
-    def close(self) -> int:
-        """Stops everything once; returns the sequences abandoned in flight."""
+    def close(self) -> tuple[int, collections.Counter]:
+        """Stops everything once; returns the sequences abandoned in flight (unfinished, so
+        never counted) and the lengths of the finished completions cancelled in the verifier."""
         if self._closed:
-            return 0
+            return 0, collections.Counter()
         self._closed = True
         if self.collector is not None:
             self.collector.close()  # unblocks a verifier thread blocked on a full queue; keeps counting
         self.generator.stop()
         abandoned = self.generator.abandon()
-        self.verifier.close()
-        return abandoned
+        cancelled = self.verifier.close()
+        return abandoned, cancelled
 
 
 def pass_rate_source(rollout: Rollout, max_new_tokens: int, *, with_text: bool = False):
