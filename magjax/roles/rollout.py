@@ -18,6 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
+
 from magjax.data.iterator import ProblemIterator
 from magjax.models.config import ModelConfig
 from magjax.models.tokenizer import ChatFormat, Tokenizer
@@ -85,7 +88,7 @@ class Rollout:
         self.requests, self.collector = requests, collector
         self._reward = reward  # the stage's: grades every completion handed on from now
         self.verifier = VerifierPool(reward, pool, on_scored=collector.add if collector is not None else None)
-        self._weights = (params, 0)
+        self._weights = (params, 0, False)  # (params, version, already in the engine's layout)
         self.generator = self._generator(sampling, max_in_flight=max_in_flight,
                                          on_complete=self._grade if streaming else None,
                                          feed=requests.next if streaming else None)
@@ -106,13 +109,18 @@ class Rollout:
             self.generator.start()
 
     def set_weights(self, params, version: int):
-        """The weight store's delivery: the generator switches at its next chunk boundary."""
-        self._weights = (params, version)
-        self.generator.set_weights(params, version)
+        """The weight store's delivery: laid out for the engine now, in the caller's thread,
+        and only that copy kept (colocated, ``params`` are the trainer's own arrays, donated
+        by its next step); the generator switches at its next chunk boundary."""
+        prepared = _unaliased(self.generator.engine.prepare(params), params)
+        jax.block_until_ready(prepared)
+        self._weights = (prepared, version, True)
+        self.generator.set_weights(prepared, version, prepared=True)
 
     def _generator(self, sampling: SamplingConfig, **kw) -> Generator:
         engine = Engine(self.model_config, self.engine_config, sampling, self.tokenizer.eos_id, mesh=self.mesh)
-        return Generator(engine, *self._weights, decode_text=self.tokenizer.decode, **kw)
+        params, version, prepared = self._weights
+        return Generator(engine, params, version, prepared=prepared, decode_text=self.tokenizer.decode, **kw)
 
     def _grade(self, completion: Completion):
         if self.collector is not None:
@@ -208,6 +216,15 @@ class Rollout:
         abandoned = self.generator.abandon()
         cancelled = self.verifier.close()
         return abandoned, cancelled
+
+
+def _unaliased(prepared: dict, params: dict) -> dict:
+    """``prepared`` with a copy of any leaf that is one of ``params``' own buffers (jit may
+    forward an unchanged input), so nothing the sampler keeps can be donated under it."""
+    def buffers(x):
+        return {s.data.unsafe_buffer_pointer() for s in x.addressable_shards}
+    theirs = set().union(*(buffers(x) for x in jax.tree.leaves(params)))
+    return jax.tree.map(lambda x: jnp.copy(x) if buffers(x) & theirs else x, prepared)
 
 
 def pass_rate_source(rollout: Rollout, max_new_tokens: int, *, with_text: bool = False):
