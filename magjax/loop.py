@@ -394,6 +394,9 @@ class _Pipeline:
     def stopped(self):
         self.preempted = True
         self.step -= 1  # the interrupted step trained nothing
+        # Stop the rollout first, so that the checkpoint's books are final: a resumed run
+        # counts exactly what this one finished and never trained (_restore).
+        self.abandoned, self.cancelled = self.rollout.close()
         if self.ckpt is not None:
             self._save(self.step, wait=True)
         print(f"[magjax] stopped by signal: checkpoint {self.step} saved, in-flight generations abandoned")

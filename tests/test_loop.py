@@ -216,3 +216,24 @@ def test_a_run_stopped_mid_flight_accounts_for_every_completion_and_its_tables_s
         assert r["rollout/generator_requests"] <= n_async + 2  # slots plus two requests ready
         assert r["verifier/waiting"] <= n_batch  # the pool's back-pressure cap (one batch)
         assert r["verifier/latency_samples"] <= LATENCY_WINDOW
+
+
+def test_a_resumed_run_accounts_for_what_the_stopped_one_left(sft_params, tmp_path):
+    # Stopped mid-flight (async, work queued and in the verifier), then resumed from the
+    # checkpoint written at the stop: the second run's books include the first run's
+    # completions that were never trained, once, as unconsumed.
+    def stop_after(params):
+        signal.raise_signal(signal.SIGTERM)
+        return {}
+
+    config = dict(mode="async", group_size=8, n_batch=32, n_async=32, max_new_tokens=24, run_dir=str(tmp_path / "run"))
+    recipe = Recipe(model=MODEL, chat=ChatFormat("plain", None), engine=ENGINE, packing=PACK,
+                    optimizer=OptimizerConfig(learning_rate=3e-4), run=RunConfig(steps=10, **config))
+    first = run(recipe, SUMS, sft_params, console=False, evaluator=stop_after, eval_every=2)
+    assert first.preempted and first.step == 2
+    _check_accounting(first)
+    left = first.accounting["unconsumed"] + first.accounting["cancelled"]
+    second = run(dataclasses.replace(recipe, run=RunConfig(steps=3, **config)), SUMS, sft_params, console=False)
+    assert second.resumed_from == 2 and second.step == 3
+    _check_accounting(second)
+    assert sum(left.values()) > 0 and not left - second.accounting["unconsumed"]  # all still booked

@@ -93,7 +93,7 @@ class Rollout:
                                          on_complete=self._grade if streaming else None,
                                          feed=requests.next if streaming else None)
         self.streaming = streaming
-        self._closed = False
+        self._closed: tuple[int, collections.Counter] | None = None  # close()'s result, once closed
 
     # ------------------------------------------------------------------ RL
 
@@ -205,17 +205,16 @@ class Rollout:
         return self.verifier.stats() | tables
 
     def close(self) -> tuple[int, collections.Counter]:
-        """Stops everything once; returns the sequences abandoned in flight (unfinished, so
-        never counted) and the lengths of the finished completions cancelled in the verifier."""
-        if self._closed:
-            return 0, collections.Counter()
-        self._closed = True
-        if self.collector is not None:
-            self.collector.close()  # unblocks a verifier thread blocked on a full queue; keeps counting
-        self.generator.stop()
-        abandoned = self.generator.abandon()
-        cancelled = self.verifier.close()
-        return abandoned, cancelled
+        """Stops everything once; returns (every time) the sequences abandoned in flight
+        (unfinished, so never counted) and the lengths of the finished completions cancelled
+        in the verifier."""
+        if self._closed is None:
+            if self.collector is not None:
+                self.collector.close()  # unblocks a verifier thread blocked on a full queue; keeps counting
+            self.generator.stop()
+            abandoned = self.generator.abandon()
+            self._closed = (abandoned, self.verifier.close())
+        return self._closed
 
 
 def _unaliased(prepared: dict, params: dict) -> dict:
