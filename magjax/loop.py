@@ -38,7 +38,7 @@ from magjax.mesh import MeshConfig
 from magjax.metrics import MetricsWriter
 from magjax.models.tokenizer import check_vocab, load_tokenizer
 from magjax.rewards.reward import RewardConfig
-from magjax.rl import batching, losses
+from magjax.rl import batching, losses, staleness
 from magjax.rl.collector import GroupCollector
 from magjax.roles.placement import Placement, place
 from magjax.roles.rollout import Requests, Rollout
@@ -65,6 +65,10 @@ class RunConfig:
     n_minibatch: int = 1  # optimizer steps per batch
     n_async: int = 32  # sequences in flight in the generator
     max_async_ratio: float = 2.0  # Magistral: n_async / n_batch <= 2 bounds the off-policy lag
+    # Per-sample bound: a group with a completion whose oldest token is more than this many
+    # versions behind the trainer when its batch is trained is dropped (rl/staleness.py) and
+    # counted (pipeline/dropped_stale); the batch is refilled with fresh groups. None: off.
+    max_lag_versions: int | None = None
     queue_groups: int = 8  # scored groups waiting for the trainer before generation blocks
     max_new_tokens: int = 64
     seed: int = 0
@@ -87,6 +91,8 @@ class RunConfig:
                              f"max_async_ratio {self.max_async_ratio} (the off-policy bound)")
         if self.n_async < self.group_size:
             raise ValueError(f"RunConfig.n_async ({self.n_async}) must hold at least one group ({self.group_size})")
+        if self.max_lag_versions is not None and self.max_lag_versions < 0:
+            raise ValueError(f"RunConfig.max_lag_versions ({self.max_lag_versions}) must be >= 0 or None (off)")
         curriculum.validate(self.stages)
 
 
@@ -96,7 +102,11 @@ class RunConfig:
 class RunResult:
     params: dict  # final parameters, on the host
     history: list[dict]
-    accounting: dict[str, collections.Counter]  # completion-length histograms: finished/trained/filtered/unconsumed
+    # Completion-length histograms. Every completion the generator finished ("finished") is in
+    # exactly one of trained, filtered, stale, unconsumed (scored, never trained, including
+    # what a resumed run's predecessor left) and cancelled (waiting in the verifier at shutdown).
+    # "abandoned_in_flight" counts unfinished sequences dropped at shutdown (not finished).
+    accounting: dict[str, collections.Counter]
     version: int
     spanning: int  # completions reaching the trainer whose tokens came from more than one policy version
     step: int = 0  # batches trained, counting those before a resume
@@ -244,7 +254,9 @@ class _Pipeline:
                                publish_mesh=None if placement.shared else placement.rollout)
         self.trainer.publish()
 
-        self.accounting = {k: collections.Counter() for k in ("trained", "filtered")}
+        self.accounting = {k: collections.Counter() for k in ("trained", "filtered", "stale")}
+        self.cancelled = collections.Counter()
+        self.left_by_restart = collections.Counter()  # finished before the resumed checkpoint, never trained
         self.spanning, self.first_step, self.resumed_from, self.consumed = 0, 1, None, 0
         self.ckpt = Checkpointer(f"{run.run_dir}/checkpoints", run.checkpoint) if run.run_dir else None
         try:
@@ -287,7 +299,11 @@ class _Pipeline:
         self.consumed = int(mine["requests"]["next_uid"])  # what was in flight then was abandoned
         self.spanning, self.first_step = meta["spanning"], meta["step"] + 1
         for k in self.accounting:
-            self.accounting[k] = collections.Counter({int(n): c for n, c in meta["accounting"][k].items()})
+            self.accounting[k] = collections.Counter({int(n): c for n, c in meta["accounting"].get(k, {}).items()})
+        if self.process == 0:  # process 0 books, once for the job, what the saved run never trained
+            finished = sum((collections.Counter({int(n): c for n, c in p["finished"].items()})
+                            for p in meta["processes"]), collections.Counter())
+            self.left_by_restart = finished - sum(self.accounting.values(), collections.Counter())
         self.trainer.publish()
         print(f"[magjax] resumed from {self.ckpt.directory}/{self.resumed_from} (version {self.trainer.version})")
         return mine
@@ -308,10 +324,16 @@ class _Pipeline:
         """The global batch: every process's share, exchanged; raises _Stop on a signal."""
         self._wait_start = time.perf_counter()
         stopping = lambda: self.signals.requested  # noqa: E731
-        mine = self.rollout.next_groups(self.config.n_batch // self.processes // self.config.group_size, stopping,
-                                        self.config.batch_timeout_s)
-        shares = distributed.exchange({"groups": mine, "stop": self.signals.requested,
+        want = self.config.n_batch // self.processes // self.config.group_size
+        mine, stale = [], []
+        while len(mine) < want and not stopping():  # stale groups out, fresh ones in their place
+            got = self.rollout.next_groups(want - len(mine), stopping, self.config.batch_timeout_s)
+            fresh, old = staleness.split_stale(got, self.trainer.version, self.config.max_lag_versions)
+            mine, stale = mine + fresh, stale + old
+        shares = distributed.exchange({"groups": mine, "stop": self.signals.requested, "stale": _lengths(stale),
                                        "save": self.ckpt is not None and self.ckpt.due(step)})
+        self._stale_now = sum((s["stale"] for s in shares), collections.Counter())  # the job's, every process's
+        self.accounting["stale"] += self._stale_now
         if any(s["stop"] for s in shares):
             self.rollout.put_back(mine)  # a partial batch is not trained half-done: back it goes
             raise _Stop
@@ -336,6 +358,7 @@ class _Pipeline:
         gstats = self.rollout.generation
         m |= _group_metrics(groups, self._version_at_batch)  # lag against the weights the batch reached
         m |= {"pipeline/stage": self.stages.index, "pipeline/groups_filtered": len(removed),
+              "pipeline/dropped_stale": sum(self._stale_now.values()),
               "pipeline/groups_trained": len(kept), "pipeline/padding_fraction": packed["padding_fraction"],
               "pipeline/queue_depth": self.rollout.queue_depth, "pipeline/version": self.trainer.version,
               "pipeline/trainer_idle_fraction": self._trainer_wait / wall, "pipeline/trainer_wait_s": self._step_wait,
@@ -371,6 +394,9 @@ class _Pipeline:
     def stopped(self):
         self.preempted = True
         self.step -= 1  # the interrupted step trained nothing
+        # Stop the rollout first, so that the checkpoint's books are final: a resumed run
+        # counts exactly what this one finished and never trained (_restore).
+        self.abandoned, self.cancelled = self.rollout.close()
         if self.ckpt is not None:
             self._save(self.step, wait=True)
         print(f"[magjax] stopped by signal: checkpoint {self.step} saved, in-flight generations abandoned")
@@ -379,19 +405,24 @@ class _Pipeline:
         self.signals.restore()
         if self.ckpt is not None:
             self.ckpt.close()
-        self.abandoned = self.rollout.close()
+        self.abandoned, self.cancelled = self.rollout.close()
         self.metrics.close()
 
     def result(self) -> RunResult:
         accounting = dict(self.accounting)
-        accounting["unconsumed"] = self.rollout.unconsumed()
+        accounting["unconsumed"] = self.rollout.unconsumed() + self.left_by_restart
+        accounting["cancelled"] = self.cancelled
         accounting["finished"] = self.rollout.finished
         accounting["abandoned_in_flight"] = collections.Counter({"sequences": self.abandoned})
         if self.processes > 1 and (self.finished or self.preempted):  # every process got here together: sum
-            for key in ("unconsumed", "finished", "abandoned_in_flight"):
+            for key in ("unconsumed", "cancelled", "finished", "abandoned_in_flight"):
                 accounting[key] = sum(distributed.exchange(accounting[key]), collections.Counter())
         return RunResult(self.trainer.host_params(), self.metrics.history, accounting, self.trainer.version,
                          self.spanning, self.step, self.preempted, self.resumed_from)
+
+
+def _lengths(groups: list[ScoredGroup]) -> collections.Counter:
+    return collections.Counter(len(c.tokens) for g in groups for c in g.completions)
 
 
 def _group_metrics(groups: list[ScoredGroup], version: int) -> dict:

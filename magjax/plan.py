@@ -2,10 +2,18 @@
 
 Parameters (storage dtype), optimizer state (AdamW: two float32 moments), gradients
 (float32 accumulators), activations of one microbatch, and the sampler's KV cache and its
-own copy of the layer weights (``Engine.prepare`` splits the stacked layers into one array
-per layer, once per weight version), each divided over the mesh exactly as the sharding
+own copy of the weights, each divided over the mesh exactly as the sharding
 rules place it (an abstract mesh: no devices needed, so a TPU pod's plan can be made on a
 laptop). A configuration over the device memory is flagged.
+
+What a colocated run really holds of the weights: the trainer's parameters and one sampler
+copy, ``Engine.prepare``'s output (the stacked layers split into one array per layer, in
+the projections' layout, and the embeddings and final norm). The weight store delivers the
+trainer's own arrays and the rollout prepares them at once, keeping nothing else
+(weights.py), so there is no third copy. The sampler's copy is never the trainer's arrays,
+even where the layouts agree: the train step donates its parameters to update them in
+place, and the sampler decodes while the trainer steps. Counted here at the storage dtype
+and the parameters' sharding (the native CPU kernels' panel layout is the same size).
 
 Activation estimate per layer and token, in the compute dtype, without rematerialisation:
 the residual, two norm outputs, q/k/v, the attention output, and the MLP's gate, up and
@@ -38,7 +46,7 @@ class Plan:
     gradient_bytes: float
     activation_bytes: float
     kv_cache_bytes: float
-    sampler_weights_bytes: float  # the sampler's per-layer copy of the layer weights
+    sampler_weights_bytes: float  # the sampler's prepared copy of all the weights
     device_memory_bytes: float | None = None
 
     @property
@@ -54,7 +62,7 @@ class Plan:
         rows = [("parameters", self.params_bytes), ("optimizer state", self.optimizer_bytes),
                 ("gradients", self.gradient_bytes), ("activations (one microbatch)", self.activation_bytes),
                 ("KV cache (sampler)", self.kv_cache_bytes),
-                ("layer weights (sampler's copy)", self.sampler_weights_bytes),
+                ("weights (sampler's copy)", self.sampler_weights_bytes),
                 ("total", self.total_bytes)]
         lines = [f"{self.params:,} parameters on {self.devices} devices, mesh {self.mesh}", "per device:"]
         lines += [f"  {name:<30}{b / GB:>10.2f} GB" for name, b in rows]
@@ -88,7 +96,6 @@ def make_plan(model: ModelConfig, mesh_config: MeshConfig, devices: int, *, rows
     mesh = jax.sharding.AbstractMesh(sizes, AXES)
     axes, shapes = decoder.param_axes(model), decoder.param_shapes(model)
     count, per_device = _values(axes, shapes, mesh)
-    _, layers_per_device = _values(axes["layers"], shapes["layers"], mesh)  # the sampler's copy
     p_bytes = np.dtype(model.jnp_param_dtype).itemsize
     c_bytes = np.dtype(model.jnp_dtype).itemsize
     d, f, h, k, e = model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads, model.head_dim
@@ -102,4 +109,4 @@ def make_plan(model: ModelConfig, mesh_config: MeshConfig, devices: int, *, rows
     kv_heads_split = 1 / dict(mesh.shape)["model"] if k % dict(mesh.shape)["model"] == 0 else 1.0
     kv = 2 * model.num_layers * slots * max_len * k * e * c_bytes * kv_split * kv_heads_split
     return Plan(devices, dict(mesh.shape), count, per_device * p_bytes, per_device * 8, per_device * 4,
-                activations, kv, layers_per_device * p_bytes, device_memory_gb * GB if device_memory_gb else None)
+                activations, kv, per_device * p_bytes, device_memory_gb * GB if device_memory_gb else None)

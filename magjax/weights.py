@@ -1,8 +1,11 @@
 """The weight store: how new parameters reach the generator (DESIGN.md, weight path).
 
 After each optimizer step the trainer ``publish``es (params, version). Colocated, the
-generator reads a copy of the trainer's arrays (the train step donates its state, so the
-generator must not hold the trainer's own buffers). Disaggregated, the params are
+trainer's own arrays are delivered, uncopied: the receiver must be done with them when
+``deliver`` returns, because the next train step donates them. The rollout is
+(``Rollout.set_weights`` lays them out for its engine at once, and keeps only that), so a
+colocated run holds the trainer's parameters and the sampler's prepared copy, no third.
+Disaggregated, the params are
 resharded onto the generator's mesh and cast to its dtype, then validated (tree, shapes,
 dtypes, shardings) before the version becomes visible. Each publication is timed. This is
 the only module that moves parameters between meshes.
@@ -15,6 +18,7 @@ local replica placed on the generator's sub-mesh.
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 from collections.abc import Callable
@@ -37,12 +41,12 @@ class WeightStore:
         """
         self.deliver, self.shardings, self.dtype = deliver, shardings, dtype
         self.version = 0
-        self.publish_seconds: list[float] = []
+        self.publish_seconds: collections.deque[float] = collections.deque(maxlen=1024)  # the latest, bounded
 
     def publish(self, params: dict, version: int) -> float:
         start = time.perf_counter()
-        if self.shardings is None:
-            out = jax.tree.map(lambda x: jnp.array(x, dtype=self.dtype or x.dtype, copy=True), params)
+        if self.shardings is None:  # the trainer's arrays themselves (see the module docstring)
+            out = params if self.dtype is None else jax.tree.map(lambda x: x.astype(self.dtype), params)
         else:
             out = jax.tree.map(_place, params, self.shardings)
             if self.dtype is not None:

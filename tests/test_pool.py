@@ -71,3 +71,44 @@ def test_an_unexpected_error_costs_one_item(pool):
     assert result.reward.total == 0.0 and result.reward.reason.startswith("verifier error")
     assert pool.stats()["verifier/crashes"] == 1
     assert pool.submit(MATH, _completion(1, "<think>a</think>\\boxed{0.5}")).result(timeout=60).reward.is_correct
+
+
+def test_items_waiting_at_close_are_cancelled_and_returned_by_length():
+    # The single thread is held inside the first item's callback, so the rest are still
+    # queued when close() cancels them; they come back as a length histogram.
+    release, first = threading.Event(), threading.Event()
+
+    def hold_first(scored):
+        first.set()
+        release.wait(60)
+
+    pool = VerifierPool(reward.RewardConfig(language_reward=0.0), PoolConfig(threads=1), on_scored=hold_first)
+    lengths = [3, 5, 5, 7, 9]
+    futures = []
+    for i, n in enumerate(lengths):
+        futures.append(pool.submit(MATH, Completion("m", i, [1], [5] * n, [-1.0] * n, [0] * n, "x", "eos")))
+        if i == 0:
+            assert first.wait(60)  # the first item is being graded, the others will queue
+    assert pool.waiting == len(lengths)
+    out = {}
+    closer = threading.Thread(target=lambda: out.setdefault("cancelled", pool.close()))
+    closer.start()
+    while not all(f.cancelled() for f in futures[1:]):  # close() cancels the queue before it waits
+        threading.Event().wait(0.01)
+    release.set()
+    closer.join(60)
+    assert out["cancelled"] == {5: 2, 7: 1, 9: 1}  # the graded one (length 3) is not among them
+    assert futures[0].result().completion.tokens == [5] * 3 and pool.waiting == 0
+
+
+def test_latencies_are_a_bounded_window(monkeypatch):
+    from magjax.rewards import pool as pool_lib
+
+    monkeypatch.setattr(pool_lib, "LATENCY_WINDOW", 8)
+    p = VerifierPool(reward.RewardConfig(language_reward=0.0), PoolConfig(threads=1))
+    try:
+        for i in range(20):  # format-only failures: no math worker call, fast
+            p.score_now(MATH, _completion(i, "no format"))
+        assert p.latency_samples == 8 and p.stats()["verifier/scored"] == 20
+    finally:
+        p.close()

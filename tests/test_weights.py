@@ -56,3 +56,52 @@ def test_the_store_refuses_a_wrong_shape_dtype_or_sharding_naming_the_leaf(mesh_
         assert "wk" not in str(err.value)
     with pytest.raises(WeightValidationError, match="tree"):
         store.validate(params, {k: v for k, v in placed.items() if k != "lm_head"})
+
+
+def _device_bytes(arrays) -> int:
+    """Bytes of the distinct device buffers behind ``arrays`` (a shard's view shares its array's)."""
+    buffers = {s.data.unsafe_buffer_pointer(): s.data.nbytes for x in arrays for s in x.addressable_shards}
+    return sum(buffers.values())
+
+
+def test_a_colocated_sampler_holds_one_prepared_copy_and_nothing_of_the_trainers(mesh_1x8):
+    """Colocated, publishing adds exactly the sampler's prepared copy to what is alive on the
+    devices (no store copy beside it), that copy shares no buffer with the trainer's (whose
+    next step donates them), and a step then a new version leaves the total unchanged."""
+    import gc
+
+    from magjax.models.tokenizer import ByteTokenizer, ChatFormat
+    from magjax.rewards.pool import PoolConfig
+    from magjax.rewards.reward import RewardConfig
+    from magjax.rl.losses import LossConfig
+    from magjax.rl.optimizer import OptimizerConfig
+    from magjax.roles.rollout import Rollout
+    from magjax.roles.trainer import Trainer
+    from magjax.sampling.engine import EngineConfig, SamplingConfig
+    from magjax.types import Problem
+
+    config = preset("demo")
+    rollout = Rollout(config, ByteTokenizer(), ChatFormat("plain", None), mesh=mesh_1x8,
+                      engine=EngineConfig(slots=8, max_len=64, prompt_buckets=(32,), chunk_steps=8),
+                      sampling=SamplingConfig(), reward=RewardConfig(), pool=PoolConfig(threads=1))
+    trainer = Trainer(config, LossConfig(), OptimizerConfig(), mesh_1x8, seed=0, publish_to=rollout.set_weights)
+    try:
+        sums = [Problem("p", "math", "Compute 2+2.", answer="4")]
+        gc.collect()
+        before = _device_bytes(jax.live_arrays())
+        trainer.publish()
+        rollout.sample(sums, 2, 8, uids=[1])  # the generator decodes with what it was given
+        gc.collect()
+        prepared = jax.tree.leaves(rollout.generator._prepared[1])  # noqa: SLF001
+        mine = {s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(trainer.state.params) for s in x.addressable_shards}
+        assert not mine & {s.data.unsafe_buffer_pointer() for x in prepared for s in x.addressable_shards}
+        held = _device_bytes(jax.live_arrays()) - before
+        param_bytes = _device_bytes(jax.tree.leaves(trainer.state.params))
+        assert held == _device_bytes(prepared), (held, _device_bytes(prepared), param_bytes)
+        del prepared
+        trainer.version += 1  # a new version of the same weights: the old prepared copy goes
+        trainer.publish()
+        gc.collect()
+        assert _device_bytes(jax.live_arrays()) - before == held
+    finally:
+        rollout.close()

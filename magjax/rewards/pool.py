@@ -5,10 +5,17 @@ Threads take completions from a bounded queue and grade them (reward.score). Che
 with a wall-clock limit and a memory cap; code runs in the sandbox. A check that times out
 scores 0 with reason "timeout", one that exhausts memory "memory", and an unexpected error
 costs that item only ("verifier error"), counted in ``stats``.
+
+Nothing it holds grows with the run: latencies are a sliding window of the latest
+``LATENCY_WINDOW`` items (the percentiles describe the pool as it is now), and the table of
+items waiting or being graded is bounded by ``max_pending``. What is still waiting when the
+pool closes is cancelled and returned by ``close`` (its length histogram), so the run's
+books account for it.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -22,6 +29,8 @@ import numpy as np
 from magjax.rewards import code as code_lib, reward as reward_lib
 from magjax.rewards.workers import WorkerDied, WorkerPool, WorkerTimeout
 from magjax.types import Completion, Problem, ScoredCompletion
+
+LATENCY_WINDOW = 4096  # latest items the latency percentiles are taken over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +51,9 @@ class VerifierPool:
         self._executor = concurrent.futures.ThreadPoolExecutor(config.threads, thread_name_prefix="magjax-verifier")
         self._slots = threading.BoundedSemaphore(config.max_pending)
         self._lock = threading.Lock()
-        self._latencies: list[float] = []
+        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._waiting: dict[int, int] = {}  # submission number -> completion length, until graded
+        self._submissions = 0
         self.verdicts = code_lib.VerdictCache()  # a group's identical programs run once
         self.counts = {"scored": 0, "timeouts": 0, "memory": 0, "crashes": 0, "math": 0, "code": 0}
         self._started = time.perf_counter()
@@ -87,6 +98,10 @@ class VerifierPool:
                reward_config: reward_lib.RewardConfig | None = None) -> concurrent.futures.Future:
         """Queues one completion; the result also goes to ``on_scored``. Blocks when saturated."""
         self._slots.acquire()
+        with self._lock:
+            self._submissions += 1
+            number = self._submissions
+            self._waiting[number] = len(completion.tokens)
 
         def job():
             try:
@@ -95,9 +110,27 @@ class VerifierPool:
                     self.on_scored(scored)
                 return scored
             finally:
+                with self._lock:
+                    del self._waiting[number]
                 self._slots.release()
 
-        return self._executor.submit(job)
+        try:
+            return self._executor.submit(job)
+        except RuntimeError:  # submitted after close: never queued, so not the pool's to count
+            with self._lock:
+                del self._waiting[number]
+            self._slots.release()
+            raise
+
+    @property
+    def latency_samples(self) -> int:
+        """How many latencies the percentiles are over (at most LATENCY_WINDOW)."""
+        return len(self._latencies)
+
+    @property
+    def waiting(self) -> int:
+        """Items submitted and not yet graded (at most max_pending)."""
+        return len(self._waiting)
 
     @property
     def backlog(self) -> int:
@@ -114,9 +147,15 @@ class VerifierPool:
                     "verifier/crashes": self.counts["crashes"], "verifier/worker_replacements": self._workers.replaced,
                     "verifier/backlog": self.backlog}
 
-    def close(self):
+    def close(self) -> collections.Counter:
+        """Stops grading: items still queued are cancelled, those being graded finish.
+        Returns the lengths of the cancelled completions (the run's "cancelled" bucket)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._workers.close()
+        with self._lock:
+            cancelled = collections.Counter(self._waiting.values())
+            self._waiting.clear()
+        return cancelled
 
 
 @contextlib.contextmanager

@@ -3,9 +3,13 @@
 A group is complete when all G completions of one request are scored. Complete groups go
 to a bounded queue: when the trainer falls behind, ``put`` blocks, which blocks the
 verifier threads, which blocks the generator's hand-off: back-pressure all the way up.
-Everything that enters is accounted for: a completion is eventually trained, filtered (in
-a zero-variance group), or left unconsumed when the run stops, and the collector keeps a
-length histogram of each (SPEC.md §3: nothing may be dropped for being late).
+Everything that enters is accounted for. A completion is counted ``finished`` when the
+generator hands it to the verifiers (``arrive``), and ends in exactly one bucket: trained,
+filtered (a zero-variance group), stale (beyond ``RunConfig.max_lag_versions``; the loop
+keeps those three), unconsumed (scored, never handed to the trainer: ``unconsumed``) or
+cancelled (still waiting in the verifier at shutdown: ``VerifierPool.close``). Its only
+table keyed by request, the partial groups, loses a group's entry the moment the group is
+whole, so it holds at most the groups in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import collections
 import queue
 import threading
 
-from magjax.types import ScoredCompletion, ScoredGroup
+from magjax.types import Completion, ScoredCompletion, ScoredGroup
 
 
 class GroupCollector:
@@ -23,15 +27,25 @@ class GroupCollector:
         self.groups: queue.Queue[ScoredGroup] = queue.Queue(maxsize=max_groups)
         self._partial: dict[tuple[str, int], list[ScoredCompletion]] = collections.defaultdict(list)
         self._lock = threading.Lock()
-        self.finished = collections.Counter()  # completion length -> count, as scored
+        self.finished = collections.Counter()  # completion length -> count, as finished by the generator
         self._closed = False
         self._leftover: list[ScoredGroup] = []  # groups completed after close()
+
+    def arrive(self, completion: Completion):
+        """Counts a completion the generator finished, as it goes to the verifiers."""
+        with self._lock:
+            self.finished[len(completion.tokens)] += 1
+
+    @property
+    def open_groups(self) -> int:
+        """Requests with some but not all completions scored (bounded by the groups in flight)."""
+        with self._lock:
+            return len(self._partial)
 
     def add(self, scored: ScoredCompletion):
         """Adds one scored completion; emits its request's group when the group is whole."""
         key = (scored.completion.problem_id, scored.completion.uid)
         with self._lock:
-            self.finished[len(scored.completion.tokens)] += 1
             members = self._partial[key]
             members.append(scored)
             if len(members) < self.group_size:

@@ -18,6 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
+
 from magjax.data.iterator import ProblemIterator
 from magjax.models.config import ModelConfig
 from magjax.models.tokenizer import ChatFormat, Tokenizer
@@ -85,12 +88,12 @@ class Rollout:
         self.requests, self.collector = requests, collector
         self._reward = reward  # the stage's: grades every completion handed on from now
         self.verifier = VerifierPool(reward, pool, on_scored=collector.add if collector is not None else None)
-        self._weights = (params, 0)
+        self._weights = (params, 0, False)  # (params, version, already in the engine's layout)
         self.generator = self._generator(sampling, max_in_flight=max_in_flight,
                                          on_complete=self._grade if streaming else None,
                                          feed=requests.next if streaming else None)
         self.streaming = streaming
-        self._closed = False
+        self._closed: tuple[int, collections.Counter] | None = None  # close()'s result, once closed
 
     # ------------------------------------------------------------------ RL
 
@@ -106,15 +109,22 @@ class Rollout:
             self.generator.start()
 
     def set_weights(self, params, version: int):
-        """The weight store's delivery: the generator switches at its next chunk boundary."""
-        self._weights = (params, version)
-        self.generator.set_weights(params, version)
+        """The weight store's delivery: laid out for the engine now, in the caller's thread,
+        and only that copy kept (colocated, ``params`` are the trainer's own arrays, donated
+        by its next step); the generator switches at its next chunk boundary."""
+        prepared = _unaliased(self.generator.engine.prepare(params), params)
+        jax.block_until_ready(prepared)
+        self._weights = (prepared, version, True)
+        self.generator.set_weights(prepared, version, prepared=True)
 
     def _generator(self, sampling: SamplingConfig, **kw) -> Generator:
         engine = Engine(self.model_config, self.engine_config, sampling, self.tokenizer.eos_id, mesh=self.mesh)
-        return Generator(engine, *self._weights, decode_text=self.tokenizer.decode, **kw)
+        params, version, prepared = self._weights
+        return Generator(engine, params, version, prepared=prepared, decode_text=self.tokenizer.decode, **kw)
 
     def _grade(self, completion: Completion):
+        if self.collector is not None:
+            self.collector.arrive(completion)
         return self.verifier.submit(completion.task.problem, completion, completion.task.tests, self._reward)
 
     def next_groups(self, count: int, stop: Callable[[], bool], timeout_s: float) -> list[ScoredGroup]:
@@ -156,7 +166,7 @@ class Rollout:
 
     @property
     def finished(self) -> collections.Counter:
-        """Completion length -> count, of every completion scored (checkpointed)."""
+        """Completion length -> count, of every completion the generator finished (checkpointed)."""
         return self.collector.finished
 
     def restore_finished(self, counts: dict):
@@ -187,19 +197,33 @@ class Rollout:
     # ------------------------------------------------------------------ both
 
     def stats(self) -> dict:
-        return self.verifier.stats()
+        """The verifiers' figures and the size of every table kept per request (each bounded
+        by the work in flight, never by the run's length)."""
+        tables = {"rollout/open_groups": self.collector.open_groups if self.collector is not None else 0,
+                  "rollout/generator_requests": self.generator.in_flight + self.generator.pending,
+                  "verifier/waiting": self.verifier.waiting, "verifier/latency_samples": self.verifier.latency_samples}
+        return self.verifier.stats() | tables
 
-    def close(self) -> int:
-        """Stops everything once; returns the sequences abandoned in flight."""
-        if self._closed:
-            return 0
-        self._closed = True
-        if self.collector is not None:
-            self.collector.close()  # unblocks a verifier thread blocked on a full queue; keeps counting
-        self.generator.stop()
-        abandoned = self.generator.abandon()
-        self.verifier.close()
-        return abandoned
+    def close(self) -> tuple[int, collections.Counter]:
+        """Stops everything once; returns (every time) the sequences abandoned in flight
+        (unfinished, so never counted) and the lengths of the finished completions cancelled
+        in the verifier."""
+        if self._closed is None:
+            if self.collector is not None:
+                self.collector.close()  # unblocks a verifier thread blocked on a full queue; keeps counting
+            self.generator.stop()
+            abandoned = self.generator.abandon()
+            self._closed = (abandoned, self.verifier.close())
+        return self._closed
+
+
+def _unaliased(prepared: dict, params: dict) -> dict:
+    """``prepared`` with a copy of any leaf that is one of ``params``' own buffers (jit may
+    forward an unchanged input), so nothing the sampler keeps can be donated under it."""
+    def buffers(x):
+        return {s.data.unsafe_buffer_pointer() for s in x.addressable_shards}
+    theirs = set().union(*(buffers(x) for x in jax.tree.leaves(params)))
+    return jax.tree.map(lambda x: jnp.copy(x) if buffers(x) & theirs else x, prepared)
 
 
 def pass_rate_source(rollout: Rollout, max_new_tokens: int, *, with_text: bool = False):

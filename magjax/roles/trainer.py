@@ -3,7 +3,8 @@
 Used by RL (the loop publishes every new version to the rollout) and by SFT (no rollout,
 nothing to publish). ``step`` places one host batch, runs the sharded, donated step and
 counts a policy version; ``publish`` hands the current weights to the rollout through
-the ``WeightStore`` (a copy when colocated, a reshard onto the rollout's mesh otherwise).
+the ``WeightStore`` (colocated: the arrays themselves, which the rollout lays out for its
+engine before the call returns; otherwise a reshard onto the rollout's mesh).
 """
 
 from __future__ import annotations

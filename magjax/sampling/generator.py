@@ -84,7 +84,8 @@ class Generator:
 
     def __init__(self, engine: Engine, params, version: int = 0, *, decode_text: Callable | None = None,
                  stop_strings: tuple[str, ...] = (), on_complete: Callable[[Completion], None] | None = None,
-                 max_in_flight: int | None = None, feed: Callable[[], Request | None] | None = None):
+                 max_in_flight: int | None = None, feed: Callable[[], Request | None] | None = None,
+                 prepared: bool = False):
         self.engine = engine
         slots = engine.config.slots
         self.max_in_flight = min(max_in_flight or slots, slots)
@@ -99,7 +100,9 @@ class Generator:
         self._pending: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()
         self._weights = (params, version)
-        self._prepared = (None, None)  # (the _weights entry it came from, engine.prepare's output)
+        # (the _weights entry it came from, engine.prepare's output); ``prepared``: the
+        # weights given are already in the engine's layout.
+        self._prepared = (self._weights, params) if prepared else (None, None)
         self._paused = False
         self._stopping = False
         self._draining = False
@@ -123,10 +126,13 @@ class Generator:
         with self._lock:
             self.max_in_flight = min(n, self.engine.config.slots)
 
-    def set_weights(self, params, version: int):
-        """Publishes new weights; the loop switches at its next chunk boundary."""
+    def set_weights(self, params, version: int, *, prepared: bool = False):
+        """Publishes new weights; the loop switches at its next chunk boundary. ``prepared``:
+        they are already ``engine.prepare``'s output (only that copy is kept)."""
         with self._lock:
             self._weights = (params, version)
+            if prepared:
+                self._prepared = (self._weights, params)
 
     @property
     def version(self) -> int:
@@ -159,10 +165,14 @@ class Generator:
 
     def step(self) -> list[Completion]:
         """Admit what fits, run one decode chunk, harvest. Returns the finished completions."""
-        weights = self._weights
-        if self._prepared[0] is not weights:  # a new version: lay it out for the engine once
-            self._prepared = (weights, self.engine.prepare(weights[0]))
-        params, version = self._prepared[1], weights[1]
+        with self._lock:  # a consistent pair: set_weights may run in another thread
+            weights, prepared = self._weights, self._prepared
+        if prepared[0] is not weights:  # a new version: lay it out for the engine once
+            prepared = (weights, self.engine.prepare(weights[0]))
+            with self._lock:
+                if self._weights is weights:
+                    self._prepared = prepared
+        params, version = prepared[1], weights[1]
         done = self._admit(params, version)
         if self._slots:
             saturated = bool(self._pending)
