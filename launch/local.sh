@@ -47,7 +47,8 @@ for ((i = 0; i < processes; i++)); do
     printf '> %q 2>&1\n' "$log_dir/process_$i.log"
     continue
   fi
-  env "${env_vars[@]}" "${magjax[@]}" "$@" > "$log_dir/process_$i.log" 2>&1 &
+  : > "$log_dir/process_$i.log"  # exists before `tail` below opens it, however late the process starts
+  env "${env_vars[@]}" "${magjax[@]}" "$@" >> "$log_dir/process_$i.log" 2>&1 &
   pids+=($!)
 done
 [[ $dry_run == 1 ]] && exit 0
