@@ -17,7 +17,7 @@ grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
   ``\\cot^2 t+1`` is ``\\csc^2 t`` and ``\\sqrt{x^2}`` is ``|x|`` (not x). A repeating decimal
   ``0.\\overline{6}`` is exact (2/3).
 * Decimals against exact values. A written decimal answers an exact value it does not equal
-  exactly only when it shows at least ``DECIMAL_DIGITS`` (12) significant digits and is the
+  exactly only when it shows at least ``expressions.DECIMAL_DIGITS`` (12) significant digits and is the
   value rounded or truncated in its last digit: ``0.142857142857143`` answers 1/7, ``3.14``
   does not answer ``\\pi`` and ``0.3333`` not 1/3. This is also the policy for ``\\approx``:
   ``y \\approx 5`` states the value 5 and is compared like ``y = 5``; the sign never widens
@@ -51,7 +51,7 @@ grader must err on (a wrong answer rewarded is a signal RL learns to exploit):
 * A multiple-choice gold with its value, ``\\textbf{(C)}\\ 5``, is answered by the letter
   (``C``, ``(C)``, ``\\text{C}``) or by the value (5); another letter or value is rejected.
 * Anything outside the grammar or its guards (latex.py; here no polynomial expansion of a
-  power beyond ``MAX_EXPAND_POWER``), and any check that passes its deadline (pool.py), is
+  power beyond ``expressions.MAX_EXPAND_POWER``), and any check that passes its deadline (pool.py), is
   not equivalent.
 
 Everything here is pure; run it in worker processes (pool.py) for wall-clock and memory
@@ -65,12 +65,9 @@ import re
 
 import sympy
 
+from magjax.rewards.expressions import decimal_matches, expr_equal, proportional, too_big_to_expand
 from magjax.rewards.latex import LatexError, parse_expression
 
-DECIMAL_DIGITS = 12  # significant digits a decimal needs to stand for an exact value
-EXACT_TOL = sympy.Rational(1, 10 ** 20)  # relative, between two exact values evaluated at 30 digits
-EVAL_DIGITS = 30
-MAX_EXPAND_POWER = 64  # no SymPy expand of (..)^n beyond this: it grows without bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,7 +325,7 @@ def _inequality(lhs, op: str, rhs) -> Answer:
 
 def _linear(d, x):
     """(a, b) with d = a x + b and a a non-zero real number, or None."""
-    if _too_big_to_expand(d):  # Poly expands: (x+1)^9999 would take minutes
+    if too_big_to_expand(d):  # Poly expands: (x+1)^9999 would take minutes
         return None
     try:
         poly = sympy.Poly(d, x)
@@ -378,122 +375,6 @@ def _expr(s: str):
     return parse_expression(s)
 
 
-def _infinite(x) -> bool:
-    return x.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
-
-
-def _numbers_equal(a, b) -> bool:
-    if a == b:
-        return True
-    if (a.is_Rational and b.is_Rational) or _infinite(a) or _infinite(b):
-        return False
-    try:
-        x, y = sympy.N(a, EVAL_DIGITS), sympy.N(b, EVAL_DIGITS)
-        diff = abs(x - y)
-        scale = max(abs(x), abs(y))
-        return bool(diff <= EXACT_TOL * scale) if scale != 0 else bool(diff == 0)
-    except (TypeError, ValueError, ArithmeticError):
-        return False
-
-
-def _decimal_matches(decimal: str, value) -> bool:
-    """A written decimal stands for an exact value: enough significant digits, and the value
-    rounded or truncated in the last of them."""
-    digits = decimal.lstrip("-").replace(".", "").lstrip("0")
-    if len(digits) < DECIMAL_DIGITS or not value.is_number or _infinite(value):
-        return False
-    try:
-        v = sympy.N(value, len(digits) + 10)
-        if not v.is_real:
-            return False
-        place = sympy.Rational(1, 10 ** len(decimal.partition(".")[2]))
-        return bool(abs(sympy.Rational(decimal) - v) <= place)
-    except (TypeError, ValueError, ArithmeticError):
-        return False
-
-
-def _too_big_to_expand(d) -> bool:
-    return any(isinstance(p, sympy.Pow) and p.exp.is_Integer and abs(int(p.exp)) > MAX_EXPAND_POWER
-               for p in sympy.preorder_traversal(d))
-
-
-# Evaluation points: non-integers of both signs and several sizes, each symbol its own
-# sequence, so |x| differs from x, and sqrt(x^2 y^2) from xy, at some point.
-_VALUES = tuple(sympy.Rational(p, q) for p, q in ((7, 5), (-11, 7), (19, 9), (-5, 13), (3, 11), (-23, 6), (41, 17)))
-
-
-def _points(symbols, count: int = 5):
-    ordered = sorted(symbols, key=str)
-    for i in range(count):
-        yield {s: _VALUES[(i + 3 * j) % len(_VALUES)] for j, s in enumerate(ordered)}
-
-
-def expr_equal(a, b) -> bool:
-    if a == b:
-        return True
-    if a.is_number and b.is_number:
-        return _numbers_equal(a, b)
-    d = a - b
-    if d == 0:
-        return True
-    if _infinite(a) or _infinite(b):
-        return False
-    agreed = 0
-    for point in _points(a.free_symbols | b.free_symbols):
-        try:
-            x, y = a.evalf(EVAL_DIGITS, subs=point), b.evalf(EVAL_DIGITS, subs=point)
-        except (TypeError, ValueError, ArithmeticError):
-            continue
-        if not (x.is_number and y.is_number) or _infinite(x) or _infinite(y):
-            continue  # a pole, or a function the evaluator leaves symbolic
-        if not _numbers_equal(x, y):
-            return False
-        agreed += 1
-    if agreed >= 3:
-        return True
-    return _simplifies_to_zero(d)
-
-
-def _simplifies_to_zero(d) -> bool:
-    if _too_big_to_expand(d):
-        return False
-    try:
-        return sympy.simplify(d) == 0
-    except Exception:  # SymPy raises a zoo of types on odd input
-        return False
-
-
-def _proportional(a, b, positive: bool = False) -> bool:
-    """Whether a = c b for a non-zero number c (positive when asked): the ratio at the
-    evaluation points, or SymPy's cancellation of a / b where evaluation fails."""
-    if a == 0 or b == 0:
-        return a == b == 0
-    if _too_big_to_expand(a) or _too_big_to_expand(b):
-        return False
-    ratio, agreed = None, 0
-    for point in _points(a.free_symbols | b.free_symbols):
-        try:
-            x, y = a.evalf(EVAL_DIGITS, subs=point), b.evalf(EVAL_DIGITS, subs=point)
-        except (TypeError, ValueError, ArithmeticError):
-            continue
-        if not (x.is_number and y.is_number) or x == 0 or y == 0 or _infinite(x) or _infinite(y):
-            continue  # a root or a pole of one side, or a function left symbolic
-        r = x / y
-        if ratio is not None and not _numbers_equal(r, ratio):
-            return False
-        ratio, agreed = r, agreed + 1
-    if agreed < 3:
-        try:
-            ratio = sympy.cancel(sympy.together(a / b))
-        except Exception:  # SymPy raises a zoo of types on odd input
-            return False
-        if ratio.free_symbols:
-            return False
-    if ratio is None or not ratio.is_number or ratio == 0 or _infinite(ratio):
-        return False
-    return not positive or bool(ratio.is_positive)
-
-
 def answers_equal(gold: Answer, pred: Answer) -> bool:
     if "invalid" in (gold.kind, pred.kind):
         return False
@@ -532,9 +413,9 @@ def answers_equal(gold: Answer, pred: Answer) -> bool:
         return _values_equal(gold, pred)
     if gold.kind == "equation":
         (gl, gr), (pl, pr) = gold.parts, pred.parts
-        return (expr_equal(gl, pl) and expr_equal(gr, pr)) or _proportional(gl - gr, pl - pr)
+        return (expr_equal(gl, pl) and expr_equal(gr, pr)) or proportional(gl - gr, pl - pr)
     if gold.kind == "relation":
-        return gold.strict == pred.strict and _proportional(gold.parts[0], pred.parts[0], positive=True)
+        return gold.strict == pred.strict and proportional(gold.parts[0], pred.parts[0], positive=True)
     if gold.kind == "interval":
         return gold.closed == pred.closed and all(map(expr_equal, gold.parts, pred.parts))
     if gold.kind == "tuple":
@@ -560,9 +441,9 @@ def _value_equal(gold: Answer, pred: Answer, a, b) -> bool:
     if expr_equal(a, b):
         return True
     if gold.decimal and not pred.decimal:
-        return _decimal_matches(gold.decimal, b)
+        return decimal_matches(gold.decimal, b)
     if pred.decimal and not gold.decimal:
-        return _decimal_matches(pred.decimal, a)
+        return decimal_matches(pred.decimal, a)
     return False
 
 
