@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, bindings = _split_gin_bindings(argv)
     args = build_parser().parse_args(argv or ["train"])
-    from magjax.jobs.common import EXPECTED, one_line
+    from magjax.jobs.errors import EXPECTED, one_line
 
     try:
         return _job(args.command).main(args, bindings)

@@ -131,7 +131,7 @@ def test_periodic_evaluation_joins_the_step_metrics(sft_params):
 
 
 def test_a_run_directory_initialises_a_new_job(sft_params, tmp_path):
-    from magjax.jobs.common import load_model
+    from magjax.jobs.records import load_model
 
     result = _run(sft_params, steps=1, run_dir=str(tmp_path / "run"))
     config, params = load_model("test", str(tmp_path / "run"), seed=0)  # the checkpoint wins over the preset

@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
 
 def main(args, bindings: list[str]) -> int:
     if args.what == "pipeline":  # the demo's 8 simulated CPU devices (accelerators ignore it)
-        from magjax.jobs.common import simulated_cpu_devices
+        from magjax.jobs.bindings import simulated_cpu_devices
 
         simulated_cpu_devices()
     bench = importlib.import_module(f"magjax.bench.{args.what}")

@@ -10,8 +10,9 @@ import jax
 
 from magjax.data.sources import heldout_problems
 from magjax.evaluate import evaluate, format_summary
-from magjax.jobs.common import (MODEL_SETTINGS, JobError, add_gin_arguments, gin_recipe, load_model, report_loads,
-                                simulated_cpu_devices, write_json)
+from magjax.jobs.bindings import MODEL_SETTINGS, add_gin_arguments, gin_recipe, simulated_cpu_devices
+from magjax.jobs.errors import JobError
+from magjax.jobs.records import load_model, report_loads, write_json
 from magjax.models.tokenizer import load_tokenizer
 from magjax.recipe import Recipe
 

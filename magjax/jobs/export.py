@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from magjax.jobs.common import JobError
+from magjax.jobs.errors import JobError
 
 
 def add_arguments(p) -> None:

@@ -9,7 +9,8 @@ import os
 from magjax.data.distill import DistillConfig, distill
 from magjax.data.filtering import FilterConfig, filter_problems
 from magjax.data.sources import read_reported
-from magjax.jobs.common import JobError, load_model, report_loads
+from magjax.jobs.errors import JobError
+from magjax.jobs.records import load_model, report_loads
 from magjax.models.tokenizer import ChatFormat, check_vocab, load_tokenizer
 from magjax.recipe import Recipe
 from magjax.rewards.pool import PoolConfig

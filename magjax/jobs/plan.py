@@ -8,7 +8,8 @@ or a dataset.
 
 from __future__ import annotations
 
-from magjax.jobs.common import DEFAULT_GIN, MODEL_SETTINGS, JobError, refuse_unread
+from magjax.jobs.bindings import DEFAULT_GIN, MODEL_SETTINGS, refuse_unread
+from magjax.jobs.errors import JobError
 
 READS = MODEL_SETTINGS | {"RunConfig", "MeshConfig", "PackingConfig", "EngineConfig", "SamplingConfig", "LossConfig",
                           "OptimizerConfig", "MESH_SLICE", "MESH_DEVICES", "Recipe.run", "Recipe.packing",

@@ -4,7 +4,8 @@ weight-trajectory analysis over its checkpoints."""
 from __future__ import annotations
 
 from magjax.data.loaders import LoadReport
-from magjax.jobs.common import JobError, report_loads
+from magjax.jobs.errors import JobError
+from magjax.jobs.records import report_loads
 
 
 def add_arguments(p) -> None:

@@ -12,8 +12,9 @@ import jax
 from magjax.checkpoint import find_checkpoints
 from magjax.data.sources import datasets
 from magjax.evaluate import evaluate, format_table
-from magjax.jobs.common import (JobError, add_gin_arguments, gin_recipe, load_model, report_loads,
-                                simulated_cpu_devices, write_json)
+from magjax.jobs.bindings import add_gin_arguments, gin_recipe, simulated_cpu_devices
+from magjax.jobs.errors import JobError
+from magjax.jobs.records import load_model, report_loads, write_json
 from magjax.loop import run
 from magjax.models import decoder, hf
 from magjax.models.config import ModelConfig

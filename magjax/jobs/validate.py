@@ -9,7 +9,8 @@ import os
 from magjax.data.loaders import write_problems
 from magjax.data.sources import read_reported
 from magjax.data.validation import validate
-from magjax.jobs.common import JobError, report_loads, write_json
+from magjax.jobs.errors import JobError
+from magjax.jobs.records import report_loads, write_json
 
 
 def add_arguments(p) -> None:
