@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magjax.backends import race, xla
+from magjax.backends import paged, race, xla
 from magjax.backends.xla import Attention, Projections  # noqa: F401  (the seam's types)
 
 _CPU_KERNELS: list[str] = []
@@ -125,15 +125,18 @@ class SamplerOps(NamedTuple):
     implementations: dict
 
 
-def sampler(config, mesh=None, *, slots: int, max_len: int) -> SamplerOps:
-    """The sampler's projections and decode cache for ``slots`` x ``max_len``; on CPUs
-    each raced, native against XLA, at these shapes."""
+def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0) -> SamplerOps:
+    """The sampler's projections and decode cache for ``slots`` x ``max_len`` (a pool of
+    pages of ``page_size`` positions when that is positive); on CPUs each raced, native
+    against XLA, at these shapes."""
     if platform(mesh) != "cpu":
+        if page_size:
+            return SamplerOps(xla.PROJECTIONS, paged.Paged(), {"projections": "xla", "decode_attention": "xla-paged"})
         from magjax.backends import decode_blockwise  # token-major, head dim minor (see there)
         return SamplerOps(xla.PROJECTIONS, decode_blockwise.TokenMajor(),
                           {"projections": "xla", "decode_attention": "xla-blockwise"})
-    projections, cache = xla.PROJECTIONS, xla.KeysTransposed()
-    chosen = {"projections": "xla", "decode_attention": "xla"}
+    projections = xla.PROJECTIONS
+    chosen = {"projections": "xla"}
     native = cpu_kernels(mesh)
     if native is not None and native.projections_apply(config):
         shape = (f"rows={slots} d={config.hidden_size} f={config.intermediate_size}"
@@ -142,6 +145,10 @@ def sampler(config, mesh=None, *, slots: int, max_len: int) -> SamplerOps:
                     "xla": lambda: _projections_thunk(config, xla.PROJECTIONS, slots)}
         if race.pick("decode projections", shape, native.version(), builders) == "native":
             projections, chosen["projections"] = native.PROJECTIONS, "native"
+    if page_size:
+        chosen["decode_attention"] = "xla-paged"
+        return SamplerOps(projections, paged.Paged(), chosen)
+    cache, chosen["decode_attention"] = xla.KeysTransposed(), "xla"
     if native is not None and native.decode_applies(config):
         shape = (f"slots={slots} max_len={max_len} heads={config.num_heads}/{config.num_kv_heads}"
                  f" e={config.head_dim}")

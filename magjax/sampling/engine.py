@@ -53,12 +53,31 @@ class EngineConfig:
     max_len: int = 512  # cache positions per slot: prompt + completion
     prompt_buckets: tuple[int, ...] = (32, 64, 128, 256)  # prompts are padded up to one of these
     chunk_steps: int = 16  # decode steps per compiled call (weights can change between calls)
+    # The paged cache: positions per page (0: no pages, every slot owns max_len positions)
+    # and pages in the pool, all layers alike (0: enough for every slot at max_len).
+    page_size: int = 0
+    pages: int = 0
 
     def __post_init__(self):
         if self.slots < 1 or self.chunk_steps < 1:
             raise ValueError(f"EngineConfig: slots and chunk_steps must be positive, got {self}")
         if list(self.prompt_buckets) != sorted(self.prompt_buckets) or self.prompt_buckets[-1] >= self.max_len:
             raise ValueError(f"EngineConfig.prompt_buckets must be increasing and below max_len: {self}")
+        if self.page_size < 0 or self.pages < 0 or (self.pages and not self.page_size):
+            raise ValueError(f"EngineConfig: pages needs a positive page_size (and neither may be negative): {self}")
+
+    @property
+    def paged(self) -> bool:
+        return self.page_size > 0
+
+    @property
+    def pages_per_slot(self) -> int:
+        return -(-self.max_len // self.page_size)
+
+    @property
+    def pool_pages(self) -> int:
+        """Pages in the pool: ``pages``, or every slot's worst case."""
+        return self.pages or self.slots * self.pages_per_slot
 
 
 @dataclasses.dataclass
@@ -161,6 +180,19 @@ def _release_slots(state: DecodeState, mask_b) -> DecodeState:
     return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
 
 
+def _activate_slots(state: DecodeState, mask_b) -> DecodeState:
+    return dataclasses.replace(state, active_b=state.active_b | mask_b)
+
+
+def _put_pages(axis: int, state: DecodeState, ids_n, data) -> DecodeState:
+    """Pool pages ``ids_n`` (out-of-pool ids dropped) of every layer set to ``data``."""
+    index = (slice(None),) * axis
+    put = lambda pool, x: pool.at[(*index, ids_n)].set(x.astype(pool.dtype), mode="drop")  # noqa: E731
+    k_data, v_data = data
+    return dataclasses.replace(state, k_cache=tuple(map(put, state.k_cache, k_data)),
+                               v_cache=tuple(map(put, state.v_cache, v_data)))
+
+
 def prepare_params(config: ModelConfig, params: dict, projections=backends.xla.PROJECTIONS) -> dict:
     """The sampler's copy of the weights: the stacked layer arrays split into one dict per
     layer, each in ``projections``' layout. A layer loop over stacked weights slices
@@ -199,13 +231,16 @@ class Engine:
         self.model_config, self.config, self.sampling = model_config, engine_config, sampling
         self.eos_id, self.mesh = eos_id, mesh
         # Projections and decode attention as the backend picks them for these shapes.
-        self.ops = backends.sampler(model_config, mesh, slots=engine_config.slots, max_len=engine_config.max_len)
+        self.ops = backends.sampler(model_config, mesh, slots=engine_config.slots, max_len=engine_config.max_len,
+                                    page_size=engine_config.page_size)
+        self.paged = engine_config.paged
         self.implementations = self.ops.implementations  # which ran: "native" or "xla", per function
         # Engines of one configuration share their compiled functions (and trace counts):
         # a run that rebuilds its generator, or a test suite making many, compiles once.
         key = (model_config, engine_config, sampling, eos_id, mesh, tuple(sorted(self.implementations.items())))
         if key in _COMPILED:
-            self._prepare, self._prefill, self._decode, self._release = _COMPILED[key]
+            (self._prepare, self._prefill, self._decode, self._release, self._activate, self._take,
+             self._put) = _COMPILED[key]
             return
         shardings = self.state_shardings() if mesh is not None else None
         params_sh = prepared_shardings(model_config, mesh, self.ops.projections) if mesh is not None else None
@@ -213,11 +248,19 @@ class Engine:
         rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
         self._prepare = jax.jit(functools.partial(prepare_params, model_config, projections=self.ops.projections),
                                 **({} if mesh is None else {"out_shardings": params_sh}))
+        table = (rep,) if self.paged else ()  # the page table, when paged: the host's, small
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
-                                **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep), (shardings, rep)))
-        self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings), (shardings, rep)))
+                                **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep, *table), (shardings, rep)))
+        self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings, *table),
+                                                                        (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
-        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release)
+        axis = getattr(self.ops.cache, "page_axis", 0)
+        self._take = jax.jit(lambda state, ids: jax.tree.map(lambda pool: jnp.take(pool, ids, axis=axis),
+                                                             (state.k_cache, state.v_cache)))
+        self._put = jax.jit(functools.partial(_put_pages, axis), donate_argnums=0)
+        self._activate = jax.jit(_activate_slots, donate_argnums=0)
+        _COMPILED[key] = (self._prepare, self._prefill, self._decode, self._release, self._activate, self._take,
+                          self._put)
 
     @property
     def traces(self) -> dict[str, int]:
@@ -230,12 +273,30 @@ class Engine:
 
     # ------------------------------------------------------------------ state
 
+    def cache_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """One layer's key and value cache shapes: a page pool when paged, else slots x max_len."""
+        c, e = self.model_config, self.config
+        if self.paged:
+            return self.ops.cache.shapes(e.pool_pages, e.page_size, c.num_kv_heads, c.head_dim)
+        return self.ops.cache.shapes(e.slots, c.num_kv_heads, c.head_dim, e.max_len)
+
+    @property
+    def page_shards(self) -> int:
+        """How many parts the pool's page axis is split into over the mesh (1 unpaged or
+        unsplit): each part serves its own contiguous range of slots."""
+        if not self.paged or self.mesh is None:
+            return 1
+        spec = shd.named_sharding(self.ops.cache.k_axes, self.cache_shapes()[0], self.mesh).spec
+        axes = spec[self.ops.cache.page_axis] if len(spec) > self.ops.cache.page_axis else None
+        axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        return int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+
     def state_shardings(self) -> DecodeState:
         mesh = self.mesh
         c = self.model_config
-        b, s = self.config.slots, self.config.max_len
+        b = self.config.slots
         cache = self.ops.cache
-        k_shape, v_shape = cache.shapes(b, c.num_kv_heads, c.head_dim, s)
+        k_shape, v_shape = self.cache_shapes()
         k_sh = shd.named_sharding(cache.k_axes, k_shape, mesh)
         v_sh = shd.named_sharding(cache.v_axes, v_shape, mesh)
         slot_sh = shd.named_sharding((shd.BATCH,), (b,), mesh)
@@ -243,7 +304,7 @@ class Engine:
 
     def init_state(self) -> DecodeState:
         c, s = self.model_config, self.config
-        k_shape, v_shape = self.ops.cache.shapes(s.slots, c.num_kv_heads, c.head_dim, s.max_len)
+        k_shape, v_shape = self.cache_shapes()
         zeros = lambda dtype: np.zeros((s.slots,), dtype)  # noqa: E731
         state = DecodeState(tuple(jnp.zeros(k_shape, c.jnp_dtype) for _ in range(c.num_layers)),
                             tuple(jnp.zeros(v_shape, c.jnp_dtype) for _ in range(c.num_layers)),
@@ -263,12 +324,15 @@ class Engine:
     # ------------------------------------------------------------------ prefill
 
     def prefill(self, params, state: DecodeState, prompt: list[int], slots: list[int], uid: int,
-                samples: list[int], max_new: int):
+                samples: list[int], max_new: int, table_gn=None):
         """Writes one prompt into ``slots`` (one per sample) and samples each first token.
 
-        ``params`` as ``prepare`` returns them. Returns the new state and, per slot, (first
-        token, its log-prob, finish code).
+        ``params`` as ``prepare`` returns them; ``table_gn``: when paged, the slots' page
+        table rows (``PagePool.table_bn[slots]``), holding pages for the prompt. Returns
+        the new state and, per slot, (first token, its log-prob, finish code).
         """
+        if self.paged and table_gn is None:
+            raise ValueError("a paged engine's prefill needs the slots' page table rows")
         if not prompt:
             raise ValueError("cannot prefill an empty prompt")
         p = self.bucket(len(prompt))
@@ -276,11 +340,13 @@ class Engine:
             max_new = self.config.max_len - len(prompt)
         tokens = np.zeros((1, p), np.int32)
         tokens[0, : len(prompt)] = prompt
+        table = (np.asarray(table_gn, np.int32),) if self.paged else ()
         state, out = self._prefill(params, state, tokens, np.int32(len(prompt)), np.asarray(slots, np.int32),
-                                   np.int32(uid), np.asarray(samples, np.int32), np.int32(max_new))
+                                   np.int32(uid), np.asarray(samples, np.int32), np.int32(max_new), *table)
         return state, jax.tree.map(np.asarray, out)
 
-    def _prefill_fn(self, params, state: DecodeState, tokens_1p, prompt_len, slots_g, uid, samples_g, max_new):
+    def _prefill_fn(self, params, state: DecodeState, tokens_1p, prompt_len, slots_g, uid, samples_g, max_new,
+                    *table_gn):
         c = self.model_config
         p = tokens_1p.shape[1]
         g = slots_g.shape[0]
@@ -293,8 +359,13 @@ class Engine:
         k_cache, v_cache = list(state.k_cache), list(state.v_cache)
         for l, layer in enumerate(params["layers"]):
             x_1pd, (k_1pke, v_1pke) = decoder.block(c, layer, x_1pd, positions_1p, attention, self.mesh, projections)
-            # The prompt's keys and values go to each of its G slots.
-            k_cache[l], v_cache[l] = self.ops.cache.write_prompt(k_cache[l], v_cache[l], slots_g, k_1pke, v_1pke)
+            # The prompt's keys and values go to each of its G slots (paged: to their
+            # pages, the prompt's full pages shared).
+            if self.paged:
+                k_cache[l], v_cache[l] = self.ops.cache.write_prompt(k_cache[l], v_cache[l], *table_gn, k_1pke,
+                                                                     v_1pke, prompt_len)
+            else:
+                k_cache[l], v_cache[l] = self.ops.cache.write_prompt(k_cache[l], v_cache[l], slots_g, k_1pke, v_1pke)
         h_11d = jax.lax.dynamic_slice_in_dim(x_1pd, prompt_len - 1, 1, axis=1)
         logits_1v = decoder.unembed(c, params, h_11d, projections)[:, 0]
         uid_g = jnp.full((g,), uid, jnp.int32)
@@ -309,20 +380,49 @@ class Engine:
         return state, (token_g, logp_g, finish_g)
 
     def release(self, state: DecodeState, slots: list[int]) -> DecodeState:
-        """Stops the given slots (a stop string seen on the host, or abandoned work)."""
+        """Stops the given slots (a stop string seen on the host, abandoned work, or a
+        suspended sequence: its slot state stays, ``activate`` resumes it)."""
         mask = np.zeros((self.config.slots,), bool)
         mask[list(slots)] = True
         return self._release(state, mask)
 
+    def activate(self, state: DecodeState, slots: list[int]) -> DecodeState:
+        """Resumes suspended slots (their pages restored by ``put_pages`` first)."""
+        mask = np.zeros((self.config.slots,), bool)
+        mask[list(slots)] = True
+        return self._activate(state, mask)
+
+    def take_pages(self, state: DecodeState, pages: list[int]):
+        """Host copies of the given pool pages, every layer's keys and values (a suspended
+        sequence's cache, kept while its pages serve others)."""
+        ids = np.zeros((self.config.pages_per_slot,), np.int32)
+        ids[: len(pages)] = pages
+        return jax.tree.map(lambda x: np.asarray(x)[: len(pages)] if self.ops.cache.page_axis == 0
+                            else np.take(np.asarray(x), np.arange(len(pages)), axis=self.ops.cache.page_axis),
+                            self._take(state, ids))
+
+    def put_pages(self, state: DecodeState, pages: list[int], data) -> DecodeState:
+        """Writes ``take_pages``' copies back into the given (newly allocated) pages."""
+        n, axis = self.config.pages_per_slot, self.ops.cache.page_axis
+        ids = np.full((n,), self.config.pool_pages, np.int32)  # padding: out of the pool, dropped
+        ids[: len(pages)] = pages
+        pad = lambda x: np.concatenate([x, np.zeros_like(np.take(x, [0] * (n - len(pages)), axis=axis))], axis)  # noqa: E731
+        return self._put(state, ids, jax.tree.map(pad, data))
+
     # ------------------------------------------------------------------ decode
 
-    def decode(self, params, state: DecodeState) -> tuple[DecodeState, ChunkOutput]:
-        """Up to ``chunk_steps`` tokens for every active slot; ``params`` as ``prepare`` returns."""
-        state, (tokens, logps, valid, finish, steps) = self._decode(params, state)
+    def decode(self, params, state: DecodeState, table_bn=None) -> tuple[DecodeState, ChunkOutput]:
+        """Up to ``chunk_steps`` tokens for every active slot; ``params`` as ``prepare``
+        returns; ``table_bn``: when paged, the page table, holding pages for every
+        position the chunk may write."""
+        if self.paged and table_bn is None:
+            raise ValueError("a paged engine's decode needs the page table")
+        table = (np.asarray(table_bn, np.int32),) if self.paged else ()
+        state, (tokens, logps, valid, finish, steps) = self._decode(params, state, *table)
         return state, ChunkOutput(np.asarray(tokens), np.asarray(logps), np.asarray(valid), np.asarray(finish),
                                   int(steps))
 
-    def _decode_fn(self, params, state: DecodeState):
+    def _decode_fn(self, params, state: DecodeState, *table_bn):
         k_steps, b = self.config.chunk_steps, self.config.slots
         out = (jnp.zeros((k_steps, b), jnp.int32), jnp.zeros((k_steps, b), jnp.float32),
                jnp.zeros((k_steps, b), bool))
@@ -333,13 +433,13 @@ class Engine:
 
         def body(carry):
             i, state, (tokens_kb, logps_kb, valid_kb) = carry
-            state, token_b, logp_b, valid_b = self._step(params, state)
+            state, token_b, logp_b, valid_b = self._step(params, state, table_bn)
             return i + 1, state, (tokens_kb.at[i].set(token_b), logps_kb.at[i].set(logp_b), valid_kb.at[i].set(valid_b))
 
         steps, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, out))
         return state, (*out, state.finish_b, steps)
 
-    def _step(self, params, state: DecodeState):
+    def _step(self, params, state: DecodeState, table_bn: tuple = ()):
         """Feeds every slot's last token, writes its keys and values, samples the next token."""
         c = self.model_config
         pos_b = state.lengths_b
@@ -348,15 +448,16 @@ class Engine:
         # Each slot attends to cache positions [lo_b, pos_b]: the causal limit and any
         # sliding window as a range.
         lo_b = jnp.maximum(pos_b - c.sliding_window + 1, 0) if c.sliding_window is not None else jnp.zeros_like(pos_b)
-        # Finished and free slots write nowhere (an out-of-range index is dropped).
-        write_b = jnp.where(state.active_b, pos_b, self.config.max_len)
+        # Finished and free slots write nowhere (an out-of-range index is dropped; paged
+        # caches take -1, since past max_len can still be inside a slot's last page).
+        write_b = jnp.where(state.active_b, pos_b, -1 if self.paged else self.config.max_len)
         k_cache, v_cache = list(state.k_cache), list(state.v_cache)
         # The layers run as a Python loop (unrolled): each reads its own weights and cache.
         for l, layer in enumerate(params["layers"]):
             q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer, x_b1d, pos_b[:, None], True, projections)
             # A slot just written in this step reads its own new entry from the cache.
             o_b1he, k_cache[l], v_cache[l] = cache.write_and_attend(q_b1he, k_b1ke, v_b1ke, k_cache[l], v_cache[l],
-                                                                    lo_b, pos_b + 1, write_b)
+                                                                    lo_b, pos_b + 1, write_b, *table_bn)
             x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh, projections)
         logits_bv = decoder.unembed(c, params, x_b1d, projections)[:, 0]
         keys_b = token_key(self.sampling.seed, state.uid_b, state.sample_b, pos_b + 1)

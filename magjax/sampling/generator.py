@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from magjax.sampling.engine import EOS, RUNNING, Engine
+from magjax.sampling.pages import PagePool, PoolExhausted
 from magjax.types import Completion, Task
 
 FINISH_NAMES = {EOS: "eos", 2: "length"}
@@ -58,6 +59,10 @@ class GeneratorStats:
     prefills: int = 0
     completions: int = 0
     abandoned: int = 0
+    # Paged cache: sequences suspended for want of pages (their cache copied to the host
+    # and restored on resumption) and admissions held back by a full pool.
+    suspensions: int = 0
+    admissions_waiting_for_pages: int = 0
     # The same two counts restricted to chunks that started with prompts still waiting:
     # occupancy when demand exceeds capacity (the steady state of an RL run).
     steady_slot_steps: int = 0
@@ -97,6 +102,13 @@ class Generator:
         self.state = engine.init_state()
         self.stats = GeneratorStats()
         self._slots: dict[int, _Slot] = {}
+        cfg = engine.config
+        # The paged cache's book (None unpaged): pages per slot, taken as sequences grow.
+        self.pool = (PagePool(cfg.pool_pages, cfg.page_size, cfg.slots, cfg.max_len, engine.page_shards)
+                     if engine.paged else None)
+        self._admitted: dict[int, int] = {}  # slot -> admission number: the oldest grow first
+        self._admissions = 0
+        self._suspended: dict[int, tuple] = {}  # slot -> (pages, host copies of them)
         self._pending: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()
         self._weights = (params, version)
@@ -118,6 +130,8 @@ class Generator:
                     raise ValueError(f"request {r.problem_id}: {r.num_samples} samples exceed "
                                      f"{self.engine.config.slots} slots")
                 self.engine.bucket(len(r.prompt))  # fail here, not in the loop
+                if self.pool is not None:
+                    self._check_fits(r)
                 self._pending.append(r)
             self._lock.notify_all()
 
@@ -173,11 +187,16 @@ class Generator:
                 if self._weights is weights:
                     self._prepared = prepared
         params, version = prepared[1], weights[1]
+        if self.pool is not None:
+            self._resume()
         done = self._admit(params, version)
+        if self.pool is not None:
+            self._grow()
         if self._slots:
             saturated = bool(self._pending)
             t0 = time.perf_counter()
-            self.state, out = self.engine.decode(params, self.state)
+            table = (self.pool.table_bn,) if self.pool is not None else ()
+            self.state, out = self.engine.decode(params, self.state, *table)
             self.stats.busy_s += time.perf_counter() - t0
             self.stats.chunks += 1
             slot_steps = out.steps * self.engine.config.slots
@@ -216,20 +235,98 @@ class Generator:
             if not self._pending:
                 break
             req = self._pending[0]
-            free = [s for s in range(self.engine.config.slots) if s not in self._slots]
-            if len(free) < req.num_samples or len(self._slots) + req.num_samples > self.max_in_flight:
+            if len(self._slots) + req.num_samples > self.max_in_flight:
+                break
+            slots = self._place(req)
+            if slots is None:
                 break
             self._pending.popleft()
-            slots = free[: req.num_samples]
+            table = (self.pool.table_bn[slots],) if self.pool is not None else ()
             t0 = time.perf_counter()
             self.state, (token_g, logp_g, finish_g) = self.engine.prefill(
-                params, self.state, req.prompt, slots, req.uid, list(range(req.num_samples)), req.max_new_tokens)
+                params, self.state, req.prompt, slots, req.uid, list(range(req.num_samples)), req.max_new_tokens,
+                *table)
             self.stats.busy_s += time.perf_counter() - t0
             self.stats.prefills += 1
             for i, slot in enumerate(slots):
                 s = self._slots[slot] = _Slot(req, i)
+                self._admitted[slot] = self._admissions
+                self._admissions += 1
                 done += self._append(slot, s, int(token_g[i]), float(logp_g[i]), version, int(finish_g[i]))
         return done
+
+    # ------------------------------------------------------------------ slots and pages
+
+    def _place(self, req: Request) -> list[int] | None:
+        """Free slots for the request's samples (one shard's, with pages for its prompt and
+        first chunk taken when paged), or None: it waits."""
+        cfg = self.engine.config
+        free = [s for s in range(cfg.slots) if s not in self._slots]
+        if self.pool is None:
+            return free[: req.num_samples] if len(free) >= req.num_samples else None
+        if self._suspended:  # suspended sequences resume before anything new starts
+            return None
+        reach = len(req.prompt) + cfg.chunk_steps
+        for shard in range(self.pool.shards):
+            mine = [s for s in free if self.pool.shard_of(s) == shard][: req.num_samples]
+            if len(mine) == req.num_samples and self.pool.admit(mine, len(req.prompt), reach):
+                return mine
+        if len(free) >= req.num_samples:
+            self.stats.admissions_waiting_for_pages += 1
+        return None
+
+    def _check_fits(self, req: Request):
+        """A request that could never be admitted fails at submission, naming the limit."""
+        pool, cfg = self.pool, self.engine.config
+        if req.num_samples > pool.slots_per_shard:
+            raise PoolExhausted(f"request {req.problem_id}: {req.num_samples} samples exceed the "
+                                f"{pool.slots_per_shard} slots of one data shard")
+        need = pool.group_need(len(req.prompt), req.num_samples, len(req.prompt) + cfg.chunk_steps)
+        if need > pool.pages_per_shard:
+            raise PoolExhausted(f"request {req.problem_id}: its prompt of {len(req.prompt)} tokens and "
+                                f"{req.num_samples} samples need {need} pages of {pool.page_size} to start, "
+                                f"more than the {pool.pages_per_shard} of one shard (EngineConfig.pages)")
+
+    def _reach(self, slot: int) -> int:
+        """Positions the slot's next chunk may have written by its end."""
+        s = self._slots[slot]
+        return len(s.request.prompt) + len(s.tokens) - 1 + self.engine.config.chunk_steps
+
+    def _grow(self):
+        """Pages for every position the next chunk may write, oldest sequences first; when
+        a shard runs out, its newest running sequence is suspended (never truncated)."""
+        running = sorted((s for s in self._slots if s not in self._suspended), key=self._admitted.__getitem__)
+        for slot in running:
+            while slot not in self._suspended and not self.pool.grow(slot, self._reach(slot)):
+                shard = self.pool.shard_of(slot)
+                victim = max((s for s in self._slots if s not in self._suspended and self.pool.shard_of(s) == shard),
+                             key=self._admitted.__getitem__)
+                self._suspend(victim)
+
+    def _suspend(self, slot: int):
+        held = self.pool.held(slot)
+        self._suspended[slot] = (len(held), self.engine.take_pages(self.state, held))
+        self.pool.release(slot)
+        self.state = self.engine.release(self.state, [slot])
+        self.stats.suspensions += 1
+
+    def _resume(self):
+        """Restores suspended sequences, oldest first, while their shard has the pages."""
+        for slot in sorted(self._suspended, key=self._admitted.__getitem__):
+            shard = self.pool.shard_of(slot)
+            if self.pool.pages_for(self._reach(slot)) > self.pool.free(shard):
+                break
+            self.pool.grow(slot, self._reach(slot))
+            n, data = self._suspended.pop(slot)
+            self.state = self.engine.put_pages(self.state, self.pool.held(slot)[:n], data)
+            self.state = self.engine.activate(self.state, [slot])
+
+    def _free_slot(self, slot: int):
+        del self._slots[slot]
+        self._admitted.pop(slot, None)
+        self._suspended.pop(slot, None)
+        if self.pool is not None:
+            self.pool.release(slot)
 
     def _harvest(self, out, version) -> list[Completion]:
         done = []
@@ -258,7 +355,7 @@ class Generator:
                 reason = "stop"
         if reason is None:
             return []
-        del self._slots[slot]
+        self._free_slot(slot)
         self.stats.completions += 1
         text = self.decode_text(s.tokens) if self.decode_text is not None else ""
         return [Completion(s.request.problem_id, s.sample, list(s.request.prompt), s.tokens, s.logprobs,
@@ -281,7 +378,8 @@ class Generator:
             n = len(self._slots)
             if n:
                 self.state = self.engine.release(self.state, list(self._slots))
-            self._slots.clear()
+            for slot in list(self._slots):
+                self._free_slot(slot)
             self._pending.clear()
             self.stats.abandoned += n
             return n
