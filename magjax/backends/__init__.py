@@ -131,7 +131,7 @@ def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0) 
     against XLA, at these shapes."""
     if platform(mesh) != "cpu":
         if page_size:
-            return SamplerOps(xla.PROJECTIONS, paged.Paged(), {"projections": "xla", "decode_attention": "xla-paged"})
+            return SamplerOps(xla.PROJECTIONS, paged.Paged(mesh), {"projections": "xla", "decode_attention": "xla-paged"})
         from magjax.backends import decode_blockwise  # token-major, head dim minor (see there)
         return SamplerOps(xla.PROJECTIONS, decode_blockwise.TokenMajor(),
                           {"projections": "xla", "decode_attention": "xla-blockwise"})
@@ -147,7 +147,7 @@ def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0) 
             projections, chosen["projections"] = native.PROJECTIONS, "native"
     if page_size:
         chosen["decode_attention"] = "xla-paged"
-        return SamplerOps(projections, paged.Paged(), chosen)
+        return SamplerOps(projections, paged.Paged(mesh), chosen)
     cache, chosen["decode_attention"] = xla.KeysTransposed(), "xla"
     if native is not None and native.decode_applies(config):
         shape = (f"slots={slots} max_len={max_len} heads={config.num_heads}/{config.num_kv_heads}"

@@ -19,6 +19,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from magjax import sharding as shd
 
@@ -26,7 +27,13 @@ BLOCK_POSITIONS = 512  # cache positions per attention block (block_pages x page
 
 
 class Paged:
-    """Keys and values [pages, page_size, kv_heads, head_dim]; work-list decode attention."""
+    """Keys and values [pages, page_size, kv_heads, head_dim]; work-list decode attention.
+
+    On a mesh of several devices each device holds its data shard's pages (the page axis
+    splits like the slots) and its kv heads, and the writes and the attention run per
+    device under ``shard_map``: a slot's pages are always in its own shard (the host's
+    page book keeps them there), so nothing crosses devices. Table entries are global
+    page numbers; each shard subtracts its first page."""
 
     name = "xla-paged"
     paged = True
@@ -34,27 +41,74 @@ class Paged:
     # The page axis splits like the slots (each data shard holds its slots' pages).
     k_axes = v_axes = (shd.BATCH, None, shd.KV_HEADS, shd.HEAD_DIM)
 
+    def __init__(self, mesh=None):
+        self.mesh = mesh if mesh is not None and mesh.devices.size > 1 else None
+
     def shapes(self, pages: int, page_size: int, kv: int, e: int):
         return (pages, page_size, kv, e), (pages, page_size, kv, e)
 
     def write_prompt(self, k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len):
         """Positions [0, prompt_len) of the prompt's keys and values [1, p, k, e] into the
-        pages of each of the G table rows (shared pages receive the same values G times)."""
-        pages, page_size = k_pool.shape[:2]
-        positions_gp = jnp.broadcast_to(jnp.arange(k_1pke.shape[1]), (table_gn.shape[0], k_1pke.shape[1]))
-        at_gp = position_index(table_gn, positions_gp, page_size, pages)
-        at_gp = jnp.where(positions_gp < prompt_len, at_gp, pages * page_size)  # the bucket's padding: nowhere
-        return scatter_rows(k_pool, at_gp, k_1pke), scatter_rows(v_pool, at_gp, v_1pke)
+        pages of each of the G table rows (shared pages receive the same values G times).
+        The group's slots are in one shard: on a mesh every shard writes what falls in its
+        own pages (the rest is out of its range, dropped)."""
+        def write(k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len):
+            pages, page_size = k_pool.shape[:2]
+            positions_gp = jnp.broadcast_to(jnp.arange(k_1pke.shape[1]), (table_gn.shape[0], k_1pke.shape[1]))
+            at_gp = position_index(table_gn, positions_gp, page_size, pages)
+            at_gp = jnp.where(positions_gp < prompt_len, at_gp, pages * page_size)  # the bucket's padding: nowhere
+            return scatter_rows(k_pool, at_gp, k_1pke), scatter_rows(v_pool, at_gp, v_1pke)
+
+        if self.mesh is None:
+            return write(k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len)
+        pool, kv_new, _ = self._specs(k_pool.shape)
+        local = lambda k, v, table, kn, vn, n: write(k, v, self._localise(table, k.shape[0], pool[0]), kn, vn, n)  # noqa: E731
+        rep = PartitionSpec()
+        new = PartitionSpec(None, None, *kv_new[2:])
+        return jax.shard_map(local, mesh=self.mesh, in_specs=(pool, pool, rep, new, new, rep), out_specs=(pool, pool),
+                             check_vma=False)(k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len)
 
     def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):
         """Writes each slot's new key and value at position ``at_b`` (nowhere when out of
         range), then attends each slot's query to its positions [lo_b, hi_b)."""
-        pages, page_size = k_pool.shape[:2]
-        at_b1 = position_index(table_bn, at_b[:, None], page_size, pages)
-        at_b1 = jnp.where((at_b >= 0)[:, None], at_b1, pages * page_size)
-        k_pool, v_pool = scatter_rows(k_pool, at_b1, k_b1ke), scatter_rows(v_pool, at_b1, v_b1ke)
-        hi_b = jnp.where(at_b >= 0, hi_b, lo_b)  # a slot that writes nothing is idle: it reads nothing
-        return attend(q_b1he, k_pool, v_pool, table_bn, lo_b, hi_b), k_pool, v_pool
+        if self.mesh is None:
+            return _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
+        pool, kv_new, q = self._specs(k_pool.shape)
+        slots, table = PartitionSpec(pool[0]), PartitionSpec(pool[0], None)
+
+        def local(q, kn, vn, k, v, lo, hi, at, table_bn):
+            return _write_and_attend(q, kn, vn, k, v, lo, hi, at, self._localise(table_bn, k.shape[0], pool[0]))
+
+        return jax.shard_map(local, mesh=self.mesh, in_specs=(q, kv_new, kv_new, pool, pool, slots, slots, slots, table),
+                             out_specs=(q, pool, pool), check_vma=False)(
+            q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
+
+    def _specs(self, pool_shape):
+        """PartitionSpecs of the pool, of new keys [b, 1, k, e] and of queries [b, 1, h, e]
+        (heads split as the kv heads are, so each device's query heads read its kv heads)."""
+        spec = shd.logical_to_spec(self.k_axes, pool_shape, self.mesh)
+        spec = PartitionSpec(*spec, *(None,) * (4 - len(spec)))  # trailing Nones may be trimmed
+        new = PartitionSpec(spec[0], None, spec[2], None)
+        return spec, new, new
+
+    def _localise(self, table_bn, local_pages: int, page_axes):
+        """Global page numbers to this shard's (out-of-shard and empty entries: none);
+        ``page_axes``: the mesh axes the page axis splits over (the pool spec's first entry)."""
+        names = () if page_axes is None else (page_axes if isinstance(page_axes, tuple) else (page_axes,))
+        shard = 0
+        for name in names:  # row-major over the axes the pages split over
+            shard = shard * self.mesh.shape[name] + jax.lax.axis_index(name)
+        local = table_bn - shard * local_pages
+        return jnp.where((local >= 0) & (local < local_pages), local, local_pages)
+
+
+def _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):
+    pages, page_size = k_pool.shape[:2]
+    at_b1 = position_index(table_bn, at_b[:, None], page_size, pages)
+    at_b1 = jnp.where((at_b >= 0)[:, None], at_b1, pages * page_size)
+    k_pool, v_pool = scatter_rows(k_pool, at_b1, k_b1ke), scatter_rows(v_pool, at_b1, v_b1ke)
+    hi_b = jnp.where(at_b >= 0, hi_b, lo_b)  # a slot that writes nothing is idle: it reads nothing
+    return attend(q_b1he, k_pool, v_pool, table_bn, lo_b, hi_b), k_pool, v_pool
 
 
 def position_index(table_bn, positions_bt, page_size: int, pages: int):
