@@ -212,3 +212,19 @@ def test_a_request_that_can_never_fit_is_refused_at_submission(params):
         gen.submit([Request("big", [1] * 30, 2, 10)])  # 1 shared page + 2 own each
     with pytest.raises(ValueError, match="needs the page table"):
         gen.engine.decode(gen.engine.prepare(params), gen.state)
+
+
+def test_a_sliding_window_returns_the_pages_it_has_passed(params):
+    """Window 12, pages of 4, chunks of 4: a 44-token sequence never holds more than the
+    pages its window and one chunk span, and its tokens equal the dense engine's."""
+    sampling = SamplingConfig(temperature=1.0, seed=1)
+    request = Request("long", [1, 7, 9], 1, 44)
+    [want] = Generator(Engine(CONFIG, DENSE, sampling, NEVER), params).generate([request])
+    gen = Generator(Engine(CONFIG, _paged(4), sampling, NEVER), params)
+    gen.submit([request])
+    peak, done = 0, []
+    while gen.pending or gen.in_flight:
+        done += gen.step()
+        peak = max(peak, gen.pool.used)
+    assert done[0].tokens == want.tokens and len(want.tokens) == 44
+    assert peak <= -(-(12 + 4) // 4) + 1 < 47 // 4  # the window's pages, the chunk's, one partial

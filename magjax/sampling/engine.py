@@ -255,7 +255,7 @@ class Engine:
                                                                         (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
         axis = getattr(self.ops.cache, "page_axis", 0)
-        self._take = jax.jit(lambda state, ids: jax.tree.map(lambda pool: jnp.take(pool, ids, axis=axis),
+        self._take = jax.jit(lambda state, ids: jax.tree.map(lambda pool: jnp.take(pool, ids, axis=axis, mode="clip"),
                                                              (state.k_cache, state.v_cache)))
         self._put = jax.jit(functools.partial(_put_pages, axis), donate_argnums=0)
         self._activate = jax.jit(_activate_slots, donate_argnums=0)

@@ -296,7 +296,10 @@ class Generator:
         """Pages for every position the next chunk may write, oldest sequences first; when
         a shard runs out, its newest running sequence is suspended (never truncated)."""
         running = sorted((s for s in self._slots if s not in self._suspended), key=self._admitted.__getitem__)
+        window = self.engine.model_config.sliding_window
         for slot in running:
+            if window is not None:  # positions the chunk's first step no longer sees
+                self.pool.trim(slot, self._reach(slot) - self.engine.config.chunk_steps - window + 1)
             while slot not in self._suspended and not self.pool.grow(slot, self._reach(slot)):
                 shard = self.pool.shard_of(slot)
                 victim = max((s for s in self._slots if s not in self._suspended and self.pool.shard_of(s) == shard),

@@ -9,7 +9,8 @@ here, between calls, so the compiled functions never change shape.
   the G samples (one reference each) and never written again; the prompt's partial last
   page is written into each sample's own first page, where its completion continues.
 * Pages are taken as sequences grow (``grow``, before each decode chunk, for the
-  positions that chunk may write) and returned when the last sample holding them ends.
+  positions that chunk may write) and returned when the last sample holding them ends,
+  or, for sliding-window models, once the window has passed them (``trim``).
 * With ``shards`` > 1 the slots and the pages are split into equal contiguous ranges, one
   per data-parallel shard of the mesh: a slot only ever holds pages of its own shard, so
   each device's attention reads only its own part of the pool.
@@ -70,6 +71,7 @@ class PagePool:
         return -(-min(positions, self.max_len) // self.page_size)
 
     def held(self, slot: int) -> list[int]:
+        """The slot's table row up to its last page (``unused`` where a window trimmed one)."""
         return self.table_bn[slot, : self._held[slot]].tolist()
 
     def group_need(self, prompt_len: int, samples: int, reach: int) -> int:
@@ -113,13 +115,24 @@ class PagePool:
 
     def release(self, slot: int) -> None:
         """Returns the slot's pages (each to the free list once no other slot holds it)."""
+        self._drop(slot, range(self._held[slot]))
+        self._held[slot] = 0
+
+    def trim(self, slot: int, first_position: int) -> None:
+        """Returns the slot's pages that hold only positions before ``first_position``
+        (a sliding window has moved past them: they are never read again)."""
+        self._drop(slot, range(min(first_position // self.page_size, self._held[slot])))
+
+    def _drop(self, slot: int, indices) -> None:
         shard = self.shard_of(slot)
-        for page in self.table_bn[slot, : self._held[slot]]:
+        for i in indices:
+            page = self.table_bn[slot, i]
+            if page == self.unused:
+                continue
             self._refs[page] -= 1
             if self._refs[page] == 0:
                 self._free[shard].append(int(page))
-        self.table_bn[slot] = self.unused
-        self._held[slot] = 0
+            self.table_bn[slot, i] = self.unused
 
     def _take(self, shard: int) -> int:
         page = self._free[shard].pop()
