@@ -367,6 +367,10 @@ class _Pipeline:
               "pipeline/train_compiles": self.trainer.compiles - self._compiles_before,
               "pipeline/generator_idle_fraction": gstats.waiting_s / wall if self.config.mode == "async" else 0.0,
               "rollout/slot_occupancy": gstats.occupancy, "rollout/tokens_per_s": gstats.tokens / wall,
+              # The paged KV cache (zeros unpaged): its high-water mark and what running out cost.
+              "rollout/kv_pages_peak_fraction": gstats.pages_peak / max(gstats.pages_total, 1),
+              "rollout/suspensions": gstats.suspensions,
+              "rollout/admissions_waiting_for_pages": gstats.admissions_waiting_for_pages,
               "train/skipped_steps": self.trainer.skipped_steps} | self.rollout.stats()
 
     def write(self, step: int, m: dict):

@@ -73,6 +73,9 @@ def test_growth_stops_at_an_empty_shard_and_pages_stay_in_their_shard():
     assert not pool.grow(3, 16) and len(pool.held(3)) == 3  # one more page taken, then none left
     assert pool.free(0) == 6  # shard 0 untouched
     assert not pool.admit([0, 1], prompt_len=4, reach=40) and pool.free(0) == 6  # nothing taken on refusal
+    pool.release(2), pool.release(3)
+    assert pool.admit([1, 2], prompt_len=8, reach=12)  # a group across both shards: a prompt copy in each
+    assert pool.held(1)[:2] != pool.held(2)[:2] and pool.free(0) == pool.free(1) == 3
 
 
 def test_a_pool_that_cannot_hold_one_sequence_is_refused():
@@ -208,7 +211,8 @@ def test_sharded_paged_engine_keeps_pages_in_their_shard(params, dense_run, mesh
 
 def test_a_request_that_can_never_fit_is_refused_at_submission(params):
     gen = Generator(Engine(CONFIG, _paged(16, pages=3), SamplingConfig(), NEVER), params)
-    with pytest.raises(PoolExhausted, match="request big: .* need 5 pages of 16 to start, more than the 3"):
+    with pytest.raises(PoolExhausted, match="request big: a prompt of 30 tokens and 2 samples on one shard need 5 "
+                                            "pages of 16 to start, more than the 3"):
         gen.submit([Request("big", [1] * 30, 2, 10)])  # 1 shared page + 2 own each
     with pytest.raises(ValueError, match="needs the page table"):
         gen.engine.decode(gen.engine.prepare(params), gen.state)
@@ -228,3 +232,24 @@ def test_a_sliding_window_returns_the_pages_it_has_passed(params):
         peak = max(peak, gen.pool.used)
     assert done[0].tokens == want.tokens and len(want.tokens) == 44
     assert peak <= -(-(12 + 4) // 4) + 1 < 47 // 4  # the window's pages, the chunk's, one partial
+
+
+def test_an_async_run_on_a_small_page_pool_loses_nothing(sft_params):
+    """The RL loop on a paged engine whose pool holds under half its slots' worst case:
+    a pool too small for one group is refused before generating; on a workable one the
+    pool limits admissions (and may suspend sequences across weight versions), and every
+    finished completion still lands in exactly one accounting bucket."""
+    from loop_runs import ENGINE, _check_accounting, _run
+
+    small = EngineConfig(**{**ENGINE.__dict__, "page_size": 8, "pages": 64})  # 8 pages per shard
+    with pytest.raises(PoolExhausted, match="groups of 8: a prompt of 31 tokens and 4 samples on one "
+                                            "shard need 11 pages of 8 to start"):
+        _run(sft_params, mode="async", steps=1, engine=small)
+    engine = EngineConfig(**{**ENGINE.__dict__, "page_size": 8, "pages": 96})  # 12 per shard, of 32 at worst
+    result = _run(sft_params, mode="async", steps=4, n_batch=32, n_async=32, queue_groups=4, engine=engine)
+    _check_accounting(result)
+    h = result.history
+    # The pool, not the slots, limited the run: admissions waited for pages or sequences
+    # were suspended (completions of the learned task often end early).
+    assert sum(r["rollout/suspensions"] + r["rollout/admissions_waiting_for_pages"] for r in h) > 0
+    assert 0.5 < max(r["rollout/kv_pages_peak_fraction"] for r in h) <= 1.0

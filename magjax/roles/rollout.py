@@ -100,6 +100,9 @@ class Rollout:
     def switch(self, iterator: ProblemIterator, group_size: int, max_new_tokens: int, reward: RewardConfig,
                max_in_flight: int):
         """A curriculum stage takes over: its problems, lengths, reward and lag bound."""
+        # A paged cache too small for one group at the longest prompt fails now, not mid-run.
+        self.generator.check_room(self.engine_config.prompt_buckets[-1], group_size,
+                                  f"groups of {group_size}", up_to=True)
         self.requests.switch(iterator, group_size, max_new_tokens, reward.max_tests)
         self._reward = reward
         self.generator.limit_in_flight(max_in_flight)

@@ -63,6 +63,8 @@ class GeneratorStats:
     # and restored on resumption) and admissions held back by a full pool.
     suspensions: int = 0
     admissions_waiting_for_pages: int = 0
+    pages_peak: int = 0  # most pages held at once (of pages_total; 0 unpaged)
+    pages_total: int = 0
     # The same two counts restricted to chunks that started with prompts still waiting:
     # occupancy when demand exceeds capacity (the steady state of an RL run).
     steady_slot_steps: int = 0
@@ -130,8 +132,7 @@ class Generator:
                     raise ValueError(f"request {r.problem_id}: {r.num_samples} samples exceed "
                                      f"{self.engine.config.slots} slots")
                 self.engine.bucket(len(r.prompt))  # fail here, not in the loop
-                if self.pool is not None:
-                    self._check_fits(r)
+                self.check_room(len(r.prompt), r.num_samples, f"request {r.problem_id}")
                 self._pending.append(r)
             self._lock.notify_all()
 
@@ -192,6 +193,8 @@ class Generator:
         done = self._admit(params, version)
         if self.pool is not None:
             self._grow()
+            self.stats.pages_peak = max(self.stats.pages_peak, self.pool.used)
+            self.stats.pages_total = self.pool.pages
         if self._slots:
             saturated = bool(self._pending)
             t0 = time.perf_counter()
@@ -267,25 +270,35 @@ class Generator:
         if self._suspended:  # suspended sequences resume before anything new starts
             return None
         reach = len(req.prompt) + cfg.chunk_steps
-        for shard in range(self.pool.shards):
-            mine = [s for s in free if self.pool.shard_of(s) == shard][: req.num_samples]
-            if len(mine) == req.num_samples and self.pool.admit(mine, len(req.prompt), reach):
-                return mine
+        # One shard's slots if any has room (the prompt's pages are then shared by all G),
+        # else the free slots across shards (one copy of the prompt in each).
+        by_shard = [[s for s in free if self.pool.shard_of(s) == shard] for shard in range(self.pool.shards)]
+        choices = [mine[: req.num_samples] for mine in by_shard if len(mine) >= req.num_samples]
+        if len(free) >= req.num_samples:
+            choices.append(free[: req.num_samples])
+        for slots in choices:
+            if self.pool.admit(slots, len(req.prompt), reach):
+                return slots
         if len(free) >= req.num_samples:
             self.stats.admissions_waiting_for_pages += 1
         return None
 
-    def _check_fits(self, req: Request):
-        """A request that could never be admitted fails at submission, naming the limit."""
+    def check_room(self, prompt_len: int, samples: int, what: str = "a request", *, up_to: bool = False) -> None:
+        """Raises ``PoolExhausted`` (naming the limit) when ``samples`` completions of a
+        ``prompt_len``-token prompt (``up_to``: of any prompt up to that long) could never
+        start: a run checks its largest prompt bucket and group size before generating;
+        ``submit`` checks each request."""
+        if self.pool is None:
+            return
         pool, cfg = self.pool, self.engine.config
-        if req.num_samples > pool.slots_per_shard:
-            raise PoolExhausted(f"request {req.problem_id}: {req.num_samples} samples exceed the "
-                                f"{pool.slots_per_shard} slots of one data shard")
-        need = pool.group_need(len(req.prompt), req.num_samples, len(req.prompt) + cfg.chunk_steps)
+        per_shard = min(samples, pool.slots_per_shard)  # the fewest a shard can be given
+        # Not monotone in the length: a longer prompt may share more of its pages.
+        need, prompt_len = max((pool.group_need(n, per_shard, n + cfg.chunk_steps), n)
+                               for n in (range(1, prompt_len + 1) if up_to else (prompt_len,)))
         if need > pool.pages_per_shard:
-            raise PoolExhausted(f"request {req.problem_id}: its prompt of {len(req.prompt)} tokens and "
-                                f"{req.num_samples} samples need {need} pages of {pool.page_size} to start, "
-                                f"more than the {pool.pages_per_shard} of one shard (EngineConfig.pages)")
+            raise PoolExhausted(f"{what}: a prompt of {prompt_len} tokens and {per_shard} samples on one shard need "
+                                f"{need} pages of {pool.page_size} to start, more than the {pool.pages_per_shard} "
+                                f"a shard has (raise EngineConfig.pages)")
 
     def _reach(self, slot: int) -> int:
         """Positions the slot's next chunk may have written by its end."""

@@ -13,7 +13,8 @@ here, between calls, so the compiled functions never change shape.
   or, for sliding-window models, once the window has passed them (``trim``).
 * With ``shards`` > 1 the slots and the pages are split into equal contiguous ranges, one
   per data-parallel shard of the mesh: a slot only ever holds pages of its own shard, so
-  each device's attention reads only its own part of the pool.
+  each device's attention reads only its own part of the pool (a group spread over
+  shards keeps one copy of its prompt in each).
 
 Nothing is ever truncated: a slot that cannot grow is reported (``grow`` returns False)
 and the generator decides whom to suspend.
@@ -83,22 +84,26 @@ class PagePool:
     # ------------------------------------------------------------------ changes
 
     def admit(self, slots: list[int], prompt_len: int, reach: int) -> bool:
-        """Gives ``slots`` (one group, one shard) the prompt's shared pages and their own
-        pages up to ``reach`` positions; False (nothing taken) when the shard lacks them."""
-        shard = self.shard_of(slots[0])
-        if any(self.shard_of(s) != shard or self._held[s] for s in slots):
-            raise ValueError(f"page pool: slots {slots} must be free and in one shard")
-        if self.group_need(prompt_len, len(slots), reach) > self.free(shard):
-            return False
-        shared = [self._take(shard) for _ in range(min(prompt_len, self.max_len) // self.page_size)]
+        """Gives ``slots`` (one group) the prompt's shared pages and their own pages up to
+        ``reach`` positions; False (nothing taken) when a shard lacks them. A group spread
+        over several shards shares one copy of the prompt per shard."""
+        if any(self._held[s] for s in slots):
+            raise ValueError(f"page pool: slots {slots} must be free")
+        by_shard: dict[int, list[int]] = {}
         for slot in slots:
-            for i, page in enumerate(shared):
-                self.table_bn[slot, i] = page
-                self._refs[page] += 1
-            self._held[slot] = len(shared)
-            self.grow(slot, reach)
-        for page in shared:
-            self._refs[page] -= 1  # _take's own reference: the slots hold them now
+            by_shard.setdefault(self.shard_of(slot), []).append(slot)
+        if any(self.group_need(prompt_len, len(mine), reach) > self.free(shard) for shard, mine in by_shard.items()):
+            return False
+        for shard, mine in by_shard.items():
+            shared = [self._take(shard) for _ in range(min(prompt_len, self.max_len) // self.page_size)]
+            for slot in mine:
+                for i, page in enumerate(shared):
+                    self.table_bn[slot, i] = page
+                    self._refs[page] += 1
+                self._held[slot] = len(shared)
+                self.grow(slot, reach)
+            for page in shared:
+                self._refs[page] -= 1  # _take's own reference: the slots hold them now
         return True
 
     def grow(self, slot: int, reach: int) -> bool:
