@@ -451,13 +451,15 @@ class Engine:
         # Finished and free slots write nowhere (an out-of-range index is dropped; paged
         # caches take -1, since past max_len can still be inside a slot's last page).
         write_b = jnp.where(state.active_b, pos_b, -1 if self.paged else self.config.max_len)
+        # ... and read nothing: an empty range, so no kernel re-reads a finished sequence.
+        hi_b = jnp.where(state.active_b, pos_b + 1, lo_b)
         k_cache, v_cache = list(state.k_cache), list(state.v_cache)
         # The layers run as a Python loop (unrolled): each reads its own weights and cache.
         for l, layer in enumerate(params["layers"]):
             q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer, x_b1d, pos_b[:, None], True, projections)
             # A slot just written in this step reads its own new entry from the cache.
             o_b1he, k_cache[l], v_cache[l] = cache.write_and_attend(q_b1he, k_b1ke, v_b1ke, k_cache[l], v_cache[l],
-                                                                    lo_b, pos_b + 1, write_b, *table_bn)
+                                                                    lo_b, hi_b, write_b, *table_bn)
             x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh, projections)
         logits_bv = decoder.unembed(c, params, x_b1d, projections)[:, 0]
         keys_b = token_key(self.sampling.seed, state.uid_b, state.sample_b, pos_b + 1)
