@@ -4,6 +4,9 @@ The workload is the peers': 64-token prompts, 192 new tokens, temperature 1, at 
 batch sizes. The roofline of a decode step is the larger of (weights + KV cache bytes) /
 read bandwidth and FLOPs / matmul peak, both measured in the same run; the reported
 fraction is roofline time / measured step time (1.0 = at the machine's limit).
+
+With a ``long_context`` case (``long_context.py``) it also runs mixed completion lengths
+at a long ``max_len`` through the generator, dense and paged cache side by side.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import jax
 import numpy as np
 
 from magjax.backends import race
-from magjax.bench import ceilings
+from magjax.bench import ceilings, long_context as long_case
 from magjax.models import decoder, preset
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
 
@@ -65,7 +68,8 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
 
 
 def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt_len: int = 64,
-        new_tokens: int = 192, chunk: int = 64) -> dict:
+        new_tokens: int = 192, chunk: int = 64, long_context: long_case.Case | None = None) -> dict:
+    """The batches' rows, and the long-context case when one is given (None: skipped)."""
     config = preset(preset_name).replace(param_dtype=dtype, dtype=dtype)
     peak = ceilings.matmul_peak(config.jnp_dtype)
     bandwidth = ceilings.read_bandwidth()
@@ -78,21 +82,29 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
         row["roofline_tokens_per_s"] = b / ideal
         row["roofline_fraction"] = ideal / row["decode_step_s"]
         rows.append(row)
-    return {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
-            "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
-            "kernels": rows[0]["kernels"] if rows else None, "races": race.DECISIONS[first_decision:]}
+    result = {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
+              "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
+              "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
+              "kernels": rows[0]["kernels"] if rows else None}
+    if long_context is not None:
+        result["long_context"] = long_case.run(config, params, long_context)
+    result["races"] = race.DECISIONS[first_decision:]
+    return result
 
 
 def describe(r: dict) -> str:
     lines = [f"sampler  preset={r['preset']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}) on {r['device']}",
-             f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;"
-             f"  peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
+             (f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;  " if r["batches"] else "  ")
+             + f"peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
              f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
-             *("  " + line for line in race.summary(r["races"])),
-             f"  {'batch':>5} {'decode tok/s':>13} {'roofline tok/s':>15} {'of roofline':>12} {'prefill tok/s':>14}"]
+             *("  " + line for line in race.summary(r["races"]))]
+    if r["batches"]:
+        lines.append(f"  {'batch':>5} {'decode tok/s':>13} {'roofline tok/s':>15} {'of roofline':>12}"
+                     f" {'prefill tok/s':>14}")
     for row in r["batches"]:
         lines.append(f"  {row['batch']:>5} {row['decode_tokens_per_s']:>13.0f} {row['roofline_tokens_per_s']:>15.0f}"
                      f" {100 * row['roofline_fraction']:>11.1f}% {row['prefill_tokens_per_s']:>14.0f}")
+    if "long_context" in r:
+        lines += long_case.describe(r["long_context"])
     return "\n".join(lines)
 
