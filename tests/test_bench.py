@@ -54,7 +54,10 @@ def test_cache_read_model_counts_what_each_implementation_reads():
 
 def test_bench_sampler_long_context_compares_dense_and_paged_on_mixed_lengths():
     case = long_context.Case(max_len=512, groups=3, samples=2, slots=4, prompt_len=8, chunk=16, page_size=16)
-    r = sampler.run("test", batches=(), long_context=case)
+    r = sampler.run("test", batches=(4,), prompt_len=8, new_tokens=16, chunk=8, paged_batches=(4,), page_size=8,
+                    long_context=case)
+    row = r["batches"][0]  # the batch row on both caches
+    assert row["paged"]["decode_tokens_per_s"] > 0 and row["paged"]["kernels"]["decode_attention"] == "xla-paged"
     lc = json.loads(json.dumps(r))["long_context"]  # what --json records
     budgets = lc["budgets"]
     assert len(budgets) == 3 and all(512 // 8 <= b <= 512 - 8 for b in budgets) and len(set(budgets)) > 1
@@ -76,7 +79,7 @@ def test_bench_sampler_long_context_compares_dense_and_paged_on_mixed_lengths():
     assert paged["pool_pages"] == 4 * 512 // 16 and 0 < paged["peak_pages"] < paged["pool_pages"]
     assert paged["peak_cache_bytes"] == paged["peak_pages"] * 16 * per_position < lc["dense"]["cache_bytes"]
     text = sampler.describe(r)
-    assert "long context: max_len 512" in text and "cache bytes/token" in text and "peak" in text
+    assert "paged decode tok/s" in text and "long context: max_len 512" in text and "cache bytes/token" in text and "peak" in text
 
 
 def test_bench_verifier_times_math_and_sandboxed_code():
