@@ -72,14 +72,15 @@ def test_bench_sampler_long_context_compares_dense_and_paged_on_mixed_lengths():
     assert lc["dense"]["decode_steps"] == lc["paged"]["decode_steps"]  # the same admissions and chunks
     per_position = cache_reads.bytes_per_position(preset("test"))
     dense_xla = lc["dense"]["modelled_cache_bytes_per_token"]["xla"] * lc["dense"]["tokens"]
-    assert dense_xla == lc["dense"]["decode_steps"] * 4 * 512 * per_position
+    assert dense_xla == pytest.approx(lc["dense"]["decode_steps"] * 4 * 512 * per_position, rel=1e-12)
     assert lc["read_ratio"] == lc["dense"]["cache_bytes_per_token"] / lc["paged"]["cache_bytes_per_token"]
     assert lc["paged"]["modelled_cache_bytes_per_token"]["xla-paged"] < dense_xla / lc["dense"]["tokens"]
     paged = lc["paged"]
     assert paged["pool_pages"] == 4 * 512 // 16 and 0 < paged["peak_pages"] < paged["pool_pages"]
     assert paged["peak_cache_bytes"] == paged["peak_pages"] * 16 * per_position < lc["dense"]["cache_bytes"]
     text = sampler.describe(r)
-    assert "paged decode tok/s" in text and "long context: max_len 512" in text and "cache bytes/token" in text and "peak" in text
+    assert "paged decode tok/s" in text and "long context: max_len 512" in text
+    assert "cache bytes/token" in text and "peak" in text
 
 
 def test_bench_verifier_times_math_and_sandboxed_code():
