@@ -151,7 +151,7 @@ def describe(r: dict) -> list[str]:
              f"  {'cache held':>22} {mb(d['cache_bytes']):>18} {mb(p['peak_cache_bytes']):>18}"
              f" {p['peak_cache_bytes'] / d['cache_bytes']:>11.3f}x  (peak {p['peak_pages']} of {p['pool_pages']}"
              f" pages)",
-             f"  modelled bytes/token on the paged run's schedule: " + ", ".join(
+             "  modelled bytes/token on the paged run's schedule: " + ", ".join(
                  f"{name} {v:.0f}" for name, v in p["modelled_cache_bytes_per_token"].items()),
              f"  {r['identical_completions']} of {r['completions']} completions token-identical across the engines"]
     return lines
