@@ -4,6 +4,9 @@ The workload is the peers': 64-token prompts, 192 new tokens, temperature 1, at 
 batch sizes. The roofline of a decode step is the larger of (weights + KV cache bytes) /
 read bandwidth and FLOPs / matmul peak, both measured in the same run; the reported
 fraction is roofline time / measured step time (1.0 = at the machine's limit).
+
+With a ``long_context`` case (``long_context.py``) it also runs mixed completion lengths
+at a long ``max_len`` through the generator, dense and paged cache side by side.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import jax
 import numpy as np
 
 from magjax.backends import race
-from magjax.bench import ceilings
+from magjax.bench import ceilings, long_context as long_case
 from magjax.models import decoder, preset
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
+from magjax.sampling.pages import PagePool
 
 
 def decode_roofline_s(config, batch: int, context: int, bandwidth: float, peak: float) -> float:
@@ -30,25 +34,36 @@ def decode_roofline_s(config, batch: int, context: int, bandwidth: float, peak: 
     return max((weight_bytes + kv_bytes) / bandwidth, flops / peak)
 
 
-def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int) -> dict:
+def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0) -> dict:
+    """Prefill then decode ``batch`` sequences on one engine; ``page_size`` > 0: the paged
+    cache (each slot given the pages of its whole sequence up front, so the page table is
+    the same in every call)."""
     engine = Engine(config, EngineConfig(slots=batch, max_len=prompt_len + new_tokens + 1,
-                                         prompt_buckets=(prompt_len,), chunk_steps=chunk),
+                                         prompt_buckets=(prompt_len,), chunk_steps=chunk, page_size=page_size),
                     SamplingConfig(temperature=1.0), eos_id=config.vocab_size)  # never emitted
     params = engine.prepare(params)
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, config.vocab_size, (batch, prompt_len)).tolist()
+    table_bn = None
+    if page_size:
+        pool = PagePool(engine.config.pool_pages, page_size, batch, engine.config.max_len)
+        for b in range(batch):
+            pool.admit([b], prompt_len, engine.config.max_len)
+        table_bn = pool.table_bn
+    rows = (lambda b: (table_bn[[b]],)) if page_size else (lambda b: ())  # noqa: E731
+    table = (table_bn,) if page_size else ()
 
     def one_pass():
         state = engine.init_state()
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for b, p in enumerate(prompts):
-            state, _ = engine.prefill(params, state, p, [b], b, [0], new_tokens)
+            state, _ = engine.prefill(params, state, p, [b], b, [0], new_tokens, *rows(b))
         jax.block_until_ready(state)
         t1 = time.perf_counter()
         steps = 0
         while True:
-            state, out = engine.decode(params, state)
+            state, out = engine.decode(params, state, *table)
             steps += out.steps
             if out.steps < chunk or not out.finish_b.size or (out.finish_b != 0).all():
                 break
@@ -65,7 +80,10 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
 
 
 def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt_len: int = 64,
-        new_tokens: int = 192, chunk: int = 64) -> dict:
+        new_tokens: int = 192, chunk: int = 64, paged_batches=(16,), page_size: int = 64,
+        long_context: long_case.Case | None = None) -> dict:
+    """The batches' rows (those in ``paged_batches`` also on the paged cache in pages of
+    ``page_size``), and the long-context case when one is given (None: skipped)."""
     config = preset(preset_name).replace(param_dtype=dtype, dtype=dtype)
     peak = ceilings.matmul_peak(config.jnp_dtype)
     bandwidth = ceilings.read_bandwidth()
@@ -77,22 +95,39 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
         ideal = decode_roofline_s(config, b, prompt_len + new_tokens // 2, bandwidth, peak)
         row["roofline_tokens_per_s"] = b / ideal
         row["roofline_fraction"] = ideal / row["decode_step_s"]
+        if b in paged_batches:
+            paged = run_batch(config, params, b, prompt_len, new_tokens, chunk, page_size)
+            row["paged"] = {k: paged[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_step_s",
+                                                  "kernels")}
         rows.append(row)
-    return {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
-            "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
-            "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
-            "kernels": rows[0]["kernels"] if rows else None, "races": race.DECISIONS[first_decision:]}
+    result = {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
+              "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
+              "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
+              "kernels": rows[0]["kernels"] if rows else None}
+    if long_context is not None:
+        result["long_context"] = long_case.run(config, params, long_context)
+    result["races"] = race.DECISIONS[first_decision:]
+    return result
 
 
 def describe(r: dict) -> str:
     lines = [f"sampler  preset={r['preset']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}) on {r['device']}",
-             f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;"
-             f"  peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
+             (f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;  " if r["batches"] else "  ")
+             + f"peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
              f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
-             *("  " + line for line in race.summary(r["races"])),
-             f"  {'batch':>5} {'decode tok/s':>13} {'roofline tok/s':>15} {'of roofline':>12} {'prefill tok/s':>14}"]
+             *("  " + line for line in race.summary(r["races"]))]
+    if r["batches"]:
+        lines.append(f"  {'batch':>5} {'decode tok/s':>13} {'roofline tok/s':>15} {'of roofline':>12}"
+                     f" {'prefill tok/s':>14}" + (f" {'paged decode tok/s':>19}" if any(
+                         "paged" in row for row in r["batches"]) else ""))
     for row in r["batches"]:
+        paged = ""
+        if "paged" in row:
+            tokens_per_s = row["paged"]["decode_tokens_per_s"]
+            paged = f" {tokens_per_s:>10.0f} ({tokens_per_s / row['decode_tokens_per_s']:.2f}x)"
         lines.append(f"  {row['batch']:>5} {row['decode_tokens_per_s']:>13.0f} {row['roofline_tokens_per_s']:>15.0f}"
-                     f" {100 * row['roofline_fraction']:>11.1f}% {row['prefill_tokens_per_s']:>14.0f}")
+                     f" {100 * row['roofline_fraction']:>11.1f}% {row['prefill_tokens_per_s']:>14.0f}{paged}")
+    if "long_context" in r:
+        lines += long_case.describe(r["long_context"])
     return "\n".join(lines)
 

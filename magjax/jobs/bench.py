@@ -15,6 +15,11 @@ def add_arguments(p) -> None:
     p.add_argument("--json", help="also write the result as JSON to this path")
     p.add_argument("--steps", type=int, default=12,
                    help="pipeline: batches per mode (those that compile the train step are untimed)")
+    p.add_argument("--cases", default="all", choices=("all", "batches", "long-context"),
+                   help="sampler: the batch sizes' rows, the long-context case (mixed lengths, dense and "
+                        "paged cache), or both")
+    p.add_argument("--max-len", type=int, default=2048, help="sampler: the long-context case's max_len")
+    p.add_argument("--page-size", type=int, default=64, help="sampler: the long-context case's page size")
 
 
 def main(args, bindings: list[str]) -> int:
@@ -23,7 +28,13 @@ def main(args, bindings: list[str]) -> int:
 
         simulated_cpu_devices()
     bench = importlib.import_module(f"magjax.bench.{args.what}")
-    if args.what in ("train", "sampler"):
+    if args.what == "sampler":
+        from magjax.bench.long_context import Case
+
+        only_long = {"batches": ()} if args.cases == "long-context" else {}
+        case = None if args.cases == "batches" else Case(max_len=args.max_len, page_size=args.page_size)
+        result = bench.run(args.preset, dtype=args.dtype, long_context=case, **only_long)
+    elif args.what == "train":
         result = bench.run(args.preset, dtype=args.dtype)
     elif args.what == "accelerator":
         result = bench.run(args.preset)
