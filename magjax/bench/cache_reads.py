@@ -21,18 +21,17 @@ def bytes_per_position(config) -> int:
 
 def positions_read(implementation: str, lo_b, hi_b, active_b, *, max_len: int, page_size: int = 0) -> int:
     """Cache positions one layer's decode attention reads in one step (each position: a
-    key and a value per KV head), for slots attending to [lo_b, hi_b) (the engine's
-    ranges: hi = the slot's length + 1, idle slots included with their stale lengths),
-    ``active_b`` the slots generating in that step.
+    key and a value per KV head), for slots attending to [lo_b, hi_b) (hi = the slot's
+    length + 1), ``active_b`` the slots generating in that step: the engine hands every
+    other slot an empty range.
 
     * ``"xla"`` (the CPU layout's masked broadcast product): every slot's whole
       ``max_len`` cache, active or not.
-    * ``"native"`` (the CPU kernel): each slot's positions [lo, hi) clamped to the cache.
-      Idle slots too: the kernel is handed their stale range (a finished slot's whole
-      sequence) and reads it; only an empty range reads nothing.
+    * ``"native"`` (the CPU kernel): each active slot's positions [lo, hi) clamped to
+      the cache.
     * ``"xla-blockwise"`` (the accelerators' token-major cache): blocks of
       ``decode_blockwise.BLOCK`` positions (at most ``max_len``) up to the furthest
-      ``hi`` of any slot, idle ones included, for every slot.
+      ``hi`` of any active slot, for every slot.
     * ``"xla-paged"``: the pages meeting [lo, hi) of each active slot (idle slots read
       nothing), whole pages, gathered ``paged.BLOCK_POSITIONS // page_size`` pages at a
       time; the last group is gathered whole even where the work list runs out.
@@ -42,10 +41,10 @@ def positions_read(implementation: str, lo_b, hi_b, active_b, *, max_len: int, p
     if implementation == "xla":
         return slots * max_len
     if implementation == "native":
-        return int(np.maximum(np.clip(hi_b, 0, max_len) - np.clip(lo_b, 0, max_len), 0).sum())
+        return int(np.where(active_b, np.maximum(np.clip(hi_b, 0, max_len) - np.clip(lo_b, 0, max_len), 0), 0).sum())
     if implementation == "xla-blockwise":
         block = min(decode_blockwise.BLOCK, max_len)
-        return slots * -(-int(hi_b.max()) // block) * block
+        return slots * -(-int(np.where(active_b, hi_b, 0).max(initial=0)) // block) * block
     if implementation == "xla-paged":
         if page_size < 1:
             raise ValueError(f"the paged read model needs a positive page_size, got {page_size}")
