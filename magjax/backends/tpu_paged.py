@@ -29,6 +29,9 @@ from jax.sharding import PartitionSpec
 from magjax import sharding as shd
 
 BLOCK_POSITIONS = 512  # cache positions per kernel block (block_pages x page_size)
+# Chips whose two TensorCores one device drives as one (megacore): the kernel splits its
+# kv heads (or slots) between them. Elsewhere it must not, or it may hang.
+MEGACORE_KINDS = ("TPU v4", "TPU v5", "TPU v5p")
 
 
 class PagedTPU:
@@ -44,6 +47,14 @@ class PagedTPU:
 
     def shapes(self, pages: int, page_size: int, kv: int, e: int):
         return (kv, pages, page_size, e), (kv, pages, page_size, e)
+
+    def megacore_mode(self, kv_heads: int, slots: int) -> str | None:
+        """How the kernel splits its work over a megacore chip's two cores (per device:
+        ``kv_heads`` and ``slots`` are one shard's), or None on one-core chips."""
+        kind = next(iter(self.mesh.devices.flat)).device_kind if self.mesh is not None else jax.devices()[0].device_kind
+        if kind not in MEGACORE_KINDS:
+            return None
+        return "kv_head" if kv_heads % 2 == 0 else "batch" if slots % 2 == 0 else None
 
     def block_pages(self, page_size: int, pages_per_slot: int) -> int:
         """Pages per kernel block: about ``block_positions`` positions, no more than a slot holds."""
@@ -114,7 +125,8 @@ class PagedTPU:
             k_pool = scatter_positions(k_pool, page_b1, offset_b1, k_bke[:, None])
             v_pool = scatter_positions(v_pool, page_b1, offset_b1, v_bke[:, None])
             lengths_b = jnp.where(at_b >= 0, hi_b, 0).astype(jnp.int32)  # an idle slot reads nothing
-            out_bhe = attend(q_bhe, k_pool, v_pool, lengths_b, table_bn, block)
+            megacore = self.megacore_mode(k_pool.shape[0], q_bhe.shape[0])
+            out_bhe = attend(q_bhe, k_pool, v_pool, lengths_b, table_bn, block, megacore)
             return out_bhe, k_pool, v_pool
 
         run = self._per_device(local, k_pool.shape,
@@ -154,7 +166,7 @@ def scatter_positions(pool_kpse, page_bt, offset_bt, x_btke):
         x_kne.reshape(kv * b * t, e).astype(pool_kpse.dtype), mode="drop")
 
 
-def attend(q_bhe, k_pool, v_pool, lengths_b, table_bn, block_pages: int):
+def attend(q_bhe, k_pool, v_pool, lengths_b, table_bn, block_pages: int, megacore_mode: str | None = None):
     """The kernel on this device's slots and pool: each slot's query against its
     positions [0, length) held in the pages of its (shard-relative) table row. Table
     entries past a slot's pages are clamped into the pool: only blocks below the length
@@ -169,7 +181,7 @@ def attend(q_bhe, k_pool, v_pool, lengths_b, table_bn, block_pages: int):
     dtype, e = q_bhe.dtype, q_bhe.shape[-1]
     q_bhe = (q_bhe * jnp.asarray(1 / math.sqrt(e), dtype)).astype(k_pool.dtype)  # the kernel does not scale
     out_bhe = paged_attention(q_bhe, k_pool, v_pool, lengths_b, table_bn.astype(jnp.int32),
-                              pages_per_compute_block=block_pages)
+                              pages_per_compute_block=block_pages, megacore_mode=megacore_mode)
     # The kernel leaves an empty slot's output unwritten.
     return jnp.where((lengths_b > 0)[:, None, None], out_bhe, 0).astype(dtype)
 
