@@ -84,8 +84,11 @@ def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
         devices, why = DEFAULT_DEVICES, "assumed: neither the mesh file nor --devices says"
     data, fsdp, _ = recipe.trainer_mesh.resolve(devices)
     packing = recipe.packing.for_mesh(data * fsdp)
+    engine = recipe.engine
+    # A paged cache holds its pool's positions, however many slots share them.
+    per_slot = engine.pool_pages * engine.page_size // engine.slots if engine.paged else engine.max_len
     plan = make_plan(recipe.model, recipe.trainer_mesh, devices, rows=packing.rows,
-                     row_len=recipe.packing.row_len, slots=recipe.engine.slots, max_len=recipe.engine.max_len,
+                     row_len=recipe.packing.row_len, slots=engine.slots, max_len=per_slot,
                      device_memory_gb=args.device_memory_gb)
     print("ESTIMATE (a hand formula, not what XLA allocates; compile for the slice with --topology and libtpu: "
           f"{INSTALL_HINT})")
