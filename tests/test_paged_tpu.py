@@ -19,8 +19,8 @@ SLOTS, KV, H, E, PAGE, MAX_LEN, PAGES = 4, 4, 8, 128, 16, 64, 20
 
 def _placed(cache, mesh, dtype):
     k_shape, v_shape = cache.shapes(PAGES, PAGE, KV, E)
-    put = lambda shape, axes: jax.device_put(jnp.zeros(shape, dtype), shd.named_sharding(axes, shape, mesh))  # noqa: E731
-    return put(k_shape, cache.k_axes), put(v_shape, cache.v_axes)
+    return tuple(jax.device_put(jnp.zeros(shape, dtype), shd.named_sharding(axes, shape, mesh))
+                 for shape, axes in ((k_shape, cache.k_axes), (v_shape, cache.v_axes)))
 
 
 def test_the_kernel_writes_and_attends_as_the_portable_paged_cache(mesh_2x4):

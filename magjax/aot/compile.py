@@ -176,7 +176,8 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
         FunctionMemory("sampler", "prefill", f"1 prompt of {bucket} tokens into {g} of {engine_config.slots} slots, "
                        f"{cache}"), engine._prefill, prefill_args, gmesh)[0])
     functions.append(compile_function(
-        FunctionMemory("sampler", "decode", f"{engine_config.chunk_steps} steps x {engine_config.slots} slots, {cache}"),
+        FunctionMemory("sampler", "decode",
+                       f"{engine_config.chunk_steps} steps x {engine_config.slots} slots, {cache}"),
         engine._decode, (weights, decode_state, *table(engine_config.slots)), gmesh)[0])
     pool = abstract.per_chip_bytes((decode_state.k_cache, decode_state.v_cache))
     return Compilation(functions, abstract.per_chip_bytes(state), abstract.per_chip_bytes(batch),
