@@ -114,7 +114,7 @@ class PagedTPU:
         then attends each slot's query to its positions [0, hi_b) (idle slots: zeros).
         ``lo_b`` must be 0: windowed models use the portable paged cache."""
         del lo_b  # no window here: every slot attends from position 0
-        kv, pages, page_size, e = k_pool.shape
+        page_size = k_pool.shape[2]
         block = self.block_pages(page_size, table_bn.shape[1])
 
         def local(first, q_bhe, k_bke, v_bke, k_pool, v_pool, hi_b, at_b, table_bn):
