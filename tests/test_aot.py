@@ -218,3 +218,118 @@ def test_a_hosts_sampler_compiles_for_chips_numbered_from_zero(placement, per_ho
     assert sorted(d.id for d in chips) == list(range(per_host))
     assert {d.device_kind for d in chips} == {devices[0].device_kind}
     assert placed.trainer.devices.size == (16 if placement == "colocated" else 16 - 2 * slice_.hosts)
+
+
+# ---------------------------------------------------------------- the paged cache (libtpu)
+
+# The tiny model's shape with the head dim the Pallas paged attention kernel takes (128
+# lanes; tiny's own 64 takes the portable paged cache), paged: 2,048 pages of 16 positions,
+# split over the sampler's 4 fsdp shards (one host, colocated): 32 MiB of float32 keys and
+# values per chip, far above what a decode step's activations need.
+PAGED_MODEL = ["Recipe.model=@ModelConfig()", "ModelConfig.family='mistral'", "ModelConfig.vocab_size=256",
+               "ModelConfig.hidden_size=256", "ModelConfig.num_layers=2", "ModelConfig.num_heads=4",
+               "ModelConfig.num_kv_heads=2", "ModelConfig.head_dim=128", "ModelConfig.intermediate_size=512"]
+PAGED = ["--gin_file", "experiments/demo_cpu.gin", "--gin.RunConfig.placement='colocated'",
+         *(f"--gin.{b}" for b in [*SMALL, *PAGED_MODEL, "EngineConfig.page_size=16", "EngineConfig.pages=2048"])]
+
+
+@pytest.fixture(scope="module")
+def tiny_paged(tmp_path_factory):
+    """``magjax plan --topology v5p:2x2x1 --json`` on that model with the paged cache."""
+    import contextlib
+    import io
+
+    from magjax.cli import main
+
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["plan", *PAGED, "--topology", "v5p:2x2x1", "--json", str(path)])
+    return status, out.getvalue(), json.loads(path.read_text())
+
+
+@needs_libtpu
+def test_the_paged_sampler_compiles_with_the_kernel_and_no_pool_sized_temporaries(tiny_paged):
+    status, text, d = tiny_paged
+    assert status == 0 and d["fits"], text
+    kv = d["kv_cache"]
+    assert kv["paged"] and kv["decode_attention"] == "tpu-paged"
+    # 2 layers x (keys, values) x 2 kv heads x 128 x 4 bytes a position; 2,048 x 16
+    # positions over 4 page shards.
+    per_position = 2 * 2 * 2 * 128 * 4
+    assert kv["page_shards"] == 4 and kv["positions_per_chip"] == 2048 * 16 // 4
+    assert kv["pool_bytes_per_chip"] == kv["positions_per_chip"] * per_position == 32 << 20
+    assert kv["bytes_per_position_per_chip"] == per_position
+    funcs = {f["function"]: f for f in d["functions"]}
+    for name in ("prefill", "decode"):
+        f = funcs[name]
+        assert f["compiled"] and "a pool of 2048 pages x 16" in f["shape"]
+        # The pool is donated and updated in place: written into its own buffers...
+        assert f["alias_bytes"] >= kv["pool_bytes_per_chip"] and f["argument_bytes"] >= kv["pool_bytes_per_chip"]
+        # ...and no step writes, lays out or reads it through a copy: a copy of even one
+        # layer's keys would take 8 MiB of temporaries.
+        assert f["temp_bytes"] < kv["pool_bytes_per_chip"] // 4, (name, f["temp_bytes"])
+
+
+@needs_libtpu
+def test_the_plan_says_how_many_sequences_the_pool_holds(tiny_paged):
+    from magjax.aot import kv_pool
+    from magjax.aot.report import Report
+
+    _, text, d = tiny_paged
+    kv = d["kv_cache"]
+    # One host: one generator process keeps all n_async (16) in flight, 4 per page shard.
+    assert kv["processes"] == 1 and kv["in_flight_per_chip"] == 16 // 4 and kv["slots_per_chip"] == 4
+    # The assumed average: half the 64-token bucket + 9/16 of the demo's 96 new tokens = 86
+    # tokens, 6 pages of 16; max_len 128 is 8 pages. 512 pages per chip.
+    assert kv["average_len"] == 32 + 54 and kv["max_new_tokens"] == 96 and kv["stage"] == "run"
+    assert kv["average_len_held_per_chip"] == 512 // 6 and kv["max_len_held_per_chip"] == 512 // 8
+    assert kv["holds_in_flight"] and kv["average_len_source"].startswith("assumed:")
+    assert kv_pool.ASSUMPTION in kv["average_len_source"]
+    assert "KV cache per generator chip: paged (tpu-paged): 2,048 pages x 16 positions" in text
+    assert "holds 85 sequences of average length 86" in text and "64 of max_len 128" in text
+    assert "4 in flight (n_async over 1 process(es)): holds" in text and "DOES NOT HOLD" not in text
+    report = Report.from_dict(d)
+    assert report.to_dict() == d and report.describe() == text.rstrip("\n")
+
+
+def test_a_pool_too_small_for_the_flight_is_said_so():
+    """The curriculum's stage with the most positions in flight sets the need: a recipe
+    whose pool holds fewer of its sequences than it keeps in flight is flagged."""
+    from magjax.aot import kv_pool
+    from magjax.data.curriculum import Stage
+    from magjax.loop import RunConfig
+    from magjax.rewards.reward import RewardConfig
+    from magjax.sampling.engine import EngineConfig
+
+    run = RunConfig(group_size=4, n_batch=16, n_async=16, max_new_tokens=64,
+                    stages=(Stage(start_step=1), Stage(start_step=5, max_new_tokens=192, n_async=8)))
+    engine = EngineConfig(slots=16, max_len=256, prompt_buckets=(32,), page_size=16, pages=64)
+    reward = RewardConfig(l_max=64, l_cache=16)
+    stages = kv_pool.stages(run, reward, engine, processes=2)
+    assert [(s.name, s.in_flight, s.average_len) for s in stages] == [("stage 1", 8, 16 + 36), ("stage 2", 4, 16 + 108)]
+    d = kv_pool.report(engine, processes=2, page_shards=1, pool_bytes=1 << 20, decode_attention="tpu-paged",
+                       run=run, reward=reward)
+    # Stage 1: 8 x 52 positions in flight (4 pages each); stage 2: 4 x 124 (8 pages each), more.
+    assert d["stage"] == "stage 2" and d["in_flight_per_chip"] == 4 and d["max_new_tokens"] == 192
+    assert d["average_len_held_per_chip"] == 64 // 8 and d["max_len_held_per_chip"] == 64 // 16
+    assert d["holds_in_flight"]
+    d = kv_pool.report(dataclasses.replace(engine, pages=24), processes=2, page_shards=1, pool_bytes=1 << 20,
+                       decode_attention="tpu-paged", run=run, reward=reward)
+    assert d["average_len_held_per_chip"] == 3 and not d["holds_in_flight"]
+    assert "DOES NOT HOLD" in "\n".join(kv_pool.describe(d, str))
+
+
+@needs_libtpu
+@pytest.mark.parametrize("change, picked", [
+    ({}, "tpu-paged"), ({"sliding_window": 64}, "xla-paged"), ({"head_dim": 64}, "xla-paged")])
+def test_the_tpu_sampler_takes_the_kernel_where_it_applies(change, picked):
+    from magjax import backends
+    from magjax.mesh import MeshConfig, make_mesh
+    from magjax.models import preset
+
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, model=4), list(topology.devices(parse_slice("v5p:2x2x1"))))
+    config = preset("tiny").replace(**{"head_dim": 128, **change})
+    ops = backends.sampler(config, mesh, slots=16, max_len=128, page_size=16)
+    assert ops.implementations["decode_attention"] == picked == ops.cache.name
+    assert backends.sampler(config, mesh, slots=16, max_len=128).implementations["decode_attention"] == "xla-blockwise"

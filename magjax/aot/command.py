@@ -16,7 +16,7 @@ import sys
 import jax
 
 from magjax import config
-from magjax.aot import abstract, recipe as recipe_lib, topology
+from magjax.aot import abstract, kv_pool, recipe as recipe_lib, topology
 from magjax.aot.topology import INSTALL_HINT
 
 DEFAULT_DEVICES = 8  # a mesh file that says nothing, and no --devices: the CPU demo's count
@@ -65,7 +65,10 @@ def compile_report(recipe, slice_: topology.Slice):
         sampler_weights_bytes=result.sampler_weights_bytes, kv_cache_bytes=result.kv_cache_bytes,
         microbatches=result.microbatches, tokens_per_step=tokens,
         model_flops_per_step=tokens * model_flops_per_token(model, recipe.packing.row_len),
-        notes=_moment_note(result.train_state, next(f for f in result.functions if f.function == "init_state")))
+        notes=_moment_note(result.train_state, next(f for f in result.functions if f.function == "init_state")),
+        kv_cache=kv_pool.report(recipe.engine, processes=slice_.hosts, page_shards=result.page_shards,
+                                pool_bytes=result.kv_pool_bytes, decode_attention=result.decode_attention,
+                                run=recipe.run, reward=recipe.reward))
 
 
 def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
@@ -81,8 +84,11 @@ def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
         devices, why = DEFAULT_DEVICES, "assumed: neither the mesh file nor --devices says"
     data, fsdp, _ = recipe.trainer_mesh.resolve(devices)
     packing = recipe.packing.for_mesh(data * fsdp)
+    engine = recipe.engine
+    # A paged cache holds its pool's positions, however many slots share them.
+    per_slot = engine.pool_pages * engine.page_size // engine.slots if engine.paged else engine.max_len
     plan = make_plan(recipe.model, recipe.trainer_mesh, devices, rows=packing.rows,
-                     row_len=recipe.packing.row_len, slots=recipe.engine.slots, max_len=recipe.engine.max_len,
+                     row_len=recipe.packing.row_len, slots=engine.slots, max_len=per_slot,
                      device_memory_gb=args.device_memory_gb)
     print("ESTIMATE (a hand formula, not what XLA allocates; compile for the slice with --topology and libtpu: "
           f"{INSTALL_HINT})")

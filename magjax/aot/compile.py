@@ -5,8 +5,9 @@ The functions, as a run builds them: the train step (``train_step.make_train_ste
 experiment's microbatch shape; the weight publication, the trainer's parameters turned into
 the sampler's layout (``Engine.prepare``, from wherever the trainer's arrays arrive); the
 sampler's prefill at its largest prompt bucket and its decode chunk, at the experiment's
-slots and ``max_len``. A program that cannot fit fails to compile with
-RESOURCE_EXHAUSTED and the bytes it needed: that is recorded as a measurement, not raised.
+slots and ``max_len`` (and its page pool and page tables, when the cache is paged). A
+program that cannot fit fails to compile with RESOURCE_EXHAUSTED and the bytes it needed:
+that is recorded as a measurement, not raised.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class Compilation:
     microbatches: int
     rows: int  # per microbatch, all chips (from the token budget, where the recipe sets one)
     train_state: object  # the abstract TrainState, with its shardings
+    kv_pool_bytes: int = 0  # per chip: the keys and values alone (every layer's pool or slots)
+    decode_attention: str = ""  # the implementation the backend picked (e.g. tpu-paged)
+    page_shards: int = 1  # parts the pool's pages are split into (data-parallel shards of the sampler's mesh)
 
 
 def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilation:
@@ -163,13 +167,19 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     g, bucket = recipe.run.group_size, engine_config.prompt_buckets[-1]
     i32 = lambda shape=(): abstract.scalar(gmesh, np.int32, shape)  # noqa: E731
     tokens = abstract.scalar(gmesh, np.int32, (1, bucket))
-    prefill_args = (weights, decode_state, tokens, i32(), i32((g,)), i32(), i32((g,)), i32())
+    # Paged: the page table rows of the prompt's G slots (prefill) and of every slot (decode).
+    table = lambda rows: (i32((rows, engine_config.pages_per_slot)),) if engine.paged else ()  # noqa: E731
+    prefill_args = (weights, decode_state, tokens, i32(), i32((g,)), i32(), i32((g,)), i32(), *table(g))
+    cache = (f"a pool of {engine_config.pool_pages} pages x {engine_config.page_size}" if engine.paged
+             else f"{engine_config.slots} slots x {engine_config.max_len}")
     functions.append(compile_function(
-        FunctionMemory("sampler", "prefill", f"1 prompt of {bucket} tokens into {g} of {engine_config.slots} slots x "
-                       f"{engine_config.max_len}"), engine._prefill, prefill_args, gmesh)[0])
+        FunctionMemory("sampler", "prefill", f"1 prompt of {bucket} tokens into {g} of {engine_config.slots} slots, "
+                       f"{cache}"), engine._prefill, prefill_args, gmesh)[0])
     functions.append(compile_function(
-        FunctionMemory("sampler", "decode", f"{engine_config.chunk_steps} steps x {engine_config.slots} slots x "
-                       f"{engine_config.max_len}"), engine._decode, (weights, decode_state), gmesh)[0])
+        FunctionMemory("sampler", "decode",
+                       f"{engine_config.chunk_steps} steps x {engine_config.slots} slots, {cache}"),
+        engine._decode, (weights, decode_state, *table(engine_config.slots)), gmesh)[0])
+    pool = abstract.per_chip_bytes((decode_state.k_cache, decode_state.v_cache))
     return Compilation(functions, abstract.per_chip_bytes(state), abstract.per_chip_bytes(batch),
                        abstract.per_chip_bytes(weights), abstract.per_chip_bytes(decode_state), m, packing.rows,
-                       state)
+                       state, pool, engine.implementations.get("decode_attention", ""), engine.page_shards)

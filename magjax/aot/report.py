@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from magjax.aot import kv_pool
 from magjax.aot.compile import FunctionMemory
 
 GIB = 1 << 30
@@ -59,6 +60,9 @@ class Report:
     tokens_per_step: int  # one train step (one minibatch), all chips
     model_flops_per_step: float  # in that step's matmuls and attention, all chips
     notes: list[str] = dataclasses.field(default_factory=list)  # what the figures reveal beyond fit
+    # The sampler's KV cache per generator chip: bytes, and the sequences it holds at the
+    # average and at max_len against those in flight (kv_pool.report).
+    kv_cache: dict | None = None
 
     def function(self, name: str) -> FunctionMemory:
         return next(f for f in self.functions if f.function == name)
@@ -172,6 +176,8 @@ class Report:
         lines.append(f"  breakdown (logical): trainer state {g(self.trainer_state_bytes)}, batch "
                      f"{g(self.batch_bytes)}, sampler weights {g(self.sampler_weights_bytes)}, KV cache and slots "
                      f"{g(self.kv_cache_bytes)} {unit}")
+        if self.kv_cache is not None:
+            lines += kv_pool.describe(self.kv_cache, lambda b: f"{g(b)} {unit}")
         lines.append(f"model FLOPs per train step: {self.model_flops_per_step:.3e} ({self.tokens_per_step:,} tokens, "
                      f"{self.microbatches} microbatches)")
         lines.append(f"compile time: {self.compile_s:.1f} s ({self.compile_cpu_s:.1f} s of CPU)")

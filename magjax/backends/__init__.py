@@ -2,7 +2,9 @@
 projections run, by backend:
 
 * TPU: Pallas splash attention under ``shard_map`` (``tpu.py``); the token-major cache
-  attended blockwise (``decode_blockwise.py``, head dim minor).
+  attended blockwise (``decode_blockwise.py``, head dim minor), or, paged, the Pallas
+  paged attention kernel under ``shard_map`` (``tpu_paged.py``; models with a sliding
+  window or a head dim off the kernel's 128 lanes take the portable paged cache).
 * GPU: ``jax.nn.dot_product_attention`` on cuDNN where it applies (``gpu.py``); the
   token-major cache attended blockwise.
 * CPU: magjax's native kernels where they are registered, apply and win a measured race
@@ -130,6 +132,10 @@ def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0) 
     pages of ``page_size`` positions when that is positive); on CPUs each raced, native
     against XLA, at these shapes."""
     if platform(mesh) != "cpu":
+        if page_size and platform(mesh) == "tpu" and config.sliding_window is None and config.head_dim % 128 == 0:
+            from magjax.backends import tpu_paged  # the Pallas paged attention kernel: no windows, 128-lane heads
+            cache = tpu_paged.PagedTPU(mesh)
+            return SamplerOps(xla.PROJECTIONS, cache, {"projections": "xla", "decode_attention": cache.name})
         if page_size:
             return SamplerOps(xla.PROJECTIONS, paged.Paged(mesh), {"projections": "xla", "decode_attention": "xla-paged"})
         from magjax.backends import decode_blockwise  # token-major, head dim minor (see there)
