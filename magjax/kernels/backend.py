@@ -8,7 +8,9 @@ each function here against XLA's at the real shapes (``magjax.backends.race``). 
 * ``PROJECTIONS``: the sampler's few-row products on weights packed into panels
   (``panel_matmul.cc``; q|k|v and gate|up packed together, so a layer is four calls);
 * ``CACHE``: the decode step's cache write and attention (``decode_attention.cc``) on the
-  CPU cache layout.
+  CPU cache layout;
+* ``PAGED_CACHE``: the same kernel on a paged cache (pools of pages laid out as the CPU
+  cache layout, read through the page table).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import os
 
 import jax.numpy as jnp
 
-from magjax.backends import xla
+from magjax import sharding as shd
+from magjax.backends import paged, xla
 from magjax.kernels import causal_attention, decode_attention, native, panels
 
 
@@ -113,11 +116,56 @@ class NativeCache(xla.KeysTransposed):
     name = "native"
 
     def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b):
-        b, _, h, e = q_b1he.shape
-        kv = k_cache.shape[1]
-        o_bkge, k_cache, v_cache = decode_attention.write_and_attend(
-            q_b1he.reshape(b, kv, h // kv, e), k_b1ke[:, 0], v_b1ke[:, 0], k_cache, v_cache, lo_b, hi_b, at_b)
-        return o_bkge.reshape(b, 1, h, e).astype(q_b1he.dtype), k_cache, v_cache
+        return _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b)
 
 
 CACHE = NativeCache()
+
+
+def _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn=None):
+    b, _, h, e = q_b1he.shape
+    kv = k_pool.shape[1]
+    o_bkge, k_pool, v_pool = decode_attention.write_and_attend(
+        q_b1he.reshape(b, kv, h // kv, e), k_b1ke[:, 0], v_b1ke[:, 0], k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
+    return o_bkge.reshape(b, 1, h, e).astype(q_b1he.dtype), k_pool, v_pool
+
+
+class NativePaged:
+    """The paged cache in the CPU cache layout, written and read by the native decode
+    attention: keys [pages, kv_heads, head_dim, page_size] (a page's positions last, so a
+    score block sweeps a row) and values [pages, kv_heads, page_size, head_dim]. The
+    interface of ``backends.paged.Paged``: a slot's positions [lo, hi) are read through its
+    page table row, each once, and nothing past them."""
+
+    name = "native-paged"
+    paged = True
+    page_axis = 0
+    k_axes = (shd.BATCH, shd.KV_HEADS, shd.HEAD_DIM, None)
+    v_axes = (shd.BATCH, shd.KV_HEADS, None, shd.HEAD_DIM)
+
+    def shapes(self, pages: int, page_size: int, kv: int, e: int):
+        return (pages, kv, e, page_size), (pages, kv, page_size, e)
+
+    def write_prompt(self, k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len):
+        """Positions [0, prompt_len) of the prompt's keys and values [1, p, k, e] into the
+        pages of each of the G table rows (shared pages receive the same values G times)."""
+        pages, page_size = k_pool.shape[0], k_pool.shape[-1]
+        g, p = table_gn.shape[0], k_1pke.shape[1]
+        positions_gp = jnp.broadcast_to(jnp.arange(p), (g, p))
+        at_gp = paged.position_index(table_gn, positions_gp, page_size, pages)
+        at_gp = jnp.where(positions_gp < prompt_len, at_gp, pages * page_size)  # the bucket's padding: nowhere
+        page_gp, offset_gp = at_gp // page_size, at_gp % page_size  # past the pool: page ``pages``, dropped
+        # Indices on axes 0 and 3 (keys) or 0 and 2 (values): the updates are [g, p, k, e].
+        put = lambda x: jnp.broadcast_to(x, (g, *x.shape[1:]))  # noqa: E731
+        return (k_pool.at[page_gp, :, :, offset_gp].set(put(k_1pke).astype(k_pool.dtype), mode="drop"),
+                v_pool.at[page_gp, :, offset_gp].set(put(v_1pke).astype(v_pool.dtype), mode="drop"))
+
+    def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):
+        """Writes each slot's new key and value at position ``at_b`` (nowhere when negative
+        or on no page), then attends each slot's query to its positions [lo_b, hi_b); a
+        slot that writes nothing is idle and reads nothing (zeros)."""
+        hi_b = jnp.where(at_b >= 0, hi_b, lo_b)
+        return _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
+
+
+PAGED_CACHE = NativePaged()
