@@ -23,6 +23,14 @@ def test_bench_sampler_reports_decode_prefill_and_roofline():
         assert line in sampler.describe(r)
 
 
+def test_bench_sampler_runs_the_paged_cache():
+    r = sampler.run("test", batches=(4,), prompt_len=8, new_tokens=16, chunk=8, page_size=8)
+    assert r["page_size"] == 8 and r["batches"][0]["decode_tokens_per_s"] > 0
+    assert r["batches"][0]["steps"] == 15  # every slot decoded its whole length through its pages
+    assert r["kernels"]["decode_attention"] == "xla-paged"  # head dim 8: the native kernel does not apply
+    assert "paged cache, pages of 8" in sampler.describe(r)
+
+
 def test_bench_verifier_times_math_and_sandboxed_code():
     # The bench runs code without a verdict cache: every timed run really runs.
     r = verifier.run(rounds=1)

@@ -80,24 +80,30 @@ def test_native_paged_decode_equals_the_xla_paged_cache(b, kv, g, e, page, n):
     assert np.abs(np.asarray(o)[:-1]).sum(axis=(1, 2, 3)).min() > 0  # every other slot read something
 
 
-def test_native_paged_prompt_write_equals_the_xla_paged_cache():
+@pytest.mark.parametrize("prompt_len", [37, 20])
+def test_native_paged_prompt_write_equals_the_xla_paged_cache(prompt_len):
     """A group's prompt into its slots' pages: the shared full pages, each slot's own last
-    partial page, the bucket's padding nowhere, rows without pages untouched."""
+    partial page (the rest of it untouched), the bucket's padding nowhere, and nothing on
+    entries past the pool (at 20 tokens the bucket's third page has none)."""
     assert native.load()
-    rng = np.random.default_rng(0)
-    pages, page, kv, e, prompt_len, bucket = 12, 16, 2, 32, 37, 48
+    rng = np.random.default_rng(prompt_len)
+    pages, page, kv, e, bucket = 12, 16, 2, 32, 48
     table = np.full((3, 4), pages, np.int32)
-    table[:, :2] = [5, 9]  # the prompt's two full pages, shared
-    table[:, 2] = [0, 3, 7]  # each sample's own page for the prompt's last 5 positions
+    if prompt_len > 32:
+        table[:, :2] = [5, 9]  # the prompt's two full pages, shared
+        table[:, 2] = [0, 3, 7]  # each sample's own page for the prompt's last 5 positions
+    else:
+        table[:, 0] = 5  # one full page shared
+        table[:, 1] = [0, 3, 7]  # each sample's own page for the last 4 positions; the third: none
     k_pske, v_pske = rng.standard_normal((2, pages, page, kv, e)).astype(np.float32)
     k_1pke, v_1pke = rng.standard_normal((2, 1, bucket, kv, e)).astype(np.float32)
     want_k, want_v = jax.jit(paged.Paged().write_prompt)(k_pske, v_pske, table, k_1pke, v_1pke, prompt_len)
+    assert not np.array_equal(np.asarray(want_k), k_pske)
     k_pool, v_pool = _native_pools(jnp.asarray(k_pske), jnp.asarray(v_pske))
     k2, v2 = jax.jit(backend.PAGED_CACHE.write_prompt)(k_pool, v_pool, table, k_1pke, v_1pke, prompt_len)
     want_k_native, want_v_native = _native_pools(want_k, want_v)
     np.testing.assert_array_equal(np.asarray(k2), np.asarray(want_k_native))
     np.testing.assert_array_equal(np.asarray(v2), np.asarray(want_v_native))
-    assert not np.array_equal(np.asarray(k2), np.asarray(k_pool))
 
 
 CONFIG = preset("test").replace(head_dim=16, sliding_window=12)

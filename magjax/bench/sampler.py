@@ -17,6 +17,7 @@ from magjax.backends import race
 from magjax.bench import ceilings
 from magjax.models import decoder, preset
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
+from magjax.sampling.pages import PagePool
 
 
 def decode_roofline_s(config, batch: int, context: int, bandwidth: float, peak: float) -> float:
@@ -30,9 +31,9 @@ def decode_roofline_s(config, batch: int, context: int, bandwidth: float, peak: 
     return max((weight_bytes + kv_bytes) / bandwidth, flops / peak)
 
 
-def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int) -> dict:
+def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0) -> dict:
     engine = Engine(config, EngineConfig(slots=batch, max_len=prompt_len + new_tokens + 1,
-                                         prompt_buckets=(prompt_len,), chunk_steps=chunk),
+                                         prompt_buckets=(prompt_len,), chunk_steps=chunk, page_size=page_size),
                     SamplingConfig(temperature=1.0), eos_id=config.vocab_size)  # never emitted
     params = engine.prepare(params)
     rng = np.random.default_rng(0)
@@ -40,15 +41,21 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
 
     def one_pass():
         state = engine.init_state()
+        # Paged: every slot holds the pages of its whole sequence from the start.
+        pool = PagePool(engine.config.pool_pages, page_size, batch, engine.config.max_len) if page_size else None
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for b, p in enumerate(prompts):
-            state, _ = engine.prefill(params, state, p, [b], b, [0], new_tokens)
+            rows = ()
+            if pool is not None:
+                pool.admit([b], prompt_len, engine.config.max_len)
+                rows = (pool.table_bn[[b]],)
+            state, _ = engine.prefill(params, state, p, [b], b, [0], new_tokens, *rows)
         jax.block_until_ready(state)
         t1 = time.perf_counter()
         steps = 0
         while True:
-            state, out = engine.decode(params, state)
+            state, out = engine.decode(params, state, *(() if pool is None else (pool.table_bn,)))
             steps += out.steps
             if out.steps < chunk or not out.finish_b.size or (out.finish_b != 0).all():
                 break
@@ -65,7 +72,7 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
 
 
 def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt_len: int = 64,
-        new_tokens: int = 192, chunk: int = 64) -> dict:
+        new_tokens: int = 192, chunk: int = 64, page_size: int = 0) -> dict:
     config = preset(preset_name).replace(param_dtype=dtype, dtype=dtype)
     peak = ceilings.matmul_peak(config.jnp_dtype)
     bandwidth = ceilings.read_bandwidth()
@@ -73,20 +80,21 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
     first_decision = len(race.DECISIONS)
     rows = []
     for b in batches:
-        row = run_batch(config, params, b, prompt_len, new_tokens, chunk)
+        row = run_batch(config, params, b, prompt_len, new_tokens, chunk, page_size)
         ideal = decode_roofline_s(config, b, prompt_len + new_tokens // 2, bandwidth, peak)
         row["roofline_tokens_per_s"] = b / ideal
         row["roofline_fraction"] = ideal / row["decode_step_s"]
         rows.append(row)
     return {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
-            "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens, "page_size": page_size,
             "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
             "kernels": rows[0]["kernels"] if rows else None, "races": race.DECISIONS[first_decision:]}
 
 
 def describe(r: dict) -> str:
     lines = [f"sampler  preset={r['preset']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}) on {r['device']}",
-             f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;"
+             f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1,"
+             f" {'paged cache, pages of ' + str(r['page_size']) if r.get('page_size') else 'dense cache'};"
              f"  peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
              f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
              *("  " + line for line in race.summary(r["races"])),

@@ -7,12 +7,16 @@ from __future__ import annotations
 import importlib
 import json
 
+from magjax.jobs.errors import JobError
+
 
 def add_arguments(p) -> None:
     p.add_argument("what", choices=("train", "sampler", "verifier", "pipeline", "accelerator"))
     p.add_argument("--preset", default="tiny", help="model preset (magjax.models.PRESETS)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--json", help="also write the result as JSON to this path")
+    p.add_argument("--page-size", type=int, default=0,
+                   help="sampler: a paged KV cache with pages of this many positions (0: the dense cache)")
     p.add_argument("--steps", type=int, default=12,
                    help="pipeline: batches per mode (those that compile the train step are untimed)")
 
@@ -22,8 +26,12 @@ def main(args, bindings: list[str]) -> int:
         from magjax.jobs.bindings import simulated_cpu_devices
 
         simulated_cpu_devices()
+    if args.page_size and args.what != "sampler":
+        raise JobError(f"--page-size applies to `magjax bench sampler` only, not {args.what}")
     bench = importlib.import_module(f"magjax.bench.{args.what}")
-    if args.what in ("train", "sampler"):
+    if args.what == "sampler":
+        result = bench.run(args.preset, dtype=args.dtype, page_size=args.page_size)
+    elif args.what == "train":
         result = bench.run(args.preset, dtype=args.dtype)
     elif args.what == "accelerator":
         result = bench.run(args.preset)

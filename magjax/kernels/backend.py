@@ -148,17 +148,27 @@ class NativePaged:
 
     def write_prompt(self, k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len):
         """Positions [0, prompt_len) of the prompt's keys and values [1, p, k, e] into the
-        pages of each of the G table rows (shared pages receive the same values G times)."""
-        pages, page_size = k_pool.shape[0], k_pool.shape[-1]
-        g, p = table_gn.shape[0], k_1pke.shape[1]
-        positions_gp = jnp.broadcast_to(jnp.arange(p), (g, p))
-        at_gp = paged.position_index(table_gn, positions_gp, page_size, pages)
-        at_gp = jnp.where(positions_gp < prompt_len, at_gp, pages * page_size)  # the bucket's padding: nowhere
-        page_gp, offset_gp = at_gp // page_size, at_gp % page_size  # past the pool: page ``pages``, dropped
-        # Indices on axes 0 and 3 (keys) or 0 and 2 (values): the updates are [g, p, k, e].
-        put = lambda x: jnp.broadcast_to(x, (g, *x.shape[1:]))  # noqa: E731
-        return (k_pool.at[page_gp, :, :, offset_gp].set(put(k_1pke).astype(k_pool.dtype), mode="drop"),
-                v_pool.at[page_gp, :, offset_gp].set(put(v_1pke).astype(v_pool.dtype), mode="drop"))
+        pages of each of the G table rows (shared pages receive the same values G times).
+
+        Whole pages at a time: each of the m pages the bucket spans is read, the prompt's
+        positions merged in (the rest of a partly filled page kept) and written back; a
+        per-position scatter into this layout is an element-wise loop on XLA:CPU."""
+        pages, page = k_pool.shape[0], k_pool.shape[-1]
+        p, kv, e = k_1pke.shape[1:]
+        m = min(-(-p // page), table_gn.shape[1])
+        page_gm = table_gn[:, :m]  # entries past the pool: their pages are dropped
+        pad = ((0, 0), (0, max(0, m * page - p)), (0, 0), (0, 0))
+        k_mske = jnp.pad(k_1pke, pad)[0, : m * page].reshape(m, page, kv, e)
+        v_mske = jnp.pad(v_1pke, pad)[0, : m * page].reshape(m, page, kv, e)
+        keep_ms = (jnp.arange(m * page) < prompt_len).reshape(m, page)  # the bucket's padding is not written
+
+        def put(pool, new_mxxx, keep_mxxx):
+            old_gmxxx = pool[jnp.clip(page_gm, 0, pages - 1)]
+            merged = jnp.where(keep_mxxx[None], new_mxxx[None].astype(pool.dtype), old_gmxxx)
+            return pool.at[page_gm].set(merged, mode="drop")
+
+        return (put(k_pool, jnp.transpose(k_mske, (0, 2, 3, 1)), keep_ms[:, None, None, :]),
+                put(v_pool, jnp.transpose(v_mske, (0, 2, 1, 3)), keep_ms[:, None, :, None]))
 
     def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):
         """Writes each slot's new key and value at position ``at_b`` (nowhere when negative
