@@ -150,25 +150,25 @@ class NativePaged:
         """Positions [0, prompt_len) of the prompt's keys and values [1, p, k, e] into the
         pages of each of the G table rows (shared pages receive the same values G times).
 
-        Whole pages at a time: each of the m pages the bucket spans is read, the prompt's
-        positions merged in (the rest of a partly filled page kept) and written back; a
-        per-position scatter into this layout is an element-wise loop on XLA:CPU."""
+        Whole pages at a time: each of the n pages of a table row the bucket spans is read,
+        the prompt's positions merged in (the rest of a partly filled page kept) and
+        written back; a per-position scatter into this layout is an element-wise loop on
+        XLA:CPU."""
         pages, page = k_pool.shape[0], k_pool.shape[-1]
         p, kv, e = k_1pke.shape[1:]
-        m = min(-(-p // page), table_gn.shape[1])
-        page_gm = table_gn[:, :m]  # entries past the pool: their pages are dropped
-        pad = ((0, 0), (0, max(0, m * page - p)), (0, 0), (0, 0))
-        k_mske = jnp.pad(k_1pke, pad)[0, : m * page].reshape(m, page, kv, e)
-        v_mske = jnp.pad(v_1pke, pad)[0, : m * page].reshape(m, page, kv, e)
-        keep_ms = (jnp.arange(m * page) < prompt_len).reshape(m, page)  # the bucket's padding is not written
+        n = min(-(-p // page), table_gn.shape[1])
+        page_gn = table_gn[:, :n]  # entries past the pool: their pages are dropped
+        pad = ((0, 0), (0, max(0, n * page - p)), (0, 0), (0, 0))
+        k_nske = jnp.pad(k_1pke, pad)[0, : n * page].reshape(n, page, kv, e)
+        v_nske = jnp.pad(v_1pke, pad)[0, : n * page].reshape(n, page, kv, e)
+        keep_ns = (jnp.arange(n * page) < prompt_len).reshape(n, page)  # the bucket's padding is not written
 
-        def put(pool, new_mxxx, keep_mxxx):
-            old_gmxxx = pool[jnp.clip(page_gm, 0, pages - 1)]
-            merged = jnp.where(keep_mxxx[None], new_mxxx[None].astype(pool.dtype), old_gmxxx)
-            return pool.at[page_gm].set(merged, mode="drop")
+        def put(pool, new, keep):  # new, keep: [n, ...] pages in the pool's layout
+            old = pool[jnp.clip(page_gn, 0, pages - 1)]
+            return pool.at[page_gn].set(jnp.where(keep[None], new[None].astype(pool.dtype), old), mode="drop")
 
-        return (put(k_pool, jnp.transpose(k_mske, (0, 2, 3, 1)), keep_ms[:, None, None, :]),
-                put(v_pool, jnp.transpose(v_mske, (0, 2, 1, 3)), keep_ms[:, None, :, None]))
+        return (put(k_pool, jnp.transpose(k_nske, (0, 2, 3, 1)), keep_ns[:, None, None, :]),
+                put(v_pool, jnp.transpose(v_nske, (0, 2, 1, 3)), keep_ns[:, None, :, None]))
 
     def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):
         """Writes each slot's new key and value at position ``at_b`` (nowhere when negative
