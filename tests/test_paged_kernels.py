@@ -115,24 +115,27 @@ def _requests(n, samples, seed):
                     int(rng.integers(6, 20))) for i in range(n)]
 
 
-@pytest.mark.parametrize("page_size", [8, 16])
-def test_paged_native_engine_gives_the_dense_engines_tokens_and_logprobs(page_size, monkeypatch):
+@pytest.mark.parametrize("page_size, pages", [(8, 0), (16, 0), (8, 14)])
+def test_paged_native_engine_gives_the_dense_engines_tokens_and_logprobs(page_size, pages, monkeypatch):
     """Through the real engine and generator, forced onto the native kernels: groups
     sharing prompt pages, a sliding window shorter than the sequences, slots refilled as
-    sequences finish; every completion's tokens and log-probs are the dense engine's."""
+    sequences finish, and (14 pages for 8 slots) sequences suspended to the host and
+    resumed; every completion's tokens and log-probs are the dense engine's."""
     monkeypatch.setenv("MAGJAX_KERNELS", "native")
     params = decoder.init_params(CONFIG, jax.random.key(5))
     dense_config = EngineConfig(slots=8, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4)
     paged_config = EngineConfig(slots=8, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4,
-                                page_size=page_size)
+                                page_size=page_size, pages=pages)
     sampling = SamplingConfig(temperature=1.0)
     dense = Engine(CONFIG, dense_config, sampling, 10_000)
-    pages = Engine(CONFIG, paged_config, sampling, 10_000)
+    paged_engine = Engine(CONFIG, paged_config, sampling, 10_000)
     assert dense.implementations["decode_attention"] == "native"
-    assert pages.implementations["decode_attention"] == "native-paged"
+    assert paged_engine.implementations["decode_attention"] == "native-paged"
     requests = _requests(5, 3, seed=2)
     want = {(c.problem_id, c.sample_index): c for c in Generator(dense, params).generate(requests)}
-    got = Generator(pages, params).generate(requests)
+    generator = Generator(paged_engine, params)
+    got = generator.generate(requests)
+    assert generator.stats.suspensions > 0 if pages else generator.stats.suspensions == 0
     assert len(got) == len(want) == 15
     for c in got:
         w = want[(c.problem_id, c.sample_index)]
@@ -154,3 +157,12 @@ def test_the_paged_decode_attention_is_raced_against_xla_paged(monkeypatch, tmp_
     assert ops.cache.name == ops.implementations["decode_attention"] == want
     monkeypatch.setenv("MAGJAX_KERNELS", "xla")
     assert backends.sampler(CONFIG, slots=4, max_len=40, page_size=16).cache.name == "xla-paged"
+
+
+def test_sharded_or_low_precision_paged_samplers_keep_the_xla_paged_cache(mesh_2x4, monkeypatch):
+    monkeypatch.setenv("MAGJAX_KERNELS", "native")
+    config = EngineConfig(slots=8, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4, page_size=8)
+    assert Engine(CONFIG, config, SamplingConfig(), 10_000, mesh=mesh_2x4).implementations["decode_attention"] == \
+        "xla-paged"
+    bf16 = CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
+    assert Engine(bf16, config, SamplingConfig(), 10_000).implementations["decode_attention"] == "xla-paged"
