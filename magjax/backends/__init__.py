@@ -151,17 +151,16 @@ def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0) 
                     "xla": lambda: _projections_thunk(config, xla.PROJECTIONS, slots)}
         if race.pick("decode projections", shape, native.version(), builders) == "native":
             projections, chosen["projections"] = native.PROJECTIONS, "native"
-    if page_size:
-        chosen["decode_attention"] = "xla-paged"
-        return SamplerOps(projections, paged.Paged(mesh), chosen)
-    cache, chosen["decode_attention"] = xla.KeysTransposed(), "xla"
+    cache = paged.Paged(mesh) if page_size else xla.KeysTransposed()
     if native is not None and native.decode_applies(config):
-        shape = (f"slots={slots} max_len={max_len} heads={config.num_heads}/{config.num_kv_heads}"
-                 f" e={config.head_dim}")
-        builders = {"native": lambda: _decode_thunk(config, native.CACHE, slots, max_len),
-                    "xla": lambda: _decode_thunk(config, xla.KeysTransposed(), slots, max_len)}
+        shape = (f"slots={slots} max_len={max_len}{f' page_size={page_size}' if page_size else ''}"
+                 f" heads={config.num_heads}/{config.num_kv_heads} e={config.head_dim}")
+        candidate = native.PAGED_CACHE if page_size else native.CACHE
+        builders = {"native": lambda: _decode_thunk(config, candidate, slots, max_len, page_size),
+                    "xla": lambda: _decode_thunk(config, cache, slots, max_len, page_size)}
         if race.pick("decode attention", shape, native.version(), builders) == "native":
-            cache, chosen["decode_attention"] = native.CACHE, "native"
+            cache = candidate
+    chosen["decode_attention"] = cache.name
     return SamplerOps(projections, cache, chosen)
 
 
@@ -188,13 +187,31 @@ def _projections_thunk(config, projections: Projections, rows: int):
     return lambda: run(layer, head, x_md)
 
 
-def _decode_thunk(config, cache, slots: int, max_len: int):
-    """One layer's decode-step cache write and attention, half the cache in use."""
+def _decode_thunk(config, cache, slots: int, max_len: int, page_size: int = 0):
+    """One layer's decode-step cache write and attention, half of each slot's positions in
+    use; paged (``page_size`` > 0): every slot's pages, scattered over a pool of as many as
+    all slots need at ``max_len``."""
     kv, e = config.num_kv_heads, config.head_dim
-    k_shape, v_shape = cache.shapes(slots, kv, e, max_len)
+    if page_size:
+        n = -(-max_len // page_size)
+        table_bn = jnp.asarray(np.random.default_rng(6).permutation(slots * n).reshape(slots, n), jnp.int32)
+        k_shape, v_shape = cache.shapes(slots * n, page_size, kv, e)
+    else:
+        table_bn = None
+        k_shape, v_shape = cache.shapes(slots, kv, e, max_len)
     k_cache, v_cache = _random(k_shape, 1), _random(v_shape, 2)
     q, k_new, v_new = (_random((slots, 1, config.num_heads, e), 3), _random((slots, 1, kv, e), 4),
                        _random((slots, 1, kv, e), 5))
     at_b = jnp.full((slots,), max_len // 2, jnp.int32)
-    run = jax.jit(lambda *a: cache.write_and_attend(*a, jnp.zeros_like(at_b), at_b + 1, at_b))
-    return lambda: run(q, k_new, v_new, k_cache, v_cache)
+    table = () if table_bn is None else (table_bn,)
+    # The caches are donated and carried from call to call, as the decode loop does: a
+    # candidate that updates them in place is not charged for copying them.
+    step = jax.jit(lambda q, kn, vn, kc, vc: cache.write_and_attend(q, kn, vn, kc, vc, jnp.zeros_like(at_b), at_b + 1,
+                                                                    at_b, *table), donate_argnums=(3, 4))
+    held = [k_cache, v_cache]
+
+    def run():
+        out, held[0], held[1] = step(q, k_new, v_new, held[0], held[1])
+        return out
+
+    return run

@@ -27,8 +27,8 @@ def positions_read(implementation: str, lo_b, hi_b, active_b, *, max_len: int, p
 
     * ``"xla"`` (the CPU layout's masked broadcast product): every slot's whole
       ``max_len`` cache, active or not.
-    * ``"native"`` (the CPU kernel): each active slot's positions [lo, hi) clamped to
-      the cache.
+    * ``"native"`` and ``"native-paged"`` (the CPU kernel, on slots or through a page
+      table): each active slot's positions [lo, hi) clamped to the cache.
     * ``"xla-blockwise"`` (the accelerators' token-major cache): blocks of
       ``decode_blockwise.BLOCK`` positions (at most ``max_len``) up to the furthest
       ``hi`` of any active slot, for every slot.
@@ -40,7 +40,7 @@ def positions_read(implementation: str, lo_b, hi_b, active_b, *, max_len: int, p
     slots = lo_b.shape[0]
     if implementation == "xla":
         return slots * max_len
-    if implementation == "native":
+    if implementation in ("native", "native-paged"):
         return int(np.where(active_b, np.maximum(np.clip(hi_b, 0, max_len) - np.clip(lo_b, 0, max_len), 0), 0).sum())
     if implementation == "xla-blockwise":
         block = min(decode_blockwise.BLOCK, max_len)
@@ -53,7 +53,7 @@ def positions_read(implementation: str, lo_b, hi_b, active_b, *, max_len: int, p
         group = max(1, min(slots * per_slot, paged.BLOCK_POSITIONS // page_size))
         return -(-int(live_b.sum()) // group) * group * page_size
     raise ValueError(f"no cache read model for decode attention {implementation!r} "
-                     f"(magjax/bench/cache_reads.py knows xla, native, xla-blockwise, xla-paged)")
+                     f"(magjax/bench/cache_reads.py knows {', '.join(MODELLED)})")
 
 
-MODELLED = ("xla", "native", "xla-blockwise", "xla-paged")  # every implementation modelled above
+MODELLED = ("xla", "native", "native-paged", "xla-blockwise", "xla-paged")  # every implementation modelled above

@@ -8,6 +8,7 @@ import importlib
 import json
 
 
+
 def add_arguments(p) -> None:
     p.add_argument("what", choices=("train", "sampler", "verifier", "pipeline", "accelerator"))
     p.add_argument("--preset", default="tiny", help="model preset (magjax.models.PRESETS)")
@@ -19,7 +20,8 @@ def add_arguments(p) -> None:
                    help="sampler: the batch sizes' rows, the long-context case (mixed lengths, dense and "
                         "paged cache), or both")
     p.add_argument("--max-len", type=int, default=2048, help="sampler: the long-context case's max_len")
-    p.add_argument("--page-size", type=int, default=64, help="sampler: the long-context case's page size")
+    p.add_argument("--page-size", type=int, default=64,
+                   help="sampler: positions per page of the paged cache (batch 16's paged row, the long-context case)")
 
 
 def main(args, bindings: list[str]) -> int:
@@ -33,7 +35,7 @@ def main(args, bindings: list[str]) -> int:
 
         only_long = {"batches": ()} if args.cases == "long-context" else {}
         case = None if args.cases == "batches" else Case(max_len=args.max_len, page_size=args.page_size)
-        result = bench.run(args.preset, dtype=args.dtype, long_context=case, **only_long)
+        result = bench.run(args.preset, dtype=args.dtype, long_context=case, page_size=args.page_size, **only_long)
     elif args.what == "train":
         result = bench.run(args.preset, dtype=args.dtype)
     elif args.what == "accelerator":

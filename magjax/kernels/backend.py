@@ -8,7 +8,9 @@ each function here against XLA's at the real shapes (``magjax.backends.race``). 
 * ``PROJECTIONS``: the sampler's few-row products on weights packed into panels
   (``panel_matmul.cc``; q|k|v and gate|up packed together, so a layer is four calls);
 * ``CACHE``: the decode step's cache write and attention (``decode_attention.cc``) on the
-  CPU cache layout.
+  CPU cache layout;
+* ``PAGED_CACHE``: the same kernel on a paged cache (pools of pages laid out as the CPU
+  cache layout, read through the page table).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 
 import jax.numpy as jnp
 
+from magjax import sharding as shd
 from magjax.backends import xla
 from magjax.kernels import causal_attention, decode_attention, native, panels
 
@@ -113,11 +116,66 @@ class NativeCache(xla.KeysTransposed):
     name = "native"
 
     def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b):
-        b, _, h, e = q_b1he.shape
-        kv = k_cache.shape[1]
-        o_bkge, k_cache, v_cache = decode_attention.write_and_attend(
-            q_b1he.reshape(b, kv, h // kv, e), k_b1ke[:, 0], v_b1ke[:, 0], k_cache, v_cache, lo_b, hi_b, at_b)
-        return o_bkge.reshape(b, 1, h, e).astype(q_b1he.dtype), k_cache, v_cache
+        return _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b)
 
 
 CACHE = NativeCache()
+
+
+def _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn=None):
+    b, _, h, e = q_b1he.shape
+    kv = k_pool.shape[1]
+    o_bkge, k_pool, v_pool = decode_attention.write_and_attend(
+        q_b1he.reshape(b, kv, h // kv, e), k_b1ke[:, 0], v_b1ke[:, 0], k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
+    return o_bkge.reshape(b, 1, h, e).astype(q_b1he.dtype), k_pool, v_pool
+
+
+class NativePaged:
+    """The paged cache in the CPU cache layout, written and read by the native decode
+    attention: keys [pages, kv_heads, head_dim, page_size] (a page's positions last, so a
+    score block sweeps a row) and values [pages, kv_heads, page_size, head_dim]. The
+    interface of ``backends.paged.Paged``: a slot's positions [lo, hi) are read through its
+    page table row, each once, and nothing past them."""
+
+    name = "native-paged"
+    paged = True
+    page_axis = 0
+    k_axes = (shd.BATCH, shd.KV_HEADS, shd.HEAD_DIM, None)
+    v_axes = (shd.BATCH, shd.KV_HEADS, None, shd.HEAD_DIM)
+
+    def shapes(self, pages: int, page_size: int, kv: int, e: int):
+        return (pages, kv, e, page_size), (pages, kv, page_size, e)
+
+    def write_prompt(self, k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len):
+        """Positions [0, prompt_len) of the prompt's keys and values [1, p, k, e] into the
+        pages of each of the G table rows (shared pages receive the same values G times).
+
+        Whole pages at a time: each of the n pages of a table row the bucket spans is read,
+        the prompt's positions merged in (the rest of a partly filled page kept) and
+        written back; a per-position scatter into this layout is an element-wise loop on
+        XLA:CPU."""
+        pages, page = k_pool.shape[0], k_pool.shape[-1]
+        p, kv, e = k_1pke.shape[1:]
+        n = min(-(-p // page), table_gn.shape[1])
+        page_gn = table_gn[:, :n]  # entries past the pool: their pages are dropped
+        pad = ((0, 0), (0, max(0, n * page - p)), (0, 0), (0, 0))
+        k_nske = jnp.pad(k_1pke, pad)[0, : n * page].reshape(n, page, kv, e)
+        v_nske = jnp.pad(v_1pke, pad)[0, : n * page].reshape(n, page, kv, e)
+        keep_ns = (jnp.arange(n * page) < prompt_len).reshape(n, page)  # the bucket's padding is not written
+
+        def put(pool, new, keep):  # new, keep: [n, ...] pages in the pool's layout
+            old = pool[jnp.clip(page_gn, 0, pages - 1)]
+            return pool.at[page_gn].set(jnp.where(keep[None], new[None].astype(pool.dtype), old), mode="drop")
+
+        return (put(k_pool, jnp.transpose(k_nske, (0, 2, 3, 1)), keep_ns[:, None, None, :]),
+                put(v_pool, jnp.transpose(v_nske, (0, 2, 1, 3)), keep_ns[:, None, :, None]))
+
+    def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):
+        """Writes each slot's new key and value at position ``at_b`` (nowhere when negative
+        or on no page), then attends each slot's query to its positions [lo_b, hi_b); a
+        slot that writes nothing is idle and reads nothing (zeros)."""
+        hi_b = jnp.where(at_b >= 0, hi_b, lo_b)
+        return _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
+
+
+PAGED_CACHE = NativePaged()
