@@ -1,7 +1,9 @@
 """Test setup: eight CPU devices, forced once before anything imports jax."""
 
 import atexit
+import fcntl
 import os
+import pickle
 import shutil
 import tempfile
 
@@ -53,9 +55,29 @@ def data_dir():
 
 
 @pytest.fixture(scope="session")
-def sft_params():
+def sft_params(tmp_path_factory, worker_id):
     """A cold start shared by the loop tests: 60 SFT steps on demo arithmetic teach the demo
-    model the response format and a little arithmetic, so rewards vary within groups."""
+    model the response format and a little arithmetic, so rewards vary within groups.
+
+    Under pytest-xdist the first worker to need it trains it and leaves it (NumPy arrays, as
+    training returns them) in the session's shared temporary directory; the other worker
+    waits for that file instead of training the same 60 steps again."""
+    if worker_id == "master":
+        return _train_sft_params()
+    shared = tmp_path_factory.getbasetemp().parent / "sft_params.pickle"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while training: the other worker waits here
+        if shared.exists():
+            with open(shared, "rb") as f:
+                return pickle.load(f)
+        params = _train_sft_params()
+        with open(f"{shared}.tmp", "wb") as f:
+            pickle.dump(params, f)
+        os.replace(f"{shared}.tmp", shared)
+        return params
+
+
+def _train_sft_params():
     from magjax.data.synthetic import generate
     from magjax.models import preset
     from magjax.models.tokenizer import ByteTokenizer, ChatFormat
