@@ -36,6 +36,22 @@ from magjax.mesh import MeshConfig, make_mesh  # noqa: E402
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
+# The files that take longest, longest first (seconds of one two-worker run on two busy
+# cores). With `-n 2 --dist loadfile` each file goes whole to the next free worker, in
+# collection order (setup.cfg turns off xdist's reordering by test count, which put these
+# few-test files last and left one worker idle while the other finished the demo). Started
+# first, they run beside the many short files instead of after them.
+LONGEST_FIRST = ("test_demo.py",  # 408: the demo in a subprocess
+                 "test_multiprocess.py",  # 329: two jax.distributed processes
+                 "test_loop.py", "test_preemption.py", "test_launch.py", "test_engine.py", "test_curriculum.py",
+                 "test_train_step.py", "test_aot.py", "test_bench.py", "test_host_memory.py", "test_offpolicy.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: other files keep their order
+
+
 @pytest.fixture(scope="session")
 def mesh_1x8():
     """Eight-way data parallelism."""
