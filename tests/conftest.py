@@ -1,7 +1,9 @@
 """Test setup: eight CPU devices, forced once before anything imports jax."""
 
 import atexit
+import fcntl
 import os
+import pickle
 import shutil
 import tempfile
 
@@ -34,6 +36,22 @@ from magjax.mesh import MeshConfig, make_mesh  # noqa: E402
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
+# The files that take longest, longest first (seconds of one two-worker run on two busy
+# cores). With `-n 2 --dist loadfile` each file goes whole to the next free worker, in
+# collection order (setup.cfg turns off xdist's reordering by test count, which put these
+# few-test files last and left one worker idle while the other finished the demo). Started
+# first, they run beside the many short files instead of after them.
+LONGEST_FIRST = ("test_demo.py",  # 408: the demo in a subprocess
+                 "test_multiprocess.py",  # 329: two jax.distributed processes
+                 "test_loop.py", "test_preemption.py", "test_launch.py", "test_engine.py", "test_curriculum.py",
+                 "test_train_step.py", "test_aot.py", "test_bench.py", "test_host_memory.py", "test_offpolicy.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: other files keep their order
+
+
 @pytest.fixture(scope="session")
 def mesh_1x8():
     """Eight-way data parallelism."""
@@ -53,9 +71,29 @@ def data_dir():
 
 
 @pytest.fixture(scope="session")
-def sft_params():
+def sft_params(tmp_path_factory, worker_id):
     """A cold start shared by the loop tests: 60 SFT steps on demo arithmetic teach the demo
-    model the response format and a little arithmetic, so rewards vary within groups."""
+    model the response format and a little arithmetic, so rewards vary within groups.
+
+    Under pytest-xdist the first worker to need it trains it and leaves it (NumPy arrays, as
+    training returns them) in the session's shared temporary directory; the other worker
+    waits for that file instead of training the same 60 steps again."""
+    if worker_id == "master":
+        return _train_sft_params()
+    shared = tmp_path_factory.getbasetemp().parent / "sft_params.pickle"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held while training: the other worker waits here
+        if shared.exists():
+            with open(shared, "rb") as f:
+                return pickle.load(f)
+        params = _train_sft_params()
+        with open(f"{shared}.tmp", "wb") as f:
+            pickle.dump(params, f)
+        os.replace(f"{shared}.tmp", shared)
+        return params
+
+
+def _train_sft_params():
     from magjax.data.synthetic import generate
     from magjax.models import preset
     from magjax.models.tokenizer import ByteTokenizer, ChatFormat

@@ -23,8 +23,23 @@ def test_sync_mode_learns_the_task(sft_params):
     assert compiles[0] == 1 and sum(compiles) <= 4 and set(compiles) <= {0, 1}, compiles
 
 
-def test_sync_mode_is_bitwise_reproducible(sft_params):
-    a, b = _run(sft_params), _run(sft_params)
+@pytest.fixture(scope="module")
+def straight(sft_params, tmp_path_factory):
+    """Four sync batches, checkpointed in their run directory: the reference for the
+    reproducibility and resume tests."""
+    return _run(sft_params, steps=4, run_dir=str(tmp_path_factory.mktemp("straight") / "run"))
+
+
+@pytest.fixture(scope="module")
+def one_batch(sft_params, tmp_path_factory):
+    """One sync batch and the run directory it leaves (checkpoint and all), for the tests of
+    what a finished run leaves behind and of the slots' occupancy."""
+    run_dir = tmp_path_factory.mktemp("one_batch") / "run"
+    return _run(sft_params, steps=1, run_dir=str(run_dir)), run_dir
+
+
+def test_sync_mode_is_bitwise_reproducible(sft_params, straight, tmp_path):
+    a, b = straight, _run(sft_params, steps=4, run_dir=str(tmp_path / "again"))
     for x, y in zip(_leaves(a.params), _leaves(b.params)):
         np.testing.assert_array_equal(x, y)
     drop = lambda h: {k: v for k, v in h.items() if k not in ("time",) and "_s" not in k and "per_s" not in k  # noqa: E731
@@ -36,10 +51,10 @@ def test_a_small_group_queue_cannot_deadlock_sync_mode(sft_params):
     assert _run(sft_params, steps=1, queue_groups=1).step == 1  # 4 groups per batch, queue of 1
 
 
-def test_sync_mode_decodes_only_the_batch_whatever_n_async(sft_params):
+def test_sync_mode_decodes_only_the_batch_whatever_n_async(sft_params, one_batch):
     # Sync mode has one batch (32 sequences) in flight; slots sized for n_async = 64 would
     # each run every decode step on padding, halving the occupancy.
-    sized = _run(sft_params, steps=1)
+    sized, _ = one_batch
     oversized = _run(sft_params, steps=1, n_async=64, engine=dataclasses.replace(ENGINE, slots=64))
     assert oversized.history[0]["rollout/slot_occupancy"] == sized.history[0]["rollout/slot_occupancy"] > 0.5
     for x, y in zip(_leaves(sized.params), _leaves(oversized.params)):
@@ -81,8 +96,7 @@ def test_constraint_violations_are_clear_errors(overrides, message):
         _run(None, **overrides)
 
 
-def test_sync_resume_is_exact(sft_params, tmp_path):
-    straight = _run(sft_params, steps=4, run_dir=str(tmp_path / "straight"))
+def test_sync_resume_is_exact(sft_params, straight, tmp_path):
     first = _run(sft_params, steps=2, run_dir=str(tmp_path / "resumed"))
     assert first.step == 2
     second = _run(sft_params, steps=4, run_dir=str(tmp_path / "resumed"))
@@ -93,12 +107,12 @@ def test_sync_resume_is_exact(sft_params, tmp_path):
     assert [[h[k] for k in keys] for h in straight.history[2:]] == [[h[k] for k in keys] for h in second.history]
 
 
-def test_export_writes_a_checkpoint_as_a_hugging_face_directory(sft_params, tmp_path):
+def test_export_writes_a_checkpoint_as_a_hugging_face_directory(one_batch, tmp_path):
     from magjax.cli import main
     from magjax.models import decoder, hf
 
-    result = _run(sft_params, steps=1, run_dir=str(tmp_path / "run"))
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    result, run_dir = one_batch
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
     config, model = hf.load(tmp_path / "hf")
     assert config == MODEL.replace(scan_unroll=1)  # the shape round-trips; how to run it is the loader's choice
     tokens = np.arange(12, dtype=np.int32)[None] % MODEL.vocab_size
@@ -130,11 +144,11 @@ def test_periodic_evaluation_joins_the_step_metrics(sft_params):
         np.testing.assert_array_equal(x, y)
 
 
-def test_a_run_directory_initialises_a_new_job(sft_params, tmp_path):
+def test_a_run_directory_initialises_a_new_job(one_batch):
     from magjax.jobs.records import load_model
 
-    result = _run(sft_params, steps=1, run_dir=str(tmp_path / "run"))
-    config, params = load_model("test", str(tmp_path / "run"), seed=0)  # the checkpoint wins over the preset
+    result, run_dir = one_batch
+    config, params = load_model("test", str(run_dir), seed=0)  # the checkpoint wins over the preset
     assert config == MODEL
     for x, y in zip(_leaves(params), _leaves(result.params)):
         np.testing.assert_array_equal(x, y)
