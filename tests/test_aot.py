@@ -318,6 +318,14 @@ def test_a_pool_too_small_for_the_flight_is_said_so():
                        decode_attention="tpu-paged", run=run, reward=reward)
     assert d["average_len_held_per_chip"] == 3 and not d["holds_in_flight"]
     assert "DOES NOT HOLD" in "\n".join(kv_pool.describe(d, str))
+    # ... and the plan's verdict (its exit status) says the recipe does not fit.
+    from magjax.aot.compile import FunctionMemory
+    from magjax.aot.report import ROLES, Report
+
+    functions = [FunctionMemory(role, f, "", argument_bytes=1 << 20) for role, fs in ROLES.items() for f in fs]
+    plan = lambda kv: Report("m", 1, "v5p-8", "v5p:2x2x1", 4, 1, 1 << 30, "XLA", {}, {}, "disaggregated",  # noqa: E731
+                             functions, 0, 0, 0, 0, 1, 1, 1.0, kv_cache=kv)
+    assert plan(None).fits and not plan(d).fits
 
 
 @needs_libtpu

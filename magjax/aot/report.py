@@ -95,7 +95,9 @@ class Report:
     @property
     def fits(self) -> bool:
         verdicts = [self.role(r) for r in ROLES] + [self.colocated()]
-        return all(v.fits for v in verdicts if v is not None) and all(f.error is None for f in self.functions)
+        # A KV cache that cannot hold the sequences the run keeps in flight does not fit either.
+        holds = self.kv_cache is None or self.kv_cache["holds_in_flight"]
+        return all(v.fits for v in verdicts if v is not None) and all(f.error is None for f in self.functions) and holds
 
     @property
     def compile_s(self) -> float:
