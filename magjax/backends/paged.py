@@ -61,7 +61,7 @@ class Paged:
 
         if self.mesh is None:
             return write(k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len)
-        pool, kv_new, _ = self._specs(k_pool.shape)
+        pool, kv_new = self._specs(k_pool.shape)
         local = lambda k, v, table, kn, vn, n: write(k, v, self._localise(table, k.shape[0], pool[0]), kn, vn, n)  # noqa: E731
         rep = PartitionSpec()
         new = PartitionSpec(None, None, *kv_new[2:])
@@ -73,7 +73,8 @@ class Paged:
         range), then attends each slot's query to its positions [lo_b, hi_b)."""
         if self.mesh is None:
             return _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
-        pool, kv_new, q = self._specs(k_pool.shape)
+        pool, kv_new = self._specs(k_pool.shape)
+        q = kv_new  # query heads split as the kv heads are: each device's queries read its kv heads
         slots, table = PartitionSpec(pool[0]), PartitionSpec(pool[0], None)
 
         def local(q, kn, vn, k, v, lo, hi, at, table_bn):
@@ -84,12 +85,11 @@ class Paged:
             q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
 
     def _specs(self, pool_shape):
-        """PartitionSpecs of the pool, of new keys [b, 1, k, e] and of queries [b, 1, h, e]
-        (heads split as the kv heads are, so each device's query heads read its kv heads)."""
+        """PartitionSpecs of the pool and of a step's new keys [b, 1, k, e] (slots split
+        as the pages are, heads as the kv heads are)."""
         spec = shd.logical_to_spec(self.k_axes, pool_shape, self.mesh)
         spec = PartitionSpec(*spec, *(None,) * (4 - len(spec)))  # trailing Nones may be trimmed
-        new = PartitionSpec(spec[0], None, spec[2], None)
-        return spec, new, new
+        return spec, PartitionSpec(spec[0], None, spec[2], None)
 
     def _localise(self, table_bn, local_pages: int, page_axes):
         """Global page numbers to this shard's (out-of-shard and empty entries: none);

@@ -394,19 +394,19 @@ class Engine:
 
     def take_pages(self, state: DecodeState, pages: list[int]):
         """Host copies of the given pool pages, every layer's keys and values (a suspended
-        sequence's cache, kept while its pages serve others)."""
+        sequence's cache, kept while its pages serve others). One compiled gather of
+        ``pages_per_slot`` pages (padded), trimmed to ``pages`` on the host."""
         ids = np.zeros((self.config.pages_per_slot,), np.int32)
         ids[: len(pages)] = pages
-        return jax.tree.map(lambda x: np.asarray(x)[: len(pages)] if self.ops.cache.page_axis == 0
-                            else np.take(np.asarray(x), np.arange(len(pages)), axis=self.ops.cache.page_axis),
-                            self._take(state, ids))
+        axis = self.ops.cache.page_axis
+        return jax.tree.map(lambda x: np.take(np.asarray(x), np.arange(len(pages)), axis=axis), self._take(state, ids))
 
     def put_pages(self, state: DecodeState, pages: list[int], data) -> DecodeState:
         """Writes ``take_pages``' copies back into the given (newly allocated) pages."""
         n, axis = self.config.pages_per_slot, self.ops.cache.page_axis
         ids = np.full((n,), self.config.pool_pages, np.int32)  # padding: out of the pool, dropped
         ids[: len(pages)] = pages
-        pad = lambda x: np.concatenate([x, np.zeros_like(np.take(x, [0] * (n - len(pages)), axis=axis))], axis)  # noqa: E731
+        pad = lambda x: np.pad(x, [(0, n - len(pages)) if d == axis else (0, 0) for d in range(x.ndim)])  # noqa: E731
         return self._put(state, ids, jax.tree.map(pad, data))
 
     # ------------------------------------------------------------------ decode
