@@ -244,7 +244,10 @@ class _Pipeline:
                                                                   groups_per_batch * run.group_size)),
             mesh=placement.rollout, requests=self.requests,
             collector=GroupCollector(run.group_size, max(run.queue_groups, groups_per_batch)),
-            max_in_flight=self._in_flight(run), streaming=run.mode == "async")
+            max_in_flight=self._in_flight(run), streaming=run.mode == "async",
+            # Sync on one mesh: nothing generates while the trainer steps, so the sampler can
+            # read the trainer's own arrays (where the backend's layout agrees) instead of a copy.
+            share_weights=run.mode == "sync" and placement.shared)
         # Rows per microbatch from a per-chip token budget, when the recipe gives one.
         self.packing = recipe.packing.for_mesh(placement.trainer.shape["data"] * placement.trainer.shape["fsdp"])
         # The trainer scores tokens under the distribution the sampler drew them from.

@@ -10,10 +10,13 @@ What a colocated run really holds of the weights: the trainer's parameters and o
 copy, ``Engine.prepare``'s output (the stacked layers split into one array per layer, in
 the projections' layout, and the embeddings and final norm). The weight store delivers the
 trainer's own arrays and the rollout prepares them at once, keeping nothing else
-(weights.py), so there is no third copy. The sampler's copy is never the trainer's arrays,
-even where the layouts agree: the train step donates its parameters to update them in
-place, and the sampler decodes while the trainer steps. Counted here at the storage dtype
-and the parameters' sharding (the native CPU kernels' panel layout is the same size).
+(weights.py), so there is no third copy. An async run's sampler copy cannot be the
+trainer's arrays, even where the layouts agree: the train step donates its parameters to
+update them in place, and the sampler decodes while the trainer steps. A sync run on one
+process generates only between steps, so where the layouts agree (every accelerator
+backend; not the native CPU kernels' panels) the sampler reads the trainer's arrays and
+holds no copy (``shares_weights``). Counted here at the storage dtype and the parameters'
+sharding (the native CPU kernels' panel layout is the same size).
 
 Activation estimate per layer and token, in the compute dtype, without rematerialisation:
 the residual, two norm outputs, q/k/v, the attention output, and the MLP's gate, up and
@@ -46,7 +49,7 @@ class Plan:
     gradient_bytes: float
     activation_bytes: float
     kv_cache_bytes: float
-    sampler_weights_bytes: float  # the sampler's prepared copy of all the weights
+    sampler_weights_bytes: float  # the sampler's prepared copy of all the weights (0: it reads the trainer's)
     device_memory_bytes: float | None = None
 
     @property
@@ -91,7 +94,7 @@ def _values(axes, shapes, mesh) -> tuple[int, float]:
 
 
 def make_plan(model: ModelConfig, mesh_config: MeshConfig, devices: int, *, rows: int, row_len: int,
-              slots: int, max_len: int, device_memory_gb: float | None = None) -> Plan:
+              slots: int, max_len: int, device_memory_gb: float | None = None, shares_weights: bool = False) -> Plan:
     sizes = mesh_config.resolve(devices)
     mesh = jax.sharding.AbstractMesh(sizes, AXES)
     axes, shapes = decoder.param_axes(model), decoder.param_shapes(model)
@@ -109,4 +112,5 @@ def make_plan(model: ModelConfig, mesh_config: MeshConfig, devices: int, *, rows
     kv_heads_split = 1 / dict(mesh.shape)["model"] if k % dict(mesh.shape)["model"] == 0 else 1.0
     kv = 2 * model.num_layers * slots * max_len * k * e * c_bytes * kv_split * kv_heads_split
     return Plan(devices, dict(mesh.shape), count, per_device * p_bytes, per_device * 8, per_device * 4,
-                activations, kv, per_device * p_bytes, device_memory_gb * GB if device_memory_gb else None)
+                activations, kv, 0 if shares_weights else per_device * p_bytes,
+                device_memory_gb * GB if device_memory_gb else None)

@@ -4,7 +4,11 @@ After each optimizer step the trainer ``publish``es (params, version). Colocated
 trainer's own arrays are delivered, uncopied: the receiver must be done with them when
 ``deliver`` returns, because the next train step donates them. The rollout is
 (``Rollout.set_weights`` lays them out for its engine at once, and keeps only that), so a
-colocated run holds the trainer's parameters and the sampler's prepared copy, no third.
+colocated run holds the trainer's parameters and the sampler's prepared copy, no third. A
+sync run on one mesh holds only the trainer's: nothing generates during a step, so an
+engine whose projections read the trainer's layout keeps the delivered arrays as they are
+(``Engine(share_weights=True)``), and each step's publication replaces them before the
+next generation.
 Disaggregated, the params are
 resharded onto the generator's mesh and cast to its dtype, then validated (tree, shapes,
 dtypes, shardings) before the version becomes visible. Each publication is timed. This is

@@ -341,3 +341,33 @@ def test_the_tpu_sampler_takes_the_kernel_where_it_applies(change, picked):
     ops = backends.sampler(config, mesh, slots=16, max_len=128, page_size=16)
     assert ops.implementations["decode_attention"] == picked == ops.cache.name
     assert backends.sampler(config, mesh, slots=16, max_len=128).implementations["decode_attention"] == "xla-blockwise"
+
+
+@needs_libtpu
+def test_a_sync_colocated_plan_counts_the_weights_once(tiny, tmp_path):
+    """Sync on one host: the sampler reads the trainer's arrays (loop.py), so nothing is
+    published, the sampler holds no copy, and the colocated total counts the weights once:
+    the async plan's total less the sampler's copy."""
+    import contextlib
+    import io
+
+    from magjax.cli import main
+
+    out = io.StringIO()
+    path = tmp_path / "plan.json"
+    with contextlib.redirect_stdout(out):
+        status = main(["plan", *TINY, "--gin.RunConfig.mode='sync'", "--topology", "v5p:2x2x1", "--json", str(path)])
+    d, a = json.loads(path.read_text()), tiny[2]
+    assert status == 0 and d["fits"]
+    funcs = {f["function"]: f for f in d["functions"]}
+    assert funcs["publish"]["compiled"] and funcs["publish"]["peak_bytes"] == 0
+    assert "none: the sampler reads the trainer's arrays" in out.getvalue()
+    assert d["sampler_weights_bytes"] == 0 and d["shared_weights_bytes"] == a["sampler_weights_bytes"] > 0
+    # The decode chunk reads the same bytes either way: the stacked arrays, sliced in place.
+    async_decode = next(f for f in a["functions"] if f["function"] == "decode")
+    assert funcs["decode"]["argument_bytes"] == async_decode["argument_bytes"]
+    assert funcs["decode"]["temp_bytes"] <= async_decode["temp_bytes"]
+    c = d["colocated"]
+    assert c["peak_bytes"] == (c["trainer_resident_bytes"] + c["sampler_resident_bytes"] - d["shared_weights_bytes"]
+                               + c["transient_bytes"])
+    assert c["peak_bytes"] <= a["colocated"]["peak_bytes"] - d["shared_weights_bytes"]

@@ -105,3 +105,94 @@ def test_a_colocated_sampler_holds_one_prepared_copy_and_nothing_of_the_trainers
         assert _device_bytes(jax.live_arrays()) - before == held
     finally:
         rollout.close()
+
+
+def _rollout(config, mesh, share: bool):
+    from magjax.models.tokenizer import ByteTokenizer, ChatFormat
+    from magjax.rewards.pool import PoolConfig
+    from magjax.rewards.reward import RewardConfig
+    from magjax.roles.rollout import Rollout
+    from magjax.sampling.engine import EngineConfig, SamplingConfig
+
+    return Rollout(config, ByteTokenizer(), ChatFormat("plain", None), mesh=mesh,
+                   engine=EngineConfig(slots=8, max_len=64, prompt_buckets=(32,), chunk_steps=8),
+                   sampling=SamplingConfig(), reward=RewardConfig(), pool=PoolConfig(threads=1), share_weights=share)
+
+
+def _tokens(rollout, problems):
+    return [[(s.completion.tokens, s.completion.logprobs) for s in group]
+            for group in rollout.sample(problems, 2, 8, uids=[1])]
+
+
+def test_a_sync_colocated_sampler_reads_the_trainers_arrays_and_holds_no_copy(mesh_1x8):
+    """Sync on one mesh (RunConfig.mode="sync", colocated): publishing adds nothing to what
+    is alive on the devices, the engine decodes from the trainer's own buffers, a donated
+    step followed by the next publication leaves it decoding the new version, and its
+    tokens and log-probs equal those of a sampler holding its prepared copy."""
+    import gc
+
+    from magjax.rl import batching
+    from magjax.rl.losses import LossConfig
+    from magjax.rl.optimizer import OptimizerConfig
+    from magjax.roles.trainer import Trainer
+    from magjax.types import Problem
+    from rollouts import random_groups
+
+    config = preset("demo")
+    shared, copying = _rollout(config, mesh_1x8, True), _rollout(config, mesh_1x8, False)
+    trainer = Trainer(config, LossConfig(), OptimizerConfig(), mesh_1x8, seed=0, publish_to=shared.set_weights)
+    problems = [Problem("p", "math", "Compute 2+2.", answer="4")]
+    try:
+        # The 8-device mesh runs XLA's projections, which read the trainer's layout.
+        assert shared.generator.engine.shared_weights and not copying.generator.engine.shared_weights
+        gc.collect()
+        before = _device_bytes(jax.live_arrays())
+        trainer.publish()
+        tokens = _tokens(shared, problems)
+        gc.collect()
+        assert _device_bytes(jax.live_arrays()) == before  # no copy of any weight
+        used = {s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(shared.generator._prepared[1])  # noqa: SLF001
+                for s in x.addressable_shards}
+        mine = {s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(trainer.state.params) for s in x.addressable_shards}
+        assert used == mine
+        copying.set_weights(trainer.state.params, trainer.version)
+        assert tokens == _tokens(copying, problems)
+        gc.collect()
+        before = _device_bytes(jax.live_arrays())  # now with the copying sampler's copy and state
+
+        # A step donates the arrays the sampler was reading; the publication that follows
+        # every step hands it the new ones before it generates again.
+        trainer.step(batching.make_minibatches(random_groups(4, 4, seed=1), batching.AdvantageConfig(),
+                                               batching.PackingConfig(rows=8, row_len=32))[0][0])
+        assert all(x.is_deleted() for x in jax.tree.leaves(shared.generator._prepared[1]))  # noqa: SLF001
+        trainer.publish()
+        tokens = _tokens(shared, problems)
+        gc.collect()
+        assert _device_bytes(jax.live_arrays()) == before  # the step updated the weights in place
+        copying.set_weights(trainer.state.params, trainer.version)
+        assert tokens == _tokens(copying, problems)
+    finally:
+        shared.close()
+        copying.close()
+
+
+def test_only_a_sampler_whose_layout_agrees_shares_and_a_streaming_one_never(mesh_1x8):
+    """The native CPU kernels read packed panels: asked to share, the engine keeps its
+    prepared copy. A streaming (async) rollout decodes while the trainer steps: refused."""
+    from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
+
+    config = preset("demo")
+    engine = Engine(config, EngineConfig(slots=4, max_len=64, prompt_buckets=(32,)), SamplingConfig(), 0,
+                    share_weights=True)  # one CPU device: the suite forces the native kernels
+    assert engine.implementations["projections"] == "native" and not engine.shared_weights
+    params = decoder.init_params(config, jax.random.key(0))
+    assert engine.prepare(params) is not params
+    with pytest.raises(ValueError, match="streaming rollout .* cannot share"):
+        from magjax.models.tokenizer import ByteTokenizer, ChatFormat
+        from magjax.rewards.pool import PoolConfig
+        from magjax.rewards.reward import RewardConfig
+        from magjax.roles.rollout import Rollout
+
+        Rollout(config, ByteTokenizer(), ChatFormat("plain", None), mesh=mesh_1x8,
+                engine=EngineConfig(slots=8, max_len=64, prompt_buckets=(32,)), sampling=SamplingConfig(),
+                reward=RewardConfig(), pool=PoolConfig(threads=1), share_weights=True, streaming=True)

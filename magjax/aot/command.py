@@ -68,7 +68,8 @@ def compile_report(recipe, slice_: topology.Slice):
         notes=_moment_note(result.train_state, next(f for f in result.functions if f.function == "init_state")),
         kv_cache=kv_pool.report(recipe.engine, processes=slice_.hosts, page_shards=result.page_shards,
                                 pool_bytes=result.kv_pool_bytes, decode_attention=result.decode_attention,
-                                run=recipe.run, reward=recipe.reward))
+                                run=recipe.run, reward=recipe.reward),
+        shared_weights_bytes=result.shared_weights_bytes)
 
 
 def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
@@ -89,7 +90,9 @@ def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
     per_slot = engine.pool_pages * engine.page_size // engine.slots if engine.paged else engine.max_len
     plan = make_plan(recipe.model, recipe.trainer_mesh, devices, rows=packing.rows,
                      row_len=recipe.packing.row_len, slots=engine.slots, max_len=per_slot,
-                     device_memory_gb=args.device_memory_gb)
+                     device_memory_gb=args.device_memory_gb,
+                     shares_weights=recipe.run.mode == "sync" and recipe.run.placement == "colocated"
+                     and (slice_ is None or slice_.hosts == 1))
     print("ESTIMATE (a hand formula, not what XLA allocates; compile for the slice with --topology and libtpu: "
           f"{INSTALL_HINT})")
     print(f"devices: {devices} ({why})")

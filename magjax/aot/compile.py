@@ -121,6 +121,9 @@ class Compilation:
     kv_pool_bytes: int = 0  # per chip: the keys and values alone (every layer's pool or slots)
     decode_attention: str = ""  # the implementation the backend picked (e.g. tpu-paged)
     page_shards: int = 1  # parts the pool's pages are split into (data-parallel shards of the sampler's mesh)
+    # per chip: the trainer's parameters the sampler reads as they are (a sync run on one
+    # mesh whose backend reads the trainer's layout); 0 when it keeps its own copy
+    shared_weights_bytes: int = 0
 
 
 def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilation:
@@ -151,18 +154,24 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     functions.append(compile_function(FunctionMemory("trainer", "train_step", shape), step.jitted,
                                       (state, batch), tmesh)[0])
 
-    # Sampler: the publication fixes the layout prefill and decode read.
+    # Sampler: the publication fixes the layout prefill and decode read. A sync run on one
+    # mesh shares the trainer's arrays where the layouts agree (loop.py): nothing to publish.
     gmesh = placement.generator
-    engine = Engine(model, engine_config, recipe.sampling, eos_id, mesh=gmesh)
+    engine = Engine(model, engine_config, recipe.sampling, eos_id, mesh=gmesh,
+                    share_weights=recipe.run.mode == "sync" and placement.same_mesh)
     arriving = p if placement.same_mesh else abstract.params(model, gmesh)
-    publish, compiled = compile_function(FunctionMemory("sampler", "publish", "trainer layout -> sampler layout"),
-                                         engine._prepare, (arriving,), gmesh)
-    functions.append(publish)
-    shapes = jax.eval_shape(engine._prepare, arriving)
-    if compiled is not None:
-        weights = abstract.with_shardings(shapes, compiled.output_shardings)
-    else:  # the layout the engine asks for
-        weights = abstract.with_shardings(shapes, prepared_shardings(model, gmesh, engine.ops.projections))
+    if engine.shared_weights:
+        functions.append(FunctionMemory("sampler", "publish", "none: the sampler reads the trainer's arrays"))
+        weights = arriving
+    else:
+        publish, compiled = compile_function(FunctionMemory("sampler", "publish", "trainer layout -> sampler layout"),
+                                             engine._prepare, (arriving,), gmesh)
+        functions.append(publish)
+        shapes = jax.eval_shape(engine._prepare, arriving)
+        if compiled is not None:
+            weights = abstract.with_shardings(shapes, compiled.output_shardings)
+        else:  # the layout the engine asks for
+            weights = abstract.with_shardings(shapes, prepared_shardings(model, gmesh, engine.ops.projections))
     decode_state = abstract.decode_state(engine)
     g, bucket = recipe.run.group_size, engine_config.prompt_buckets[-1]
     i32 = lambda shape=(): abstract.scalar(gmesh, np.int32, shape)  # noqa: E731
@@ -180,6 +189,8 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
                        f"{engine_config.chunk_steps} steps x {engine_config.slots} slots, {cache}"),
         engine._decode, (weights, decode_state, *table(engine_config.slots)), gmesh)[0])
     pool = abstract.per_chip_bytes((decode_state.k_cache, decode_state.v_cache))
+    weights_bytes = abstract.per_chip_bytes(weights)
     return Compilation(functions, abstract.per_chip_bytes(state), abstract.per_chip_bytes(batch),
-                       abstract.per_chip_bytes(weights), abstract.per_chip_bytes(decode_state), m, packing.rows,
-                       state, pool, engine.implementations.get("decode_attention", ""), engine.page_shards)
+                       0 if engine.shared_weights else weights_bytes, abstract.per_chip_bytes(decode_state), m,
+                       packing.rows, state, pool, engine.implementations.get("decode_attention", ""),
+                       engine.page_shards, weights_bytes if engine.shared_weights else 0)

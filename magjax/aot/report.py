@@ -2,7 +2,8 @@
 
 A role's peak is the largest of its functions' peaks (arguments + outputs not written in
 place + temporaries + code). Colocated, every chip holds both roles' resident state at once
-(the trainer's state and batch, the sampler's weights and slots) plus the temporaries of
+(the trainer's state and batch, the sampler's weights, unless it reads the trainer's, and
+slots) plus the temporaries of
 whichever function runs, the larger of the two roles': that total must fit too. Headroom
 is the fraction of HBM left.
 """
@@ -63,6 +64,9 @@ class Report:
     # The sampler's KV cache per generator chip: bytes, and the sequences it holds at the
     # average and at max_len against those in flight (kv_pool.report).
     kv_cache: dict | None = None
+    # The trainer's parameters the sampler reads in place (sync, one mesh): in the decode's
+    # arguments, but held once, as the trainer's state.
+    shared_weights_bytes: int = 0
 
     def function(self, name: str) -> FunctionMemory:
         return next(f for f in self.functions if f.function == name)
@@ -89,8 +93,9 @@ class Report:
     def colocated(self) -> Verdict | None:
         if self.placement != "colocated":
             return None
-        return Verdict(self.resident_bytes("trainer") + self.resident_bytes("sampler") + self.transient_bytes(),
-                       self.hbm_bytes)
+        # Weights the sampler reads in place are in both roles' arguments, on the chip once.
+        return Verdict(self.resident_bytes("trainer") + self.resident_bytes("sampler") - self.shared_weights_bytes
+                       + self.transient_bytes(), self.hbm_bytes)
 
     @property
     def fits(self) -> bool:
@@ -120,7 +125,7 @@ class Report:
         out["colocated"] = None if colocated is None else colocated.to_dict() | {
             "trainer_resident_bytes": self.resident_bytes("trainer"),
             "sampler_resident_bytes": self.resident_bytes("sampler"),
-            "transient_bytes": self.transient_bytes()}
+            "transient_bytes": self.transient_bytes(), "shared_weights_bytes": self.shared_weights_bytes}
         out["fits"], out["compile_s"], out["compile_cpu_s"], out["estimate"] = (self.fits, self.compile_s,
                                                                              self.compile_cpu_s, False)
         return out
@@ -171,13 +176,16 @@ class Report:
             lines.append(self._verdict_line(r, self.role(r)))
         colocated = self.colocated()
         if colocated is not None:
+            shared = (f" - the trainer's weights it reads {g(self.shared_weights_bytes)}"
+                      if self.shared_weights_bytes else "")
             lines.append(f"  colocated: trainer state + batch {g(self.resident_bytes('trainer'))} + sampler weights + "
-                         f"KV cache {g(self.resident_bytes('sampler'))} + larger temporaries "
+                         f"KV cache {g(self.resident_bytes('sampler'))}{shared} + larger temporaries "
                          f"{g(self.transient_bytes())} {unit}")
             lines.append(self._verdict_line("together", colocated))
+        reads = " (it reads the trainer's)" if self.shared_weights_bytes else ""
         lines.append(f"  breakdown (logical): trainer state {g(self.trainer_state_bytes)}, batch "
-                     f"{g(self.batch_bytes)}, sampler weights {g(self.sampler_weights_bytes)}, KV cache and slots "
-                     f"{g(self.kv_cache_bytes)} {unit}")
+                     f"{g(self.batch_bytes)}, sampler weights {g(self.sampler_weights_bytes)}{reads}, KV cache and "
+                     f"slots {g(self.kv_cache_bytes)} {unit}")
         if self.kv_cache is not None:
             lines += kv_pool.describe(self.kv_cache, lambda b: f"{g(b)} {unit}")
         lines.append(f"model FLOPs per train step: {self.model_flops_per_step:.3e} ({self.tokens_per_step:,} tokens, "

@@ -65,6 +65,7 @@ class Projections:
     ``prepare_head`` and the products; the decoder only ever calls these methods."""
 
     name = "xla"
+    reads_trainer_layout = True  # prepare_layer and prepare_head return their input
 
     def prepare_layer(self, config, layer: dict) -> dict:
         """One layer's weights in this implementation's layout (the sampler's copy)."""

@@ -65,6 +65,7 @@ class PanelProjections(xla.Projections):
     overhead."""
 
     name = "native"
+    reads_trainer_layout = False
     _PACKED = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
     def prepare_layer(self, config, layer: dict) -> dict:

@@ -76,14 +76,20 @@ class Rollout:
 
     ``requests`` and ``collector`` make it an RL rollout; ``streaming`` (async mode) runs
     the generator in its own thread, fed by ``requests`` and handing each completion to
-    the verifiers as it finishes.
+    the verifiers as it finishes. ``share_weights``: the weights delivered are the
+    trainer's own and nothing generates while the trainer steps (sync mode, one mesh), so
+    the engine reads them as they are where its layout agrees: no sampler copy at all.
     """
 
     def __init__(self, model_config: ModelConfig, tokenizer: Tokenizer, chat: ChatFormat, *, engine: EngineConfig,
                  sampling: SamplingConfig, reward: RewardConfig, pool: PoolConfig, mesh=None, params=None,
                  requests: Requests | None = None, collector: GroupCollector | None = None,
-                 max_in_flight: int | None = None, streaming: bool = False):
+                 max_in_flight: int | None = None, streaming: bool = False, share_weights: bool = False):
+        if share_weights and streaming:
+            raise ValueError("Rollout: a streaming rollout generates while the trainer steps (and donates its "
+                             "weights), so it cannot share the trainer's arrays")
         self.model_config, self.tokenizer, self.chat, self.mesh = model_config, tokenizer, chat, mesh
+        self.share_weights = share_weights
         self.engine_config, self.sampling = engine, sampling
         self.requests, self.collector = requests, collector
         self._reward = reward  # the stage's: grades every completion handed on from now
@@ -114,14 +120,21 @@ class Rollout:
     def set_weights(self, params, version: int):
         """The weight store's delivery: laid out for the engine now, in the caller's thread,
         and only that copy kept (colocated, ``params`` are the trainer's own arrays, donated
-        by its next step); the generator switches at its next chunk boundary."""
+        by its next step); the generator switches at its next chunk boundary. An engine that
+        shares the trainer's arrays keeps them as they are: the trainer delivers the next
+        version before anything generates again."""
+        if self.generator.engine.shared_weights:
+            self._weights = (params, version, True)
+            self.generator.set_weights(params, version, prepared=True)
+            return
         prepared = _unaliased(self.generator.engine.prepare(params), params)
         jax.block_until_ready(prepared)
         self._weights = (prepared, version, True)
         self.generator.set_weights(prepared, version, prepared=True)
 
     def _generator(self, sampling: SamplingConfig, **kw) -> Generator:
-        engine = Engine(self.model_config, self.engine_config, sampling, self.tokenizer.eos_id, mesh=self.mesh)
+        engine = Engine(self.model_config, self.engine_config, sampling, self.tokenizer.eos_id, mesh=self.mesh,
+                        share_weights=self.share_weights)
         params, version, prepared = self._weights
         return Generator(engine, params, version, prepared=prepared, decode_text=self.tokenizer.decode, **kw)
 

@@ -176,6 +176,10 @@ def inverse_cdf(weights_bv, u_b, block: int = 128):
     return (j_b * block + i_b).clip(max=v - 1).astype(jnp.int32), total_b
 
 
+def _as_they_are(params: dict) -> dict:
+    return params
+
+
 def _release_slots(state: DecodeState, mask_b) -> DecodeState:
     return dataclasses.replace(state, active_b=state.active_b & ~mask_b)
 
@@ -223,31 +227,40 @@ class Engine:
     """The sampler's compiled functions for one model, cache geometry and sampling setting.
 
     ``prefill`` and ``decode`` take the weights as ``prepare(params)`` returns them (the
-    generator prepares each weight version once).
+    generator prepares each weight version once). ``share_weights``: the caller keeps the
+    arrays it hands over untouched until it hands over the next ones (a sync colocated run),
+    so where the backend's projections read the trainer's layout (``layout_agrees``) the
+    engine reads the trainer's stacked arrays as they are, each layer a slice taken inside
+    the compiled function, and no copy exists beside them (``prepare`` returns its input;
+    ``shared_weights`` says whether this happened). Elsewhere it prepares its copy.
     """
 
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, sampling: SamplingConfig,
-                 eos_id: int, *, mesh=None):
+                 eos_id: int, *, mesh=None, share_weights: bool = False):
         self.model_config, self.config, self.sampling = model_config, engine_config, sampling
         self.eos_id, self.mesh = eos_id, mesh
         # Projections and decode attention as the backend picks them for these shapes.
         self.ops = backends.sampler(model_config, mesh, slots=engine_config.slots, max_len=engine_config.max_len,
                                     page_size=engine_config.page_size)
+        self.shared_weights = shared_weights = share_weights and self.layout_agrees
         self.paged = engine_config.paged
         self.implementations = self.ops.implementations  # which ran: "native" or "xla", per function
         # Engines of one configuration share their compiled functions (and trace counts):
         # a run that rebuilds its generator, or a test suite making many, compiles once.
-        key = (model_config, engine_config, sampling, eos_id, mesh, tuple(sorted(self.implementations.items())))
+        key = (model_config, engine_config, sampling, eos_id, mesh, shared_weights,
+               tuple(sorted(self.implementations.items())))
         if key in _COMPILED:
             (self._prepare, self._prefill, self._decode, self._release, self._activate, self._take,
              self._put) = _COMPILED[key]
             return
         shardings = self.state_shardings() if mesh is not None else None
-        params_sh = prepared_shardings(model_config, mesh, self.ops.projections) if mesh is not None else None
+        params_sh = (None if mesh is None else decoder.param_shardings(model_config, mesh) if shared_weights
+                     else prepared_shardings(model_config, mesh, self.ops.projections))
         kw = lambda ins, outs: {} if mesh is None else {"in_shardings": ins, "out_shardings": outs}  # noqa: E731
         rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
-        self._prepare = jax.jit(functools.partial(prepare_params, model_config, projections=self.ops.projections),
-                                **({} if mesh is None else {"out_shardings": params_sh}))
+        self._prepare = (_as_they_are if shared_weights else
+                         jax.jit(functools.partial(prepare_params, model_config, projections=self.ops.projections),
+                                 **({} if mesh is None else {"out_shardings": params_sh})))
         table = (rep,) if self.paged else ()  # the page table, when paged: the host's, small
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
                                 **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep, *table), (shardings, rep)))
@@ -268,8 +281,22 @@ class Engine:
         return {"prefill": self._prefill._cache_size(), "decode": self._decode._cache_size()}  # noqa: SLF001
 
     def prepare(self, params: dict) -> dict:
-        """The weights in the layout ``prefill`` and ``decode`` read (one copy per version)."""
+        """The weights in the layout ``prefill`` and ``decode`` read (one copy per version;
+        with ``shared_weights``, ``params`` themselves)."""
         return self._prepare(params)
+
+    @property
+    def layout_agrees(self) -> bool:
+        """Whether this backend's projections read the weights as the trainer lays them out
+        (so the engine can share the trainer's arrays instead of keeping a prepared copy)."""
+        return self.ops.projections.reads_trainer_layout
+
+    def _layers(self, params: dict) -> list[dict]:
+        """Each layer's weights: the prepared per-layer dicts, or slices of the trainer's
+        stacked arrays (static slices, which the compiler reads in place where it can)."""
+        if not self.shared_weights:
+            return params["layers"]
+        return [jax.tree.map(lambda a, l=l: a[l], params["layers"]) for l in range(self.model_config.num_layers)]
 
     # ------------------------------------------------------------------ state
 
@@ -357,7 +384,7 @@ class Engine:
         projections = self.ops.projections
         x_1pd = shd.constrain(decoder.embed(c, params, tokens_1p), (shd.BATCH, shd.SEQUENCE, None), self.mesh)
         k_cache, v_cache = list(state.k_cache), list(state.v_cache)
-        for l, layer in enumerate(params["layers"]):
+        for l, layer in enumerate(self._layers(params)):
             x_1pd, (k_1pke, v_1pke) = decoder.block(c, layer, x_1pd, positions_1p, attention, self.mesh, projections)
             # The prompt's keys and values go to each of its G slots (paged: to their
             # pages, the prompt's full pages shared).
@@ -455,7 +482,7 @@ class Engine:
         hi_b = jnp.where(state.active_b, pos_b + 1, lo_b)
         k_cache, v_cache = list(state.k_cache), list(state.v_cache)
         # The layers run as a Python loop (unrolled): each reads its own weights and cache.
-        for l, layer in enumerate(params["layers"]):
+        for l, layer in enumerate(self._layers(params)):
             q_b1he, k_b1ke, v_b1ke = decoder.attention_inputs(c, layer, x_b1d, pos_b[:, None], True, projections)
             # A slot just written in this step reads its own new entry from the cache.
             o_b1he, k_cache[l], v_cache[l] = cache.write_and_attend(q_b1he, k_b1ke, v_b1ke, k_cache[l], v_cache[l],
