@@ -70,6 +70,12 @@ class RunConfig:
     # counted (pipeline/dropped_stale); the batch is refilled with fresh groups. None: off.
     max_lag_versions: int | None = None
     queue_groups: int = 8  # scored groups waiting for the trainer before generation blocks
+    # The sampler's weights beside the trainer's: "copy" (its own, in its backend's layout),
+    # "shared" (the trainer's arrays, read in place: sync mode on one mesh, where the
+    # backend reads the trainer's layout) or "auto": shared on accelerators, whose compilers
+    # read a layer's slice of the stacked arrays in place, a copy on CPUs, where XLA copies
+    # every slice on every decode step (about a quarter slower).
+    sampler_weights: Literal["auto", "copy", "shared"] = "auto"
     max_new_tokens: int = 64
     seed: int = 0
     run_dir: str | None = None  # metrics and checkpoints; None = keep nothing on disk
@@ -91,6 +97,12 @@ class RunConfig:
                              f"max_async_ratio {self.max_async_ratio} (the off-policy bound)")
         if self.n_async < self.group_size:
             raise ValueError(f"RunConfig.n_async ({self.n_async}) must hold at least one group ({self.group_size})")
+        if self.sampler_weights not in ("auto", "copy", "shared"):
+            raise ValueError(f"RunConfig.sampler_weights must be auto|copy|shared, got {self.sampler_weights!r}")
+        if self.sampler_weights == "shared" and (self.mode, self.placement) != ("sync", "colocated"):
+            raise ValueError(f"RunConfig.sampler_weights='shared' needs mode='sync' and placement='colocated' (got "
+                             f"{self.mode}, {self.placement}): only then does nothing generate while the trainer "
+                             "steps on the same devices")
         if self.max_lag_versions is not None and self.max_lag_versions < 0:
             raise ValueError(f"RunConfig.max_lag_versions ({self.max_lag_versions}) must be >= 0 or None (off)")
         curriculum.validate(self.stages)
@@ -245,9 +257,7 @@ class _Pipeline:
             mesh=placement.rollout, requests=self.requests,
             collector=GroupCollector(run.group_size, max(run.queue_groups, groups_per_batch)),
             max_in_flight=self._in_flight(run), streaming=run.mode == "async",
-            # Sync on one mesh: nothing generates while the trainer steps, so the sampler can
-            # read the trainer's own arrays (where the backend's layout agrees) instead of a copy.
-            share_weights=run.mode == "sync" and placement.shared)
+            share_weights=shares_weights(run, placement.shared, placement.rollout.devices.flat[0].platform))
         # Rows per microbatch from a per-chip token budget, when the recipe gives one.
         self.packing = recipe.packing.for_mesh(placement.trainer.shape["data"] * placement.trainer.shape["fsdp"])
         # The trainer scores tokens under the distribution the sampler drew them from.
@@ -470,6 +480,14 @@ def _check_fits(config: RunConfig, engine: EngineConfig, packing: batching.Packi
     if engine.slots < config.n_async // processes:
         raise ValueError(f"EngineConfig.slots ({engine.slots}) must hold n_async ({config.n_async}) sequences"
                          + (f" / {processes} processes" if processes > 1 else ""))
+
+
+def shares_weights(run: RunConfig, one_mesh: bool, platform: str) -> bool:
+    """Whether the sampler reads the trainer's arrays (RunConfig.sampler_weights): only in a
+    sync run on one mesh, where nothing generates while the trainer steps."""
+    if run.mode != "sync" or not one_mesh or run.sampler_weights == "copy":
+        return False
+    return run.sampler_weights == "shared" or platform != "cpu"
 
 
 def _sync_engine(engine: EngineConfig, in_flight: int, placement: Placement) -> EngineConfig:

@@ -38,12 +38,16 @@ def one_batch(sft_params, tmp_path_factory):
     return _run(sft_params, steps=1, run_dir=str(run_dir)), run_dir
 
 
-def test_sync_mode_is_bitwise_reproducible(sft_params, straight, tmp_path):
-    a, b = straight, _run(sft_params, steps=4, run_dir=str(tmp_path / "again"))
+def test_sync_mode_is_bitwise_reproducible_with_or_without_a_sampler_copy(sft_params, straight, tmp_path):
+    """Run again with the sampler reading the trainer's arrays (on CPUs it keeps a copy by
+    default): the same run, bit for bit, holding no second copy of the weights."""
+    a, b = straight, _run(sft_params, steps=4, run_dir=str(tmp_path / "again"), sampler_weights="shared")
+    assert {h["rollout/weight_copy_bytes"] for h in a.history} == {sum(x.nbytes for x in _leaves(a.params))}
+    assert {h["rollout/weight_copy_bytes"] for h in b.history} == {0}
     for x, y in zip(_leaves(a.params), _leaves(b.params)):
         np.testing.assert_array_equal(x, y)
-    drop = lambda h: {k: v for k, v in h.items() if k not in ("time",) and "_s" not in k and "per_s" not in k  # noqa: E731
-                      and "fraction" not in k and "tokens_per_s" not in k}
+    drop = lambda h: {k: v for k, v in h.items() if k not in ("time", "rollout/weight_copy_bytes")  # noqa: E731
+                      and "_s" not in k and "per_s" not in k and "fraction" not in k and "tokens_per_s" not in k}
     assert [drop(h) for h in a.history] == [drop(h) for h in b.history]
 
 

@@ -196,3 +196,22 @@ def test_only_a_sampler_whose_layout_agrees_shares_and_a_streaming_one_never(mes
         Rollout(config, ByteTokenizer(), ChatFormat("plain", None), mesh=mesh_1x8,
                 engine=EngineConfig(slots=8, max_len=64, prompt_buckets=(32,)), sampling=SamplingConfig(),
                 reward=RewardConfig(), pool=PoolConfig(threads=1), share_weights=True, streaming=True)
+
+
+def test_which_runs_share_the_trainers_weights():
+    """RunConfig.sampler_weights: "auto" shares in a sync run on one accelerator mesh only
+    (XLA:CPU copies each layer's slice on every decode step); "shared" needs a sync
+    colocated run, and says so."""
+    from magjax.loop import RunConfig, shares_weights
+
+    sync = RunConfig(mode="sync")
+    assert shares_weights(sync, True, "tpu") and shares_weights(sync, True, "gpu")
+    assert not shares_weights(sync, True, "cpu")
+    assert shares_weights(RunConfig(mode="sync", sampler_weights="shared"), True, "cpu")
+    assert not shares_weights(sync, False, "tpu")  # two meshes: the weights are resharded anyway
+    assert not shares_weights(RunConfig(), True, "tpu")  # async: the sampler decodes during donated steps
+    assert not shares_weights(RunConfig(mode="sync", sampler_weights="copy"), True, "tpu")
+    with pytest.raises(ValueError, match="sampler_weights='shared' needs mode='sync' and placement='colocated'"):
+        RunConfig(sampler_weights="shared")
+    with pytest.raises(ValueError, match="sampler_weights must be auto|copy|shared"):
+        RunConfig(mode="sync", sampler_weights="none")

@@ -73,6 +73,7 @@ def compile_report(recipe, slice_: topology.Slice):
 
 
 def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
+    from magjax.loop import shares_weights
     from magjax.plan import make_plan
 
     if args.devices:
@@ -91,8 +92,7 @@ def _estimate(recipe, args, slice_: topology.Slice | None) -> int:
     plan = make_plan(recipe.model, recipe.trainer_mesh, devices, rows=packing.rows,
                      row_len=recipe.packing.row_len, slots=engine.slots, max_len=per_slot,
                      device_memory_gb=args.device_memory_gb,
-                     shares_weights=recipe.run.mode == "sync" and recipe.run.placement == "colocated"
-                     and (slice_ is None or slice_.hosts == 1))
+                     shares_weights=shares_weights(recipe.run, slice_ is None or slice_.hosts == 1, "tpu"))
     print("ESTIMATE (a hand formula, not what XLA allocates; compile for the slice with --topology and libtpu: "
           f"{INSTALL_HINT})")
     print(f"devices: {devices} ({why})")

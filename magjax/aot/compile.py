@@ -23,6 +23,7 @@ import numpy as np
 from magjax.aot import abstract
 from magjax.aot.placement import Placement
 from magjax.aot.topology import parse_bytes
+from magjax.loop import shares_weights
 from magjax.rl import train_step
 from magjax.sampling.engine import Engine, prepared_shardings
 
@@ -158,7 +159,7 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     # mesh shares the trainer's arrays where the layouts agree (loop.py): nothing to publish.
     gmesh = placement.generator
     engine = Engine(model, engine_config, recipe.sampling, eos_id, mesh=gmesh,
-                    share_weights=recipe.run.mode == "sync" and placement.same_mesh)
+                    share_weights=shares_weights(recipe.run, placement.same_mesh, "tpu"))
     arriving = p if placement.same_mesh else abstract.params(model, gmesh)
     if engine.shared_weights:
         functions.append(FunctionMemory("sampler", "publish", "none: the sampler reads the trainer's arrays"))

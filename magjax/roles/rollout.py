@@ -215,10 +215,19 @@ class Rollout:
     def stats(self) -> dict:
         """The verifiers' figures and the size of every table kept per request (each bounded
         by the work in flight, never by the run's length)."""
-        tables = {"rollout/open_groups": self.collector.open_groups if self.collector is not None else 0,
+        tables = {"rollout/weight_copy_bytes": self.weight_copy_bytes,
+                  "rollout/open_groups": self.collector.open_groups if self.collector is not None else 0,
                   "rollout/generator_requests": self.generator.in_flight + self.generator.pending,
                   "verifier/waiting": self.verifier.waiting, "verifier/latency_samples": self.verifier.latency_samples}
         return self.verifier.stats() | tables
+
+    @property
+    def weight_copy_bytes(self) -> int:
+        """Bytes of the sampler's own copy of the weights (all devices): 0 when its engine
+        reads the trainer's arrays (``share_weights``)."""
+        if self.generator.engine.shared_weights or self._weights[0] is None:
+            return 0
+        return sum(x.nbytes for x in jax.tree.leaves(self._weights[0]))
 
     def close(self) -> tuple[int, collections.Counter]:
         """Stops everything once; returns (every time) the sequences abandoned in flight
