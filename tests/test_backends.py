@@ -119,6 +119,61 @@ def test_fused_dot_product_attention_takes_the_reference_mask(window):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("b, t, h, kv, e, segments", [(2, 37, 4, 2, 8, "packed"), (1, 48, 4, 1, 16, "recurring")])
+def test_the_gpu_flash_kernel_and_its_gradients_equal_the_reference(b, t, h, kv, e, segments):
+    """The GPU path for packed rows (Pallas's Triton flash attention, run by Pallas's
+    interpreter here): values and gradients equal the reference with grouped queries, a
+    row off the kernel's blocks (padded), and a segment id that recurs in its row."""
+    rng, q, k, v, do = _inputs(b, t, h, kv, e, t)
+    seg, pos = _segments(segments, b, t, rng)
+    config = preset("test").replace(num_heads=h, num_kv_heads=kv, head_dim=e)
+    assert gpu.flash_applies(config) and not gpu.flash_applies(config.replace(sliding_window=8))
+    mask = reference.attention_mask(jnp.asarray(pos), jnp.asarray(seg), None)
+    attention = gpu.flash(config, jnp.asarray(seg), interpret=True)
+
+    def value_and_grads(attend):
+        def loss(q, k, v):
+            o = attend(q, k, v)
+            return jnp.sum(do * o), o
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+
+    want_grads, want_o = value_and_grads(lambda q, k, v: reference.attend(q, k, v, mask))
+    got_grads, got_o = value_and_grads(attention.attend)
+    np.testing.assert_allclose(got_o, want_o, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(("dq", "dk", "dv"), got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_the_gpu_flash_kernel_runs_per_device_on_a_mesh(mesh_2x4):
+    """Under ``shard_map``, rows over the batch axes and heads over ``model``: the same
+    values as on one device, and no [t, t] array anywhere in the program."""
+    b, t, h, kv, e = 2, 96, 8, 4, 8  # blocks of 32: a [t, t] array would be the kernel not tiling
+    rng, q, k, v, _ = _inputs(b, t, h, kv, e, 5)
+    seg, pos = _segments("packed", b, t, rng)
+    config = preset("test").replace(num_heads=h, num_kv_heads=kv, head_dim=e)
+    want = reference.attend(q, k, v, reference.attention_mask(jnp.asarray(pos), jnp.asarray(seg), None))
+    attend = jax.jit(gpu.flash(config, jnp.asarray(seg), mesh_2x4, interpret=True).attend)
+    np.testing.assert_allclose(attend(q, k, v), want, rtol=1e-5, atol=1e-5)
+    jaxpr = jax.make_jaxpr(attend)(q, k, v)
+    assert not any(x.aval.shape[-2:] == (t, t) for eqn in _all_eqns(jaxpr.jaxpr) for x in eqn.outvars
+                   if hasattr(x.aval, "shape"))
+
+
+def test_the_gpu_flash_kernel_and_its_gradient_lower_for_cuda():
+    """Lowered for CUDA on this CPU machine (no GPU needed to lower): Triton kernels for
+    the forward and backward passes, at a bfloat16 shape the train step uses."""
+    config = preset("test").replace(num_heads=4, num_kv_heads=2, head_dim=64, dtype="bfloat16")
+    b, t = 2, 256
+    attention = gpu.attention(config, jnp.zeros((b, t), jnp.int32), jnp.zeros((b, t), jnp.int32))
+
+    def loss(q, k, v):
+        return jnp.sum(attention.attend(q, k, v).astype(jnp.float32))
+
+    q, kv = jax.ShapeDtypeStruct((b, t, 4, 64), jnp.bfloat16), jax.ShapeDtypeStruct((b, t, 2, 64), jnp.bfloat16)
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("xla.gpu.triton") == 3  # the forward; the backward's preprocessing and its kernel
+
+
 def test_both_cache_layouts_write_and_attend_alike():
     """The CPU layout and the accelerator one (head dim minor) give the same attention
     over the same prompt writes, step writes (one dropped: out of range) and ranges."""

@@ -5,8 +5,9 @@ projections run, by backend:
   attended blockwise (``decode_blockwise.py``, head dim minor), or, paged, the Pallas
   paged attention kernel under ``shard_map`` (``tpu_paged.py``; models with a sliding
   window or a head dim off the kernel's 128 lanes take the portable paged cache).
-* GPU: ``jax.nn.dot_product_attention`` on cuDNN where it applies (``gpu.py``); the
-  token-major cache attended blockwise.
+* GPU: the Pallas Triton flash attention with segment ids under ``shard_map``, or for
+  windowed models cuDNN's (short rows) or the portable blockwise attention (``gpu.py``);
+  the token-major cache attended blockwise.
 * CPU: magjax's native kernels where they are registered, apply and win a measured race
   against XLA at the real shapes (``race.py``), else XLA's; the CPU cache layout.
 * Anything else: the portable XLA implementations (``xla.py``, with the blockwise
@@ -84,7 +85,7 @@ def attention(config, positions_bt, segment_ids_bt, *, mesh=None, grad: bool = T
         return tpu.attention(config, positions_bt, segment_ids_bt, mesh)
     if p == "gpu":
         from magjax.backends import gpu
-        return gpu.attention(config, positions_bt, segment_ids_bt)
+        return gpu.attention(config, positions_bt, segment_ids_bt, mesh)
     native = cpu_kernels(mesh)
     if native is not None and native.attention_applies(config):
         b, t = positions_bt.shape
