@@ -71,10 +71,12 @@ class RunConfig:
     max_lag_versions: int | None = None
     queue_groups: int = 8  # scored groups waiting for the trainer before generation blocks
     # The sampler's weights beside the trainer's: "copy" (its own, in its backend's layout),
-    # "shared" (the trainer's arrays, read in place: sync mode on one mesh, where the
-    # backend reads the trainer's layout) or "auto": shared on accelerators, whose compilers
-    # read a layer's slice of the stacked arrays in place, a copy on CPUs, where XLA copies
-    # every slice on every decode step (about a quarter slower).
+    # "shared" (the trainer's arrays, read in place: colocated on one mesh, where the
+    # backend reads the trainer's layout; an async generator then waits while the trainer
+    # steps, sampling/turns.py) or "auto": shared on accelerators, whose compilers read a
+    # layer's slice of the stacked arrays in place and whose chips run one program at a
+    # time anyway; a copy on CPUs, where XLA copies every slice on every decode step (about
+    # a quarter slower) and the two roles' programs run side by side.
     sampler_weights: Literal["auto", "copy", "shared"] = "auto"
     max_new_tokens: int = 64
     seed: int = 0
@@ -99,10 +101,9 @@ class RunConfig:
             raise ValueError(f"RunConfig.n_async ({self.n_async}) must hold at least one group ({self.group_size})")
         if self.sampler_weights not in ("auto", "copy", "shared"):
             raise ValueError(f"RunConfig.sampler_weights must be auto|copy|shared, got {self.sampler_weights!r}")
-        if self.sampler_weights == "shared" and (self.mode, self.placement) != ("sync", "colocated"):
-            raise ValueError(f"RunConfig.sampler_weights='shared' needs mode='sync' and placement='colocated' (got "
-                             f"{self.mode}, {self.placement}): only then does nothing generate while the trainer "
-                             "steps on the same devices")
+        if self.sampler_weights == "shared" and self.placement != "colocated":
+            raise ValueError("RunConfig.sampler_weights='shared' needs placement='colocated': disaggregated, the "
+                             "sampler's weights live on other devices")
         if self.max_lag_versions is not None and self.max_lag_versions < 0:
             raise ValueError(f"RunConfig.max_lag_versions ({self.max_lag_versions}) must be >= 0 or None (off)")
         curriculum.validate(self.stages)
@@ -143,8 +144,9 @@ def run(recipe: Recipe, problems: list[Problem], params: dict | None = None, *, 
             batches = job.trainer.old_policy(batches)  # pi_old, when the objective is decoupled
             m = {}
             for batch in batches:
-                m |= job.trainer.step(batch)
-                m["pipeline/publish_s"] = job.trainer.publish()
+                with job.rollout.trainer_turn():  # the generator's, when it reads the trainer's arrays
+                    m |= job.trainer.step(batch)
+                    m["pipeline/publish_s"] = job.trainer.publish()
             job.record(step, groups, kept, removed, packed, m)
             if evaluator is not None and eval_every and step % eval_every == 0:
                 m |= _evaluate(evaluator, job.trainer)
@@ -483,9 +485,9 @@ def _check_fits(config: RunConfig, engine: EngineConfig, packing: batching.Packi
 
 
 def shares_weights(run: RunConfig, one_mesh: bool, platform: str) -> bool:
-    """Whether the sampler reads the trainer's arrays (RunConfig.sampler_weights): only in a
-    sync run on one mesh, where nothing generates while the trainer steps."""
-    if run.mode != "sync" or not one_mesh or run.sampler_weights == "copy":
+    """Whether the sampler reads the trainer's arrays (RunConfig.sampler_weights): only
+    where both roles hold them on one mesh."""
+    if not one_mesh or run.sampler_weights == "copy":
         return False
     return run.sampler_weights == "shared" or platform != "cpu"
 

@@ -10,13 +10,12 @@ What a colocated run really holds of the weights: the trainer's parameters and o
 copy, ``Engine.prepare``'s output (the stacked layers split into one array per layer, in
 the projections' layout, and the embeddings and final norm). The weight store delivers the
 trainer's own arrays and the rollout prepares them at once, keeping nothing else
-(weights.py), so there is no third copy. An async run's sampler copy cannot be the
-trainer's arrays, even where the layouts agree: the train step donates its parameters to
-update them in place, and the sampler decodes while the trainer steps. A sync run on one
-process generates only between steps, so where the layouts agree (every accelerator
-backend; not the native CPU kernels' panels) the sampler reads the trainer's arrays and
-holds no copy (``shares_weights``). Counted here at the storage dtype and the parameters'
-sharding (the native CPU kernels' panel layout is the same size).
+(weights.py), so there is no third copy. On one mesh (one process, colocated), where the
+layouts agree (every accelerator backend; not the native CPU kernels' panels), the sampler
+reads the trainer's arrays and holds no copy at all (``shares_weights``): the train step
+donates them to update them in place, so the generator takes turns with it
+(sampling/turns.py). Counted here at the storage dtype and the parameters' sharding (the
+native CPU kernels' panel layout is the same size).
 
 Activation estimate per layer and token, in the compute dtype, without rematerialisation:
 the residual, two norm outputs, q/k/v, the attention output, and the MLP's gate, up and

@@ -5,10 +5,10 @@ trainer's own arrays are delivered, uncopied: the receiver must be done with the
 ``deliver`` returns, because the next train step donates them. The rollout is
 (``Rollout.set_weights`` lays them out for its engine at once, and keeps only that), so a
 colocated run holds the trainer's parameters and the sampler's prepared copy, no third. A
-sync run on one mesh holds only the trainer's: nothing generates during a step, so an
-engine whose projections read the trainer's layout keeps the delivered arrays as they are
-(``Engine(share_weights=True)``), and each step's publication replaces them before the
-next generation.
+run on one mesh can hold only the trainer's: an engine whose projections read the
+trainer's layout keeps the delivered arrays as they are (``Engine(share_weights=True)``),
+nothing generates while the trainer steps (sync by construction, async by turns:
+sampling/turns.py), and each step's publication replaces them before the next generation.
 Disaggregated, the params are
 resharded onto the generator's mesh and cast to its dtype, then validated (tree, shapes,
 dtypes, shardings) before the version becomes visible. Each publication is timed. This is

@@ -74,7 +74,10 @@ def test_each_generation_gives_one_device_per_chip_and_its_hbm(name, kind, hbm_g
 SMALL = ["PackingConfig.tokens_per_chip=64", "PackingConfig.row_len=64", "EngineConfig.max_len=128",
          "EngineConfig.slots=16", "EngineConfig.prompt_buckets=(64,)", "EngineConfig.chunk_steps=4", "RunConfig.n_batch=16",
          "RunConfig.n_async=16"]
+# The sampler keeps its own copy here, so the publication compiles (one host, colocated,
+# it would otherwise read the trainer's arrays: test_a_colocated_plan_on_one_host_...).
 TINY = ["--gin_file", "experiments/demo_cpu.gin", "--gin.MODEL='tiny'", "--gin.RunConfig.placement='colocated'",
+        "--gin.RunConfig.sampler_weights='copy'",
         *(f"--gin.{b}" for b in SMALL)]
 
 
@@ -344,10 +347,11 @@ def test_the_tpu_sampler_takes_the_kernel_where_it_applies(change, picked):
 
 
 @needs_libtpu
-def test_a_sync_colocated_plan_counts_the_weights_once(tiny, tmp_path):
-    """Sync on one host: the sampler reads the trainer's arrays (loop.py), so nothing is
-    published, the sampler holds no copy, and the colocated total counts the weights once:
-    the async plan's total less the sampler's copy."""
+def test_a_colocated_plan_on_one_host_counts_the_weights_once(tiny, tmp_path):
+    """Colocated on one host, the sampler reads the trainer's arrays by default on TPUs
+    (RunConfig.sampler_weights="auto"), so nothing is published, the sampler holds no copy,
+    and the colocated total counts the weights once: the copying plan's total less the
+    sampler's copy."""
     import contextlib
     import io
 
@@ -356,7 +360,8 @@ def test_a_sync_colocated_plan_counts_the_weights_once(tiny, tmp_path):
     out = io.StringIO()
     path = tmp_path / "plan.json"
     with contextlib.redirect_stdout(out):
-        status = main(["plan", *TINY, "--gin.RunConfig.mode='sync'", "--topology", "v5p:2x2x1", "--json", str(path)])
+        status = main(["plan", *TINY, "--gin.RunConfig.sampler_weights='auto'", "--topology", "v5p:2x2x1", "--json",
+                       str(path)])
     d, a = json.loads(path.read_text()), tiny[2]
     assert status == 0 and d["fits"]
     funcs = {f["function"]: f for f in d["functions"]}

@@ -76,6 +76,18 @@ def test_async_colocated_learns_spans_versions_and_loses_nothing(sft_params):
     _check_accounting(result)
 
 
+def test_async_colocated_on_the_trainers_own_arrays_takes_turns_and_loses_nothing(sft_params):
+    """RunConfig.sampler_weights="shared" in an async run: the generator reads the arrays
+    each donated train step updates, so it takes turns with the trainer (a use of a
+    donated array would fail the run); sequences still continue on new weights mid-flight."""
+    result = _run(sft_params, mode="async", steps=6, n_batch=32, n_async=32, queue_groups=4, sampler_weights="shared")
+    h = result.history
+    assert len(h) == 6 and {r["rollout/weight_copy_bytes"] for r in h} == {0}
+    assert h[-1]["rollout/trainer_turn_wait_s"] > 0  # the generator waited out the trainer's steps
+    assert result.spanning >= 1 and max(r["pipeline/lag_versions_spanned_max"] for r in h) >= 1
+    _check_accounting(result)
+
+
 def test_async_disaggregated_validates_and_delivers_weights(sft_params):
     result = _run(sft_params, mode="async", steps=3, placement="disaggregated", generator_devices=4)
     assert result.version >= 1 and "pipeline/publish_s" in result.history[-1]

@@ -176,9 +176,9 @@ def test_a_sync_colocated_sampler_reads_the_trainers_arrays_and_holds_no_copy(me
         copying.close()
 
 
-def test_only_a_sampler_whose_layout_agrees_shares_and_a_streaming_one_never(mesh_1x8):
+def test_only_a_sampler_whose_layout_agrees_shares():
     """The native CPU kernels read packed panels: asked to share, the engine keeps its
-    prepared copy. A streaming (async) rollout decodes while the trainer steps: refused."""
+    prepared copy."""
     from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
 
     config = preset("demo")
@@ -187,31 +187,55 @@ def test_only_a_sampler_whose_layout_agrees_shares_and_a_streaming_one_never(mes
     assert engine.implementations["projections"] == "native" and not engine.shared_weights
     params = decoder.init_params(config, jax.random.key(0))
     assert engine.prepare(params) is not params
-    with pytest.raises(ValueError, match="streaming rollout .* cannot share"):
-        from magjax.models.tokenizer import ByteTokenizer, ChatFormat
-        from magjax.rewards.pool import PoolConfig
-        from magjax.rewards.reward import RewardConfig
-        from magjax.roles.rollout import Rollout
-
-        Rollout(config, ByteTokenizer(), ChatFormat("plain", None), mesh=mesh_1x8,
-                engine=EngineConfig(slots=8, max_len=64, prompt_buckets=(32,)), sampling=SamplingConfig(),
-                reward=RewardConfig(), pool=PoolConfig(threads=1), share_weights=True, streaming=True)
 
 
 def test_which_runs_share_the_trainers_weights():
-    """RunConfig.sampler_weights: "auto" shares in a sync run on one accelerator mesh only
-    (XLA:CPU copies each layer's slice on every decode step); "shared" needs a sync
-    colocated run, and says so."""
+    """RunConfig.sampler_weights: "auto" shares on one accelerator mesh, sync or async
+    (XLA:CPU copies each layer's slice on every decode step, so CPUs keep a copy);
+    "shared" needs a colocated run, and says so."""
     from magjax.loop import RunConfig, shares_weights
 
-    sync = RunConfig(mode="sync")
-    assert shares_weights(sync, True, "tpu") and shares_weights(sync, True, "gpu")
-    assert not shares_weights(sync, True, "cpu")
-    assert shares_weights(RunConfig(mode="sync", sampler_weights="shared"), True, "cpu")
-    assert not shares_weights(sync, False, "tpu")  # two meshes: the weights are resharded anyway
-    assert not shares_weights(RunConfig(), True, "tpu")  # async: the sampler decodes during donated steps
-    assert not shares_weights(RunConfig(mode="sync", sampler_weights="copy"), True, "tpu")
-    with pytest.raises(ValueError, match="sampler_weights='shared' needs mode='sync' and placement='colocated'"):
-        RunConfig(sampler_weights="shared")
+    for mode in ("sync", "async"):
+        run = RunConfig(mode=mode)
+        assert shares_weights(run, True, "tpu") and shares_weights(run, True, "gpu")
+        assert not shares_weights(run, True, "cpu")
+        assert shares_weights(RunConfig(mode=mode, sampler_weights="shared"), True, "cpu")
+        assert not shares_weights(run, False, "tpu")  # two meshes: the weights are resharded anyway
+        assert not shares_weights(RunConfig(mode=mode, sampler_weights="copy"), True, "tpu")
+    with pytest.raises(ValueError, match="sampler_weights='shared' needs placement='colocated'"):
+        RunConfig(placement="disaggregated", sampler_weights="shared")
     with pytest.raises(ValueError, match="sampler_weights must be auto|copy|shared"):
-        RunConfig(mode="sync", sampler_weights="none")
+        RunConfig(sampler_weights="none")
+
+
+def test_the_trainer_steps_between_generator_steps_and_is_never_starved():
+    """Turns on shared weights: the trainer's turn waits for the generator's current step
+    and comes before its next one, however eagerly the generator asks again."""
+    import threading
+    import time
+
+    from magjax.sampling.turns import Turns
+
+    turns, in_chunk, log = Turns(), threading.Event(), []
+
+    def generator():
+        with turns.generating():
+            log.append("chunk 1 starts")
+            in_chunk.set()
+            while not turns.trainer_waiting:  # the trainer asks while this chunk runs
+                time.sleep(0.001)
+            log.append("chunk 1 ends")
+        with turns.generating():  # asks again at once, as the generator thread does
+            log.append("chunk 2")
+
+    def trainer():
+        assert in_chunk.wait(30)
+        with turns.training():
+            log.append("step")
+
+    threads = [threading.Thread(target=f) for f in (generator, trainer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert log == ["chunk 1 starts", "chunk 1 ends", "step", "chunk 2"], log

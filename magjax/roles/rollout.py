@@ -13,6 +13,7 @@ grouping need no table keyed by id.
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ from magjax.rewards.reward import RewardConfig
 from magjax.rl.collector import GroupCollector
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
 from magjax.sampling.generator import Generator, Request
+from magjax.sampling.turns import Turns
 from magjax.types import Completion, Problem, ScoredCompletion, ScoredGroup, Task
 
 
@@ -77,17 +79,16 @@ class Rollout:
     ``requests`` and ``collector`` make it an RL rollout; ``streaming`` (async mode) runs
     the generator in its own thread, fed by ``requests`` and handing each completion to
     the verifiers as it finishes. ``share_weights``: the weights delivered are the
-    trainer's own and nothing generates while the trainer steps (sync mode, one mesh), so
-    the engine reads them as they are where its layout agrees: no sampler copy at all.
+    trainer's own (one mesh), and the engine reads them as they are where its layout
+    agrees: no sampler copy at all. Nothing may then generate while the trainer steps: a
+    sync run never does, and a streaming generator takes turns with the trainer
+    (``trainer_turn``; sampling/turns.py).
     """
 
     def __init__(self, model_config: ModelConfig, tokenizer: Tokenizer, chat: ChatFormat, *, engine: EngineConfig,
                  sampling: SamplingConfig, reward: RewardConfig, pool: PoolConfig, mesh=None, params=None,
                  requests: Requests | None = None, collector: GroupCollector | None = None,
                  max_in_flight: int | None = None, streaming: bool = False, share_weights: bool = False):
-        if share_weights and streaming:
-            raise ValueError("Rollout: a streaming rollout generates while the trainer steps (and donates its "
-                             "weights), so it cannot share the trainer's arrays")
         self.model_config, self.tokenizer, self.chat, self.mesh = model_config, tokenizer, chat, mesh
         self.share_weights = share_weights
         self.engine_config, self.sampling = engine, sampling
@@ -99,6 +100,9 @@ class Rollout:
                                          on_complete=self._grade if streaming else None,
                                          feed=requests.next if streaming else None)
         self.streaming = streaming
+        # The turns exist only where there is something to take turns on.
+        self._turns = Turns() if streaming and self.generator.engine.shared_weights else None
+        self.generator.turns = self._turns
         self._closed: tuple[int, collections.Counter] | None = None  # close()'s result, once closed
 
     # ------------------------------------------------------------------ RL
@@ -117,12 +121,18 @@ class Rollout:
         if self.streaming:
             self.generator.start()
 
+    def trainer_turn(self):
+        """Held by the trainer while it steps and publishes when the streaming generator
+        reads its arrays: the generator's current step ends first, its next one reads the
+        new version. Otherwise nothing to wait for."""
+        return self._turns.training() if self._turns is not None else contextlib.nullcontext()
+
     def set_weights(self, params, version: int):
         """The weight store's delivery: laid out for the engine now, in the caller's thread,
         and only that copy kept (colocated, ``params`` are the trainer's own arrays, donated
         by its next step); the generator switches at its next chunk boundary. An engine that
         shares the trainer's arrays keeps them as they are: the trainer delivers the next
-        version before anything generates again."""
+        version before anything generates again (in its turn, when streaming)."""
         if self.generator.engine.shared_weights:
             self._weights = (params, version, True)
             self.generator.set_weights(params, version, prepared=True)
@@ -216,6 +226,8 @@ class Rollout:
         """The verifiers' figures and the size of every table kept per request (each bounded
         by the work in flight, never by the run's length)."""
         tables = {"rollout/weight_copy_bytes": self.weight_copy_bytes,
+                  # seconds the generator has waited for the trainer's turns on shared weights
+                  "rollout/trainer_turn_wait_s": self._turns.generator_wait_s if self._turns is not None else 0.0,
                   "rollout/open_groups": self.collector.open_groups if self.collector is not None else 0,
                   "rollout/generator_requests": self.generator.in_flight + self.generator.pending,
                   "verifier/waiting": self.verifier.waiting, "verifier/latency_samples": self.verifier.latency_samples}

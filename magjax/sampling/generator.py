@@ -10,6 +10,7 @@ it is (Magistral's in-flight update). Each token is tagged with the version that
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import threading
 import time
@@ -20,6 +21,7 @@ import numpy as np
 
 from magjax.sampling.engine import EOS, RUNNING, Engine
 from magjax.sampling.pages import PagePool, PoolExhausted
+from magjax.sampling.turns import Turns
 from magjax.types import Completion, Task
 
 FINISH_NAMES = {EOS: "eos", 2: "length"}
@@ -92,8 +94,10 @@ class Generator:
     def __init__(self, engine: Engine, params, version: int = 0, *, decode_text: Callable | None = None,
                  stop_strings: tuple[str, ...] = (), on_complete: Callable[[Completion], None] | None = None,
                  max_in_flight: int | None = None, feed: Callable[[], Request | None] | None = None,
-                 prepared: bool = False):
+                 prepared: bool = False, turns: Turns | None = None):
         self.engine = engine
+        # Weights shared with a trainer in another thread: each step runs in its turn.
+        self.turns = turns
         slots = engine.config.slots
         self.max_in_flight = min(max_in_flight or slots, slots)
         if stop_strings and decode_text is None:
@@ -180,6 +184,14 @@ class Generator:
 
     def step(self) -> list[Completion]:
         """Admit what fits, run one decode chunk, harvest. Returns the finished completions."""
+        with self.turns.generating() if self.turns is not None else contextlib.nullcontext():
+            done = self._step()
+        for c in done:  # outside the turn: handing on may block until the trainer takes a batch
+            if self.on_complete is not None:
+                self.on_complete(c)
+        return done
+
+    def _step(self) -> list[Completion]:
         with self._lock:  # a consistent pair: set_weights may run in another thread
             weights, prepared = self._weights, self._prepared
         if prepared[0] is not weights:  # a new version: lay it out for the engine once
@@ -210,9 +222,6 @@ class Generator:
                 self.stats.steady_slot_steps += slot_steps
                 self.stats.steady_active_slot_steps += active
             done += self._harvest(out, version)
-        for c in done:
-            if self.on_complete is not None:
-                self.on_complete(c)
         return done
 
     def generate(self, requests: list[Request]) -> list[Completion]:
