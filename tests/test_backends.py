@@ -46,20 +46,22 @@ def _inputs(b, t, h, kv, e, seed):
     return rng, q, k, v, do
 
 
+def _value_and_grads(attend, q, k, v, do):
+    """(dq, dk, dv), output of sum(do * attend(q, k, v))."""
+    def loss(q, k, v):
+        o = attend(q, k, v)
+        return jnp.sum(do * o), o
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+
+
 @pytest.mark.parametrize("b, t, h, kv, e, window, segments, block", CASES)
 def test_blockwise_attention_and_its_gradients_equal_the_reference(b, t, h, kv, e, window, segments, block):
     rng, q, k, v, do = _inputs(b, t, h, kv, e, t)
     seg, pos = _segments(segments, b, t, rng)
     mask = reference.attention_mask(jnp.asarray(pos), jnp.asarray(seg), window)
 
-    def value_and_grads(attend):
-        def loss(q, k, v):
-            o = attend(q, k, v)
-            return jnp.sum(do * o), o
-        return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
-
-    want_grads, want_o = value_and_grads(lambda q, k, v: reference.attend(q, k, v, mask))
-    got_grads, got_o = value_and_grads(lambda q, k, v: flash.attend(q, k, v, seg, pos, window, block))
+    want_grads, want_o = _value_and_grads(lambda q, k, v: reference.attend(q, k, v, mask), q, k, v, do)
+    got_grads, got_o = _value_and_grads(lambda q, k, v: flash.attend(q, k, v, seg, pos, window, block), q, k, v, do)
     np.testing.assert_allclose(got_o, want_o, rtol=1e-5, atol=1e-5)
     for name, g, w in zip(("dq", "dk", "dv"), got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -131,14 +133,8 @@ def test_the_gpu_flash_kernel_and_its_gradients_equal_the_reference(b, t, h, kv,
     mask = reference.attention_mask(jnp.asarray(pos), jnp.asarray(seg), None)
     attention = gpu.flash(config, jnp.asarray(seg), interpret=True)
 
-    def value_and_grads(attend):
-        def loss(q, k, v):
-            o = attend(q, k, v)
-            return jnp.sum(do * o), o
-        return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
-
-    want_grads, want_o = value_and_grads(lambda q, k, v: reference.attend(q, k, v, mask))
-    got_grads, got_o = value_and_grads(attention.attend)
+    want_grads, want_o = _value_and_grads(lambda q, k, v: reference.attend(q, k, v, mask), q, k, v, do)
+    got_grads, got_o = _value_and_grads(attention.attend, q, k, v, do)
     np.testing.assert_allclose(got_o, want_o, rtol=1e-5, atol=1e-5)
     for name, g, w in zip(("dq", "dk", "dv"), got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)

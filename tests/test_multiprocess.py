@@ -82,8 +82,8 @@ def test_two_process_sync_resume_is_exact(two_process_runs):
     straight, _ = _load(two_process_runs, "sync")
     resumed, records = _load(two_process_runs, "resumed")
     first, first_records = _load(two_process_runs, "first_half")
-    assert first_records[0]["step"] == 2 and records[0]["resumed_from"] == 2 and records[0]["step"] == 4
+    assert first_records[0]["step"] == 1 and records[0]["resumed_from"] == 1 and records[0]["step"] == 3
     for i in range(2):
         _assert_same_params(straight[i], resumed[i])
     sync_history = json.loads((two_process_runs / "sync.0.json").read_text())["history"]
-    assert sync_history[2:] == records[0]["history"] == records[1]["history"]
+    assert sync_history[1:] == records[0]["history"] == records[1]["history"]

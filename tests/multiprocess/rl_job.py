@@ -3,8 +3,8 @@
     MAGJAX_COORDINATOR=127.0.0.1:PORT MAGJAX_NUM_PROCESSES=2 MAGJAX_PROCESS_ID=i \\
         python tests/multiprocess/rl_job.py OUT_DIR PARAMS.npz
 
-Runs, in one jax.distributed job: sync 4 steps; sync 2 steps then a resume to 4 (same
-run directory); async 3 steps. Each process writes its final parameters and metrics.
+Runs, in one jax.distributed job: sync 3 steps; sync 1 step then a resume to 3 (same
+run directory); async 2 steps. Each process writes its final parameters and metrics.
 """
 
 import json
@@ -47,7 +47,7 @@ def main(out: str, params_file: str):
         node[leaf] = value
 
     def job(name, **overrides):
-        config = dict(mode="sync", steps=4, group_size=8, n_batch=32, n_async=32, max_new_tokens=24) | overrides
+        config = dict(mode="sync", steps=3, group_size=8, n_batch=32, n_async=32, max_new_tokens=24) | overrides
         recipe = Recipe(model=preset("demo"), chat=ChatFormat("plain", None), run=RunConfig(**config),
                         engine=EngineConfig(slots=32, max_len=64, prompt_buckets=(32,), chunk_steps=8),
                         optimizer=OptimizerConfig(learning_rate=3e-4), packing=PackingConfig(rows=8, row_len=64))
@@ -62,9 +62,9 @@ def main(out: str, params_file: str):
             json.dump(record, f)
 
     job("sync")
-    job("first_half", steps=2, run_dir=os.path.join(out, "resumed"))
-    job("resumed", steps=4, run_dir=os.path.join(out, "resumed"))
-    job("async", mode="async", steps=3, n_batch=16, n_async=32, queue_groups=2)
+    job("first_half", steps=1, run_dir=os.path.join(out, "resumed"))
+    job("resumed", steps=3, run_dir=os.path.join(out, "resumed"))
+    job("async", mode="async", steps=2, n_batch=16, n_async=32, queue_groups=2)
 
 
 if __name__ == "__main__":
