@@ -10,7 +10,7 @@ import jax
 
 from magjax.data.sources import heldout_problems
 from magjax.evaluate import evaluate, format_summary
-from magjax.jobs.bindings import MODEL_SETTINGS, add_gin_arguments, gin_recipe, simulated_cpu_devices
+from magjax.jobs.bindings import MODEL_SETTINGS, add_gin_arguments, run_job
 from magjax.jobs.errors import JobError
 from magjax.jobs.records import load_model, report_loads, write_json
 from magjax.models.tokenizer import load_tokenizer
@@ -49,17 +49,7 @@ def add_arguments(p) -> None:
 
 
 def main(args, bindings: list[str]) -> int:
-    from magjax import config
-    from magjax.mesh import initialize_distributed
-
-    simulated_cpu_devices()
-    initialize_distributed()
-    recipe = gin_recipe("eval", args.gin_file, bindings, READS, REFUSED)
-    results = eval_job(recipe, args.run_dir or "runs/eval", strict=args.strict)
-    if jax.process_index() != 0:
-        return 0
-    run_dir = results["run_dir"]
-    config.save_operative(run_dir)
-    print(f"\n[magjax] done. Run directory: {run_dir}")
-    print(f"  results: {os.path.join(run_dir, 'eval.json')}\n\n{results['table']}")
+    results = run_job("eval", eval_job, args, bindings, reads=READS, refused=REFUSED, default_dir="runs/eval")
+    if results is not None:
+        print(f"  results: {os.path.join(results['run_dir'], 'eval.json')}\n\n{results['table']}")
     return 0

@@ -9,7 +9,7 @@ import jax
 
 from magjax.data.distill import read_traces
 from magjax.data.sources import datasets
-from magjax.jobs.bindings import MODEL_SETTINGS, add_gin_arguments, gin_recipe, simulated_cpu_devices
+from magjax.jobs.bindings import MODEL_SETTINGS, add_gin_arguments, run_job
 from magjax.jobs.errors import JobError
 from magjax.jobs.records import load_model, report_loads, write_json
 from magjax.jobs.train import save_hf
@@ -58,17 +58,12 @@ def add_arguments(p) -> None:
 
 def main(args, bindings: list[str]) -> int:
     from magjax import config
-    from magjax.mesh import initialize_distributed
 
-    simulated_cpu_devices()
-    initialize_distributed()
-    recipe = gin_recipe("sft", args.gin_file, bindings, READS)
-    results = config.configured("sft_job")(recipe, args.run_dir or "runs/sft", strict=args.strict)
-    if jax.process_index() != 0:
-        return 0
-    run_dir = results["run_dir"]
-    config.save_operative(run_dir)
-    print(f"\n[magjax] done. Run directory: {run_dir}")
-    print(f"  metrics:   {os.path.join(run_dir, 'metrics.jsonl')} (TensorBoard: ./tensorboard)")
-    print(f"  weights:   {os.path.join(run_dir, 'final_hf')} (Hugging Face format)")
+    # The job as gin configures it, looked up once the files are parsed.
+    results = run_job("sft", lambda *a, **kw: config.configured("sft_job")(*a, **kw), args, bindings, reads=READS,
+                      default_dir="runs/sft")
+    if results is not None:
+        run_dir = results["run_dir"]
+        print(f"  metrics:   {os.path.join(run_dir, 'metrics.jsonl')} (TensorBoard: ./tensorboard)")
+        print(f"  weights:   {os.path.join(run_dir, 'final_hf')} (Hugging Face format)")
     return 0

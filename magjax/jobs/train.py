@@ -12,7 +12,7 @@ import jax
 from magjax.checkpoint import find_checkpoints
 from magjax.data.sources import datasets
 from magjax.evaluate import evaluate, format_table
-from magjax.jobs.bindings import add_gin_arguments, gin_recipe, simulated_cpu_devices
+from magjax.jobs.bindings import add_gin_arguments, run_job
 from magjax.jobs.errors import JobError
 from magjax.jobs.records import load_model, report_loads, write_json
 from magjax.loop import run
@@ -130,17 +130,13 @@ def add_arguments(p) -> None:
 
 def main(args, bindings: list[str]) -> int:
     from magjax import config
-    from magjax.mesh import initialize_distributed
 
-    simulated_cpu_devices()
-    initialize_distributed()  # a no-op unless launch/ (or the environment) describes a cluster
-    recipe = gin_recipe("train", args.gin_file, bindings, reads=None, refused=REFUSED)
-    results = config.configured("train")(recipe, args.run_dir or "runs/demo", strict=args.strict)
-    if jax.process_index() != 0:  # process 0 speaks for a multi-process job
+    # The job as gin configures it, looked up once the files are parsed.
+    results = run_job("train", lambda *a, **kw: config.configured("train")(*a, **kw), args, bindings, reads=None,
+                      refused=REFUSED, default_dir="runs/demo")
+    if results is None:
         return 0
     run_dir = results["run_dir"]
-    config.save_operative(run_dir)
-    print(f"\n[magjax] done. Run directory: {run_dir}")
     metrics = os.path.join("rl", "metrics.jsonl")
     print(f"  metrics:   {os.path.join(run_dir, metrics)} (TensorBoard: rl/tensorboard)")
     print(f"  weights:   {os.path.join(run_dir, 'final_hf')} (Hugging Face format)")
