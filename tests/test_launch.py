@@ -83,7 +83,9 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"MAGJAX": f"{sys.executable} -m magjax.cli"}
     result = subprocess.run(["bash", os.path.join(LAUNCH, "local.sh"), "--processes", "2", "--log_dir", str(logs),
-                             "--", "train", "--gin.train.smoke=True", "--run_dir", str(run_dir),
+                             # No cold start: what the launcher is checked on is RL and evaluation across processes.
+                             "--", "train", "--gin.train.smoke=True", "--gin.train.sft_steps=0",
+                             "--run_dir", str(run_dir),
                              "--gin.RunConfig.n_batch=16", "--gin.RunConfig.n_async=16",
                              "--gin.RunConfig.max_new_tokens=32", "--gin.EvalConfig.max_new_tokens=32"],
                             capture_output=True, text=True, env=env, timeout=600)

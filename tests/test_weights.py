@@ -151,8 +151,8 @@ def test_a_sync_colocated_sampler_reads_the_trainers_arrays_and_holds_no_copy(me
         tokens = _tokens(shared, problems)
         gc.collect()
         assert _device_bytes(jax.live_arrays()) == before  # no copy of any weight
-        used = {s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(shared.generator._prepared[1])  # noqa: SLF001
-                for s in x.addressable_shards}
+        decoding = jax.tree.leaves(shared.generator._prepared[1])  # noqa: SLF001
+        used = {s.data.unsafe_buffer_pointer() for x in decoding for s in x.addressable_shards}
         mine = {s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(trainer.state.params) for s in x.addressable_shards}
         assert used == mine
         copying.set_weights(trainer.state.params, trainer.version)
