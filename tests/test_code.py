@@ -17,12 +17,14 @@ ADD = [IOTest("1 2\n", "3\n"), IOTest("5 7\n", "12\n")]
 
 
 def _marked_processes() -> set[str]:
-    """Processes carrying a sandbox run marker."""
+    """Processes carrying the marker of a sandbox run started by this process (runs of
+    other processes, such as another test worker's, are not this test's to judge)."""
+    mine = f"{sandbox.MARKER}={os.getpid()}-".encode()
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if sandbox.MARKER.encode() in f.read():
+                if any(entry.startswith(mine) for entry in f.read().split(b"\0")):
                     found.add(pid)
         except OSError:
             continue

@@ -131,7 +131,9 @@ def run(argv: list[str], *, stdin: bytes = b"", limits: Limits = Limits(), workd
     """Runs ``argv`` in ``workdir`` (a fresh temporary directory if None) under ``limits``."""
     own_dir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="magjax-sandbox-")
-    run_id = uuid.uuid4().hex
+    # Unique, and naming the process that started the run: a sweep or an operator can
+    # tell whose sandboxed processes are whose when several verifiers share a machine.
+    run_id = f"{os.getpid()}-{uuid.uuid4().hex}"
     launcher = [sys.executable, "-I", "-S", CONFINE, str(limits.memory_mb),
                 str(int(limits.seconds) + 1), str(limits.file_bytes), str(limits.processes),
                 str(limits.open_files), "--", *argv]
