@@ -122,8 +122,8 @@ class Compilation:
     kv_pool_bytes: int = 0  # per chip: the keys and values alone (every layer's pool or slots)
     decode_attention: str = ""  # the implementation the backend picked (e.g. tpu-paged)
     page_shards: int = 1  # parts the pool's pages are split into (data-parallel shards of the sampler's mesh)
-    # per chip: the trainer's parameters the sampler reads as they are (a sync run on one
-    # mesh whose backend reads the trainer's layout); 0 when it keeps its own copy
+    # per chip: the trainer's parameters the sampler reads as they are (colocated on one
+    # mesh, a backend that reads the trainer's layout); 0 when it keeps its own copy
     shared_weights_bytes: int = 0
 
 
@@ -155,8 +155,8 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     functions.append(compile_function(FunctionMemory("trainer", "train_step", shape), step.jitted,
                                       (state, batch), tmesh)[0])
 
-    # Sampler: the publication fixes the layout prefill and decode read. A sync run on one
-    # mesh shares the trainer's arrays where the layouts agree (loop.py): nothing to publish.
+    # Sampler: the publication fixes the layout prefill and decode read. On one mesh the
+    # sampler reads the trainer's arrays where the layouts agree (loop.py): nothing to publish.
     gmesh = placement.generator
     engine = Engine(model, engine_config, recipe.sampling, eos_id, mesh=gmesh,
                     share_weights=shares_weights(recipe.run, placement.same_mesh, "tpu"))

@@ -64,7 +64,7 @@ class Report:
     # The sampler's KV cache per generator chip: bytes, and the sequences it holds at the
     # average and at max_len against those in flight (kv_pool.report).
     kv_cache: dict | None = None
-    # The trainer's parameters the sampler reads in place (sync, one mesh): in the decode's
+    # The trainer's parameters the sampler reads in place (colocated on one mesh): in the decode's
     # arguments, but held once, as the trainer's state.
     shared_weights_bytes: int = 0
 

@@ -228,8 +228,8 @@ class Engine:
 
     ``prefill`` and ``decode`` take the weights as ``prepare(params)`` returns them (the
     generator prepares each weight version once). ``share_weights``: the caller keeps the
-    arrays it hands over untouched until it hands over the next ones (a sync colocated run),
-    so where the backend's projections read the trainer's layout (``layout_agrees``) the
+    arrays it hands over untouched until it hands over the next ones (a run on one mesh:
+    sync, or async in turns), so where the backend's projections read the trainer's layout (``layout_agrees``) the
     engine reads the trainer's stacked arrays as they are, each layer a slice taken inside
     the compiled function, and no copy exists beside them (``prepare`` returns its input;
     ``shared_weights`` says whether this happened). Elsewhere it prepares its copy.
