@@ -41,7 +41,8 @@ trap forward INT TERM
 [[ $dry_run == 1 ]] || mkdir -p "$log_dir"
 for ((i = 0; i < processes; i++)); do
   env_vars=(MAGJAX_COORDINATOR="127.0.0.1:$port" MAGJAX_NUM_PROCESSES="$processes" MAGJAX_PROCESS_ID="$i"
-            JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$devices")
+            # The caller's XLA flags are kept; the device count is appended, so it is the one that holds.
+            JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices")
   if [[ $dry_run == 1 ]]; then
     printf '%q ' env "${env_vars[@]}" "${magjax[@]}" "$@"
     printf '> %q 2>&1\n' "$log_dir/process_$i.log"

@@ -5,14 +5,19 @@ import fcntl
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 
-# XLA compiles every test's programs without LLVM's optimisation passes: compilation is
-# most of the suite's time on two cores, and the programs (the same HLO) run fast enough
-# unoptimised. Numerical comparisons in the tests are between programs compiled alike. The
-# tests that run `magjax` itself in a subprocess (the demo, the local launcher) start it
-# without these flags, so it runs as users run it.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# XLA compiles every test's programs without LLVM's optimisation passes and with its loop
+# emitters instead of the MLIR fusion emitters: compilation is most of the suite's time on
+# two cores, and the fusion emitters' was much of it (tests/test_train_step.py cold: 61-67 s
+# with them, 38 s without; the whole suite 887 s -> 664 s). The programs (the same HLO) run
+# fast enough either way for tests that compile many short programs. Numerical comparisons
+# in the tests are between programs compiled alike. What runs one program many times runs
+# in a subprocess without these flags: the loop tests' cold start (cold_start.py) and the
+# demo, which runs as users run it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS, "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -72,37 +77,20 @@ def data_dir():
 
 @pytest.fixture(scope="session")
 def sft_params(tmp_path_factory, worker_id):
-    """A cold start shared by the loop tests: 60 SFT steps on demo arithmetic teach the demo
-    model the response format and a little arithmetic, so rewards vary within groups.
+    """A cold start shared by the loop tests (tests/cold_start.py, in its own process).
 
     Under pytest-xdist the first worker to need it trains it and leaves it (NumPy arrays, as
     training returns them) in the session's shared temporary directory; the other worker
     waits for that file instead of training the same 60 steps again."""
-    if worker_id == "master":
-        return _train_sft_params()
-    shared = tmp_path_factory.getbasetemp().parent / "sft_params.pickle"
+    base = tmp_path_factory.getbasetemp()
+    shared = (base if worker_id == "master" else base.parent) / "sft_params.pickle"
     with open(f"{shared}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held while training: the other worker waits here
-        if shared.exists():
-            with open(shared, "rb") as f:
-                return pickle.load(f)
-        params = _train_sft_params()
-        with open(f"{shared}.tmp", "wb") as f:
-            pickle.dump(params, f)
-        os.replace(f"{shared}.tmp", shared)
-        return params
-
-
-def _train_sft_params():
-    from magjax.data.synthetic import generate
-    from magjax.models import preset
-    from magjax.models.tokenizer import ByteTokenizer, ChatFormat
-    from magjax.rl.batching import PackingConfig
-    from magjax.sft import SFTConfig, run_sft
-
-    tasks = generate(400, seed=0, kinds=("math",), difficulties=(1,))
-    params, losses = run_sft([(t.problem.prompt, t.solution) for t in tasks], preset("demo"), None, ByteTokenizer(),
-                             ChatFormat("plain", None), SFTConfig(steps=60, batch_size=32),
-                             packing=PackingConfig(rows=8, row_len=128))
-    assert losses[-1] < 0.5 * losses[0]
-    return params
+        if not shared.exists():
+            # Without the suite's XLA flags (see cold_start.py); on the process's one device.
+            env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+            result = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "cold_start.py"),
+                                     str(shared)], capture_output=True, text=True, env=env, timeout=600)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with open(shared, "rb") as f:
+            return pickle.load(f)

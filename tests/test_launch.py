@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 from magjax import mesh
 
@@ -21,13 +22,15 @@ def _dry(script: str, *args: str, env: dict | None = None) -> list[str]:
 
 def test_local_dry_run_starts_one_process_per_rank_on_one_coordinator():
     lines = _dry("local.sh", "--processes", "3", "--devices_per_process", "2", "--port", "4321", "--dry-run",
-                 "--log_dir", "L", "--", "train", "--run_dir", "runs/x")
+                 "--log_dir", "L", "--", "train", "--run_dir", "runs/x",
+                 env={"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"})
     assert len(lines) == 3
     for i, line in enumerate(lines):
         words = shlex.split(line)
         assert words[0] == "env" and "MAGJAX_COORDINATOR=127.0.0.1:4321" in words
         assert f"MAGJAX_PROCESS_ID={i}" in words and "MAGJAX_NUM_PROCESSES=3" in words
-        assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in words
+        # The caller's own XLA flags survive; the device count comes last, so it is the one that holds.
+        assert "XLA_FLAGS=--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2" in words
         assert words[words.index("magjax"):words.index(">")] == ["magjax", "train", "--run_dir", "runs/x"]
         assert words[-2:] == [f"L/process_{i}.log", "2>&1"]
 
@@ -81,7 +84,8 @@ def test_a_coordinator_without_a_process_count_is_a_clear_error(monkeypatch):
 
 def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"MAGJAX": f"{sys.executable} -m magjax.cli"}
+    # The suite's compile flags, which local.sh keeps, not its device count: local.sh sets each process's.
+    env = os.environ | {"XLA_FLAGS": TEST_XLA_FLAGS, "MAGJAX": f"{sys.executable} -m magjax.cli"}
     result = subprocess.run(["bash", os.path.join(LAUNCH, "local.sh"), "--processes", "2", "--log_dir", str(logs),
                              # No cold start: what the launcher is checked on is RL and evaluation across processes.
                              "--", "train", "--gin.train.smoke=True", "--gin.train.sft_steps=0",

@@ -58,7 +58,7 @@ def _worker_main(conn, memory_mb: int):
     while True:
         try:
             name, args = conn.recv()
-        except EOFError:
+        except (EOFError, ConnectionError):  # the pool closed its end, or its process is gone
             return
         try:
             conn.send(("ok", TASKS[name](*args)))
