@@ -53,13 +53,16 @@ def _worker_main(conn, memory_mb: int):
 
     for gold, pred in (("\\frac{1}{2}", "0.5"), ("e^{i\\pi}", "-1"), ("x^2-1", "(x-1)(x+1)")):
         equivalent(gold, pred)  # warm: SymPy's imports and first evaluations take most of a second
-    conn.send(("ready", None))  # a check's deadline starts after this, never during start-up
+    try:
+        _serve(conn)
+    except (EOFError, ConnectionError):  # the pool closed its end, or its process is gone: nobody to answer
+        return
 
+
+def _serve(conn):
+    conn.send(("ready", None))  # a check's deadline starts after this, never during start-up
     while True:
-        try:
-            name, args = conn.recv()
-        except (EOFError, ConnectionError):  # the pool closed its end, or its process is gone
-            return
+        name, args = conn.recv()
         try:
             conn.send(("ok", TASKS[name](*args)))
         except MemoryError:
