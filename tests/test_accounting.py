@@ -57,14 +57,19 @@ def test_a_run_stopped_mid_flight_accounts_for_every_completion_and_its_tables_s
 def test_a_resumed_run_accounts_for_what_the_stopped_one_left(sft_params, tmp_path):
     # Stopped mid-flight (async, work queued and in the verifier), then resumed from the
     # checkpoint written at the stop: the second run's books include the first run's
-    # completions that were never trained, once, as unconsumed.
+    # completions that were never trained, once, as unconsumed. As above, the generator
+    # runs a batch ahead and one verifier thread keeps a backlog, so that work is left
+    # over however fast the trainer is (its step may be compiled already).
+    from magjax.rewards.pool import PoolConfig
+
     def stop_after(params):
         signal.raise_signal(signal.SIGTERM)
         return {}
 
-    config = dict(mode="async", group_size=8, n_batch=32, n_async=32, max_new_tokens=24, run_dir=str(tmp_path / "run"))
-    recipe = Recipe(model=MODEL, chat=ChatFormat("plain", None), engine=ENGINE, packing=PACK,
-                    optimizer=OptimizerConfig(learning_rate=3e-4), run=RunConfig(steps=10, **config))
+    config = dict(mode="async", group_size=8, n_batch=32, n_async=64, max_new_tokens=24, run_dir=str(tmp_path / "run"))
+    recipe = Recipe(model=MODEL, chat=ChatFormat("plain", None), engine=dataclasses.replace(ENGINE, slots=64),
+                    packing=PACK, optimizer=OptimizerConfig(learning_rate=3e-4), pool=PoolConfig(threads=1),
+                    run=RunConfig(steps=10, **config))
     first = run(recipe, SUMS, sft_params, console=False, evaluator=stop_after, eval_every=2)
     assert first.preempted and first.step == 2
     _check_accounting(first)

@@ -370,6 +370,11 @@ def test_a_colocated_plan_on_one_host_counts_the_weights_once(tiny, tmp_path):
     assert d["sampler_weights_bytes"] == 0 and d["shared_weights_bytes"] == a["sampler_weights_bytes"] > 0
     # The decode chunk reads the same bytes either way: the stacked arrays, sliced in place.
     async_decode = next(f for f in a["functions"] if f["function"] == "decode")
+    # The trainer's programs are the same as the copying plan's: this process compiled them
+    # once, and reports that compile's figures.
+    for name in ("init_state", "train_step"):
+        first = next(f for f in a["functions"] if f["function"] == name)
+        assert funcs[name]["compile_s"] == first["compile_s"] and funcs[name]["temp_bytes"] == first["temp_bytes"]
     assert funcs["decode"]["argument_bytes"] == async_decode["argument_bytes"]
     assert funcs["decode"]["temp_bytes"] <= async_decode["temp_bytes"]
     c = d["colocated"]

@@ -18,9 +18,10 @@ def test_sync_mode_learns_the_task(sft_params):
     accuracy = [h["reward/accuracy"] for h in result.history]
     assert np.mean(accuracy[-5:]) > np.mean(accuracy[:5]) + 0.1, accuracy
     assert result.version == 20 and max(h["pipeline/logprob_gap"] for h in result.history) < 1e-4
-    # The step compiles once per microbatch count (a power of two), the first time it is seen.
+    # The step compiles once per microbatch count (a power of two), the first time this
+    # process sees it (an earlier test's trainer of this configuration may have).
     compiles = [h["pipeline/train_compiles"] for h in result.history]
-    assert compiles[0] == 1 and sum(compiles) <= 4 and set(compiles) <= {0, 1}, compiles
+    assert sum(compiles) <= 4 and set(compiles) <= {0, 1}, compiles
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,10 @@ def test_sync_mode_is_bitwise_reproducible_with_or_without_a_sampler_copy(sft_pa
     assert {h["rollout/weight_copy_bytes"] for h in b.history} == {0}
     for x, y in zip(_leaves(a.params), _leaves(b.params)):
         np.testing.assert_array_equal(x, y)
-    drop = lambda h: {k: v for k, v in h.items() if k not in ("time", "rollout/weight_copy_bytes")  # noqa: E731
+    # The second run's trainer reuses the first one's compiled step (same configuration).
+    assert sum(h["pipeline/train_compiles"] for h in b.history) == 0
+    drop = lambda h: {k: v for k, v in h.items()  # noqa: E731
+                      if k not in ("time", "rollout/weight_copy_bytes", "pipeline/train_compiles")
                       and "_s" not in k and "per_s" not in k and "fraction" not in k and "tokens_per_s" not in k}
     assert [drop(h) for h in a.history] == [drop(h) for h in b.history]
 

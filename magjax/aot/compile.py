@@ -13,6 +13,7 @@ that is recorded as a measurement, not raised.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import time
@@ -75,27 +76,50 @@ def _needed(message: str) -> tuple[int, str] | tuple[None, None]:
     return None, None
 
 
+# Programs compiled in this process, by what XLA was given: the lowered module's text and
+# the chips it is for. Plans of one recipe on several placements (or several recipes with
+# one model) lower the same trainer or sampler program again; a TPU compile takes seconds
+# to minutes, and XLA's persistent cache does not hold these (they have no TPU client).
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def _compile(jitted, args, mesh):
+    """``(compiled or None, the exception or None, wall s, CPU s)``, compiling once per program."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    try:
+        with jax.set_mesh(mesh):
+            lowered = jitted.lower(*args)
+    except Exception as err:  # noqa: BLE001 - a program that does not trace is a result too
+        return None, err, time.perf_counter() - start, time.process_time() - start_cpu
+    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(),
+           tuple((d.platform, d.device_kind, d.id) for d in mesh.devices.flat))
+    if key not in _COMPILED:
+        compiled = error = None
+        try:
+            with jax.set_mesh(mesh):
+                compiled = lowered.compile()
+        except Exception as err:  # noqa: BLE001
+            error = err
+        _COMPILED[key] = (compiled, error, time.perf_counter() - start, time.process_time() - start_cpu)
+    return _COMPILED[key]
+
+
 def compile_function(memory: FunctionMemory, jitted, args, mesh) -> tuple[FunctionMemory, object]:
     """Compiles ``jitted`` for ``args`` (abstract, with shardings) and fills in ``memory``.
 
     Traced under ``jax.set_mesh(mesh)``: Pallas TPU kernels read the chip generation from
-    the context mesh."""
-    start, start_cpu = time.perf_counter(), time.process_time()
-    compiled = None
-    try:
-        with jax.set_mesh(mesh):
-            compiled = jitted.lower(*args).compile()
-    except Exception as err:  # noqa: BLE001 - a program that does not fit is a result
+    the context mesh. A program this process compiled before is not compiled again; its
+    figures (compile time included) are the first compile's."""
+    compiled, err, memory.compile_s, memory.compile_cpu_s = _compile(jitted, args, mesh)
+    if err is not None:  # a program that does not fit is a result
         if os.environ.get("MAGJAX_PLAN_TRACEBACK"):  # debugging the planner: the full traceback
-            raise
+            raise err
         text = str(err)
         if "RESOURCE_EXHAUSTED" in text:
             memory.needed_bytes, memory.needed_kind = _needed(text)
             memory.argument_bytes = abstract.per_chip_bytes(args)  # logical: XLA gave no analysis
         if memory.needed_bytes is None:
             memory.error = f"{type(err).__name__}: {text.strip().splitlines()[0][:300]}"
-    memory.compile_s = time.perf_counter() - start
-    memory.compile_cpu_s = time.process_time() - start_cpu
     if compiled is not None:
         analysis = compiled.memory_analysis()
         memory.argument_bytes = int(analysis.argument_size_in_bytes)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 
 from magjax import distributed
+from magjax.backends import race
 from magjax.checkpoint import Checkpointer, abstract_like
 from magjax.models import decoder
 from magjax.models.config import ModelConfig
@@ -21,6 +22,13 @@ from magjax.rl import optimizer as opt_lib, train_step
 from magjax.rl.losses import LossConfig
 from magjax.types import TrainBatch
 from magjax.weights import WeightStore
+
+# Trainers of one configuration share their jitted functions (and the step's trace count):
+# a process that builds several (SFT then RL, a curriculum's stages, a resumed attempt, a
+# test suite) traces, lowers and compiles each step once instead of once per trainer. The
+# key holds all the step is built from; the CPU kernels' override too, since a one-device
+# step picks its attention (native or XLA) when it is traced.
+_PROGRAMS: dict = {}
 
 
 class Trainer:
@@ -35,10 +43,15 @@ class Trainer:
         tx, schedule = opt_lib.make_optimizer(optimizer)
         self.state = train_step.init_state(jax.device_put(init, decoder.param_shardings(model_config, mesh)), tx)
         shardings = train_step.state_shardings(self.state)
-        self._step = train_step.make_train_step(model_config, loss, tx, schedule, mesh=mesh, shardings=shardings)
-        # The decoupled objective's pi_old: the trainer's own forward at the batch's start.
-        self._old_policy = (train_step.make_logprob_step(model_config, loss, mesh=mesh, param_shardings=shardings.params)
-                            if loss.decoupled_old_policy else None)
+        key = (model_config, loss, optimizer, mesh, jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)),
+               race.mode())
+        if key not in _PROGRAMS:
+            step = train_step.make_train_step(model_config, loss, tx, schedule, mesh=mesh, shardings=shardings)
+            # The decoupled objective's pi_old: the trainer's own forward at the batch's start.
+            old_policy = (train_step.make_logprob_step(model_config, loss, mesh=mesh, param_shardings=shardings.params)
+                          if loss.decoupled_old_policy else None)
+            _PROGRAMS[key] = step, old_policy
+        self._step, self._old_policy = _PROGRAMS[key]
         self.version = 0
         shardings = decoder.param_shardings(model_config, publish_mesh) if publish_mesh is not None else None
         self._store = WeightStore(publish_to, shardings=shardings) if publish_to is not None else None
@@ -72,7 +85,8 @@ class Trainer:
 
     @property
     def compiles(self) -> int:
-        """How many times the step compiled (once per microbatch count seen)."""
+        """How many times the step compiled in this process (once per microbatch count seen,
+        by this trainer or an earlier one of the same configuration)."""
         return self._step.traces
 
     @property
