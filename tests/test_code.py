@@ -89,6 +89,21 @@ def test_python_verdicts(source, tests, verdicts):
     assert result.verdicts == verdicts and result.passed == (verdicts == ["AC"] * len(tests))
 
 
+@pytest.mark.parametrize("source, verdict", [
+    # A judge's Python: the interpreter and its standard library, run as __main__ ...
+    ("import sys, heapq, fractions\nif __name__ == '__main__':\n    print(sum(map(int, sys.stdin.read().split())))",
+     "AC"),
+    ("print(3)\nexit()\nprint(4)", "AC"),  # site's exit() and quit(), which judges' programs call
+    ("print(3)\nquit(0)", "AC"),
+    ("import sys\nprint(3 if sys.argv == ['solution.py'] else sys.argv)", "AC"),
+    # ... and nothing of the trainer's environment.
+    ("import magjax\nprint(3)", "RE"),
+    ("import jax\nprint(3)", "RE"),
+])
+def test_a_python_program_sees_the_language_and_its_standard_library(source, verdict):
+    assert run_tests(source, "python", [IOTest("1 2\n", "3")], FAST).verdicts == [verdict]
+
+
 def test_float_tolerance_and_token_comparison():
     loose = CodeLimits(test=FAST.test, float_tolerance=1e-6)
     assert run_tests("print(0.1 + 0.2)", "python", [IOTest("", "0.3")], loose).passed

@@ -79,6 +79,16 @@ def sample_tests(tests: list, k: int = 20, seed: int | str = 0) -> list:
     return random.Random(str(seed)).sample(list(tests), k)
 
 
+# Python programs run on the interpreter and its standard library alone, as on a judge:
+# ``-I -S``, no site packages. Nothing of the trainer's environment (magjax, JAX) is
+# importable, and start-up skips site's .pth files, which with an editable install were
+# most of a short test's cost (40 ms a start here, 14 ms without). site's exit() and
+# quit(), which judges' programs call, are defined first; the program runs as __main__.
+_SITE_QUIT = "import site; site.setquit(); del site"
+PYTHON_PROGRAM = [sys.executable, "-I", "-S", "-c", _SITE_QUIT + "; import sys; sys.argv = ['solution.py']; del sys; "
+                  "exec(compile(open('solution.py', 'rb').read(), 'solution.py', 'exec'))"]
+
+
 _HARNESS = r'''
 def _harness(source, test_code, entry):
     # Everything the judging needs is a local of this call (closures, not module globals), so
@@ -368,13 +378,14 @@ def _run_tests(source: str, language: str, tests: list, limits: CodeLimits, dead
             nonce = None
             if isinstance(test, AssertTest):
                 nonce = secrets.token_hex(16)
-                program = f"_SOURCE = {source!r}\n_TESTS = {test.code!r}\n_ENTRY = {test.entry_point!r}\n{_HARNESS}"
+                program = (f"{_SITE_QUIT}\n_SOURCE = {source!r}\n_TESTS = {test.code!r}\n_ENTRY = {test.entry_point!r}\n"
+                           f"{_HARNESS}")
                 with open(os.path.join(workdir, "harness.py"), "w") as f:
                     f.write(program)
-                argv, stdin, expected = [sys.executable, "-I", "harness.py"], nonce + "\n", None
+                argv, stdin, expected = [sys.executable, "-I", "-S", "harness.py"], nonce + "\n", None
             else:
                 if language == "python":
-                    argv = [sys.executable, "-I", "solution.py"]
+                    argv = PYTHON_PROGRAM
                 stdin, expected = test.stdin, test.stdout
             result = sandbox.run(argv, stdin=stdin.encode(), limits=limits.test, workdir=workdir)
             verdict = _judge(result, expected, limits.float_tolerance, nonce)
@@ -399,7 +410,7 @@ def program_outputs(source: str, language: str, stdins: list[str], limits: CodeL
         else:
             with open(os.path.join(workdir, "solution.py"), "w") as f:
                 f.write(source)
-            argv = [sys.executable, "-I", "solution.py"]
+            argv = PYTHON_PROGRAM
         outputs = []
         for stdin in stdins:
             r = sandbox.run(argv, stdin=stdin.encode(), limits=limits.test, workdir=workdir)
