@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 
 DEFAULT_LANGUAGES = ("en", "fr", "es", "it", "de", "zh", "ru", "pt", "ja", "ko")
 MIN_LETTERS = 12  # shorter texts carry too little evidence to judge
@@ -28,8 +29,18 @@ def strip_math_and_code(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-@functools.cache
+_LOADING = threading.Lock()
+
+
 def _identifier(languages: tuple[str, ...]):
+    # Loading the model takes about a second; the verifier's threads all ask at once at the
+    # start of a run, and functools.cache alone would let each of them load it.
+    with _LOADING:
+        return _load_identifier(languages)
+
+
+@functools.cache
+def _load_identifier(languages: tuple[str, ...]):
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=False)
