@@ -13,13 +13,13 @@ from magjax import host_memory
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 # Re-executes itself with the setting (as `magjax` does), then calls a jitted function
-# whose 256 MiB temporary exceeds glibc's mmap threshold, counting page faults per call.
+# whose 128 MiB temporary exceeds glibc's largest mmap threshold (32 MiB), counting page faults per call.
 PROBE = """
 import json, os, resource
 from magjax import host_memory
 host_memory.reexec_with_huge_pages()
 import jax, jax.numpy as jnp
-x = jnp.ones((64 << 20,), jnp.float32)
+x = jnp.ones((32 << 20,), jnp.float32)
 f = jax.jit(lambda x: jnp.cumsum(x * 2.0)[::3].sum())
 faults = []
 for _ in range(4):
@@ -28,7 +28,7 @@ for _ in range(4):
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({"tunables": os.environ.get("GLIBC_TUNABLES"), "faults": faults}))
 """
-SMALL_PAGES = (256 << 20) // 4096  # 4 KiB pages in the temporary
+SMALL_PAGES = (128 << 20) // 4096  # 4 KiB pages in the temporary
 
 
 def _probe(extra_env: dict) -> dict:
