@@ -54,8 +54,8 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 # collection order (setup.cfg turns off xdist's reordering by test count, which put these
 # few-test files last and left one worker idle while the other finished the demo). Started
 # first, they run beside the many short files instead of after them.
-LONGEST_FIRST = ("test_demo.py",  # 270: the demo in a subprocess
-                 "test_multiprocess.py",  # 95: two jax.distributed processes, after the cold start
+LONGEST_FIRST = ("test_demo.py",  # 232: the demo in a subprocess
+                 "test_multiprocess.py",  # 86: two jax.distributed processes, after the cold start
                  "test_loop.py", "test_preemption.py", "test_launch.py", "test_engine.py", "test_curriculum.py",
                  "test_train_step.py", "test_aot.py", "test_bench.py", "test_host_memory.py", "test_offpolicy.py")
 
