@@ -317,3 +317,38 @@ def test_kernels_build_once_per_cache_and_fall_back_without_a_compiler(tmp_path)
     out = _probe(tmp_path / "other", CXX=shutil.which("false"))
     assert "loaded False" in out and "compiling magjax's native kernels failed" in out
     assert "loaded False" in _probe(tmp_path, MAGJAX_NATIVE_KERNELS="0")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+# The value checks above, in a process whose kernels are built for AVX2 (haswell).
+VALUE_CHECKS = ("the_kernels_build or panel_product_equals or decode_attention_writes or causal_attention_and_its"
+                " or native_paged_decode_equals")
+
+
+@needs_kernels
+@pytest.mark.skipif(not {"avx2", "fma", "avx512f"} <= _cpu_flags(),
+                    reason="needs an AVX-512 host, whose own build is the one-register path (an AVX2 host's own "
+                           "build already is the path checked here)")
+def test_the_kernels_built_for_avx2_equal_numpy(tmp_path):
+    # vec.h keeps a v16 in one register only with AVX-512; elsewhere it is two AVX2 (or four
+    # SSE/NEON) registers with smaller register tiles. AMD hosts run that code, so an AVX-512
+    # host checks it too, built as they would build it.
+    env = {**os.environ, "MAGJAX_NATIVE_MARCH": "haswell", "MAGJAX_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", VALUE_CHECKS,
+                        *(os.path.join(os.path.dirname(__file__), f) for f in ("test_kernels.py", "test_paged_kernels.py"))],
+                       env=env, capture_output=True, text=True, timeout=540, cwd=os.path.dirname(__file__))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    summary = r.stdout.strip().splitlines()[-1]
+    assert "skipped" not in summary and "failed" not in summary, summary
+    assert int(summary.split(" passed")[0].split()[-1]) >= 10, summary  # the checks ran, not a filtered nothing
+    (library,) = (tmp_path / "kernels").glob("magjax_kernels-*.so")
+    if shutil.which("objdump"):  # AVX2 code: 256-bit registers, none of AVX-512's
+        code = subprocess.run(["objdump", "-d", str(library)], capture_output=True, text=True, timeout=120).stdout
+        assert "%ymm" in code and "%zmm" not in code

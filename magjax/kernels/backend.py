@@ -32,7 +32,7 @@ def available() -> bool:
 
 def version() -> str:
     """What the kernels' speed depends on in this package: their sources and flags."""
-    digest = hashlib.sha256(" ".join(native.FLAGS).encode())
+    digest = hashlib.sha256(" ".join(native.flags()).encode())
     here = os.path.dirname(__file__)
     for name in (*native.SOURCES, *native.HEADERS):
         with open(os.path.join(here, name), "rb") as f:

@@ -38,8 +38,8 @@ namespace {
 
 constexpr int64_t kBlockRows = 32;  // query rows ((position, head) pairs) per block
 constexpr int64_t kKeyTile = 64;    // keys per score tile: 4 vectors
-constexpr int kRowTile = 4;         // rows per register tile
-constexpr int kKeyGroup = 4;        // keys per register tile of the key-gradient products
+constexpr int kRowTile = kAccumulators / (kKeyTile / kW);  // rows per register tile
+constexpr int kKeyGroup = kAccumulators / 4;  // keys per register tile of the key-gradient products
 constexpr int64_t kMinParallel = int64_t{1} << 18;  // multiply-adds below which one thread runs it
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -148,7 +148,7 @@ struct Item {
   }
 };
 
-// out[r][j] = sum_i a[r][i] * bt[i][j] for rows [0, rows) (a multiple of 4) and keys j in
+// out[r][j] = sum_i a[r][i] * bt[i][j] for rows [0, rows) (a multiple of kRowTile) and keys j in
 // whole 64-key tiles from lo (a multiple of 16) until past hi.
 void times_transposed(const float* a, int64_t rows, const float* bt, const Shape& sh, int64_t lo, int64_t hi,
                       float* out) {
@@ -200,7 +200,7 @@ void rows_times_keys(const float* p, int64_t rows, const float* src, int64_t ld,
   for (; e0 < sh.e; e0 += kW) rows_times_keys<1>(p, rows, src, ld, sh, lo, hi, e0, out);
 }
 
-// acc[j][:] += scale * sum_r x[r][j] * y[r][:] for keys j in [lo, hi) (whole groups of 4,
+// acc[j][:] += scale * sum_r x[r][j] * y[r][:] for keys j in [lo, hi) (whole groups of kKeyGroup,
 // x is zero where a key is not visible) and rows [0, rows).
 template <int EN>
 void keys_times_rows(const float* x, int64_t rows, const float* y, const Shape& sh, int64_t lo, int64_t hi,
@@ -232,7 +232,7 @@ void keys_times_rows(const float* x, int64_t rows, const float* y, const Shape& 
 
 // Which of the 16 keys from j0 row r of the block can see.
 inline vi16 visible(const Shape& sh, const Item& it, int64_t j0, int64_t ti) {
-  const vi16 index = vi16{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15} + static_cast<int32_t>(j0);
+  const vi16 index = iota16(static_cast<int32_t>(j0));
   vi16 ok = (index <= static_cast<int32_t>(ti)) & (load(it.seg.data() + j0) == it.seg[ti]);
   if (sh.window > 0) ok &= (it.pos[ti] - load(it.pos.data() + j0)) < static_cast<int32_t>(sh.window);
   return ok;
@@ -275,21 +275,19 @@ void forward_item(const Shape& sh, Item& it, const Rotary& rot, const float* q, 
       const int64_t ti = t0 + r / sh.g;
       v16 mx = splat(neg_inf);
       for (int64_t j = lo; j < hi16; j += kW) {
-        const v16 x = visible(sh, it, j, ti) ? load(row + j) * splat(sh.scale) : splat(neg_inf);
+        const v16 x = select(visible(sh, it, j, ti), load(row + j) * splat(sh.scale), splat(neg_inf));
         store(row + j, x);
-        mx = x > mx ? x : mx;
+        mx = select(x > mx, x, mx);
       }
-      float m = mx[0];
-      for (int c = 1; c < kW; ++c) m = std::max(m, mx[c]);  // finite: a row always sees itself
+      const float m = max_lanes(mx);  // finite: a row always sees itself
       v16 sum = v16{};
       for (int64_t j = lo; j < hi16; j += kW) {
         const v16 x = load(row + j);
-        const v16 p = x == splat(neg_inf) ? v16{} : exp_nonpositive(x - splat(m));
+        const v16 p = select(x == splat(neg_inf), v16{}, exp_nonpositive(x - splat(m)));
         store(row + j, p);
         sum += p;
       }
-      float total = 0.0f;
-      for (int c = 0; c < kW; ++c) total += sum[c];
+      const float total = sum_lanes(sum);
       it.row_stat[r] = total;
       lse[sh.q_row(it.bi, ti, it.ki * sh.g + r % sh.g) / sh.e] = m + std::log(total);
     }
@@ -327,11 +325,10 @@ void backward_item(const Shape& sh, Item& it, const Rotary& rot, const float* q,
       const float row_lse = lse[sh.q_row(it.bi, ti, it.ki * sh.g + r % sh.g) / sh.e];
       v16 dot = v16{};
       for (int64_t i = 0; i < sh.e; i += kW) dot += load(it.b2.data() + r * sh.e + i) * load(it.c.data() + r * sh.e + i);
-      float delta = 0.0f;
-      for (int c = 0; c < kW; ++c) delta += dot[c];
+      const float delta = sum_lanes(dot);
       for (int64_t j = lo; j < hi16; j += kW) {
-        const v16 p = visible(sh, it, j, ti) ? exp_nonpositive(load(p_row + j) * splat(sh.scale) - splat(row_lse))
-                                             : v16{};
+        const v16 p = select(visible(sh, it, j, ti),
+                             exp_nonpositive(load(p_row + j) * splat(sh.scale) - splat(row_lse)), v16{});
         store(p_row + j, p);
         store(d_row + j, p * (load(d_row + j) - splat(delta)));
       }

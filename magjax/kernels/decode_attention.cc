@@ -30,7 +30,7 @@ using namespace magjax;  // NOLINT: the kernels' vector and FFI buffer types
 namespace {
 
 constexpr int kSBlock = 64;       // positions per score block (4 vectors)
-constexpr int kGBlock = 4;        // query heads per register block
+constexpr int kGBlock = kAccumulators / 4;  // query heads per register block, by 4 vectors
 constexpr int64_t kMinParallel = int64_t{1} << 16;  // multiply-adds below which one thread runs it
 
 struct Job {
@@ -130,9 +130,7 @@ void softmax(const Job& j, float* sc, int64_t n) {
       std::memcpy(row + i, buf, (n - i) * sizeof(float));
       sum += p;
     }
-    float total = 0;
-    for (int c = 0; c < kW; ++c) total += sum[c];
-    const float inv = 1.0f / total;
+    const float inv = 1.0f / sum_lanes(sum);
     for (int64_t t = 0; t < n; ++t) row[t] *= inv;
   }
 }

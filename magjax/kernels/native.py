@@ -3,7 +3,10 @@
 The kernels are C++ sources shipped in this package, compiled on the machine that runs
 them (``-march=native``, so one source serves AVX-512, AVX2 and Arm hosts) against the
 XLA FFI headers that come with jaxlib, and cached under ``~/.cache/magjax`` (or
-``$MAGJAX_CACHE_DIR``) keyed by source, compiler, flags, jaxlib and CPU. Without a C++
+``$MAGJAX_CACHE_DIR``) keyed by source, compiler, flags, jaxlib and CPU.
+``MAGJAX_NATIVE_MARCH`` names another target (``haswell`` for AVX2 with FMA): for a
+fleet of several CPU kinds, and so that an AVX-512 host can check and time the code
+an AVX2-only host would run. Without a C++
 compiler, or with ``MAGJAX_NATIVE_KERNELS=0``, nothing is
 built and callers keep XLA's own kernels: the kernels are an optimisation, never a
 requirement. Where they are built, ``magjax.backends`` still races each against XLA's
@@ -30,7 +33,14 @@ log = logging.getLogger("magjax.kernels")
 
 SOURCES = ("panel_matmul.cc", "decode_attention.cc", "causal_attention.cc")
 HEADERS = ("ffi_types.h", "parallel.h", "vec.h")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-w")  # compiling; linking adds -shared
+
+
+def flags() -> tuple[str, ...]:
+    """The compiler's flags (linking adds -shared): -march from ``MAGJAX_NATIVE_MARCH``."""
+    march = os.environ.get("MAGJAX_NATIVE_MARCH", "").strip() or "native"
+    return ("-O3", f"-march={march}", "-std=c++17", "-fPIC", "-w")
+
+
 TARGETS = {"magjax_panel_matmul": "MagjaxPanelMatmul",  # XLA custom-call name -> exported symbol
            "magjax_decode_attention": "MagjaxDecodeAttention",
            "magjax_attention_forward": "MagjaxAttentionForward",
@@ -48,7 +58,7 @@ def _build(compiler: str) -> str:
     sources = [os.path.join(here, s) for s in SOURCES]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     digest = hashlib.sha256()
-    for part in (version, " ".join(FLAGS), jaxlib.__version__, platform.machine(), build_cache.cpu_identity()):
+    for part in (version, " ".join(flags()), jaxlib.__version__, platform.machine(), build_cache.cpu_identity()):
         digest.update(part.encode())
     for path in [*sources, *(os.path.join(here, h) for h in HEADERS)]:
         with open(path, "rb") as f:
@@ -58,7 +68,7 @@ def _build(compiler: str) -> str:
         # One compiler per source, all at once (the first use waits on the slowest, not
         # the sum), then one link.
         objects = [f"{tmp}.{i}.o" for i in range(len(sources))]
-        compiles = [[compiler, *FLAGS, "-I", jax.ffi.include_dir(), "-c", src, "-o", obj]
+        compiles = [[compiler, *flags(), "-I", jax.ffi.include_dir(), "-c", src, "-o", obj]
                     for src, obj in zip(sources, objects)]
         running: list[subprocess.Popen] = []
         try:

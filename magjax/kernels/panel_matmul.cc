@@ -26,7 +26,7 @@ using namespace magjax;  // NOLINT: the kernels' vector and FFI buffer types
 namespace {
 
 constexpr int kPanel = 16;        // output columns per panel (one vector)
-constexpr int kRows = 16;         // rows accumulated together in registers
+constexpr int kRows = kAccumulators;  // rows accumulated together in registers (vec.h: 16 or 6)
 constexpr int64_t kDepth = 256;   // K per block: the block's panel slice and rows stay in L1
 constexpr int64_t kPrefetch = 1024;  // floats ahead in the panel stream (4 KiB)
 constexpr int64_t kMinParallel = int64_t{1} << 21;  // multiply-adds below which one thread runs it
