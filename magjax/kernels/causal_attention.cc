@@ -38,8 +38,8 @@ namespace {
 
 constexpr int64_t kBlockRows = 32;  // query rows ((position, head) pairs) per block
 constexpr int64_t kKeyTile = 64;    // keys per score tile: 4 vectors
-constexpr int kRowTile = kAccumulators / (kKeyTile / kW);  // rows per register tile
-constexpr int kKeyGroup = kAccumulators / 4;  // keys per register tile of the key-gradient products
+constexpr int kRowTile = std::max<int>(1, kAccumulators / (kKeyTile / kW));  // rows per register tile
+constexpr int kKeyGroup = std::max(1, kAccumulators / 4);  // keys per register tile of the key-gradient products
 constexpr int64_t kMinParallel = int64_t{1} << 18;  // multiply-adds below which one thread runs it
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

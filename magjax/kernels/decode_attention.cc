@@ -30,7 +30,7 @@ using namespace magjax;  // NOLINT: the kernels' vector and FFI buffer types
 namespace {
 
 constexpr int kSBlock = 64;       // positions per score block (4 vectors)
-constexpr int kGBlock = kAccumulators / 4;  // query heads per register block, by 4 vectors
+constexpr int kGBlock = std::max(1, kAccumulators / 4);  // query heads per register block, by 4 vectors
 constexpr int64_t kMinParallel = int64_t{1} << 16;  // multiply-adds below which one thread runs it
 
 struct Job {
