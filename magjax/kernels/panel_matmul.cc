@@ -5,7 +5,7 @@
 // kernels are tuned for many rows and read the weights at 6-8 GB/s on such shapes, a
 // quarter of what the memory delivers. Here the weights are laid out once per version as
 // panels w[P, K, 16] (16 output columns, contiguous along K), so each panel streams
-// sequentially while up to 16 rows accumulate against it in registers.
+// sequentially while up to kRows rows accumulate against it in registers.
 //
 // Written with GCC/Clang vector extensions and compiled on the machine that runs it
 // (-march=native): the same source becomes AVX-512, AVX2 or NEON code.
@@ -26,7 +26,7 @@ using namespace magjax;  // NOLINT: the kernels' vector and FFI buffer types
 namespace {
 
 constexpr int kPanel = 16;        // output columns per panel (one vector)
-constexpr int kRows = kAccumulators;  // rows accumulated together in registers (vec.h: 16 or 6)
+constexpr int kRows = kAccumulators;  // rows accumulated together in registers: 16 with AVX-512, 6 with AVX2
 constexpr int64_t kDepth = 256;   // K per block: the block's panel slice and rows stay in L1
 constexpr int64_t kPrefetch = 1024;  // floats ahead in the panel stream (4 KiB)
 constexpr int64_t kMinParallel = int64_t{1} << 21;  // multiply-adds below which one thread runs it
