@@ -58,6 +58,7 @@ def test_bench_sampler_long_context_compares_dense_and_paged_on_mixed_lengths():
                     long_context=case)
     row = r["batches"][0]  # the batch row on both caches
     assert row["paged"]["decode_tokens_per_s"] > 0 and row["paged"]["kernels"]["decode_attention"] == "xla-paged"
+    assert row["passes"] == row["paged"]["passes"] == 3  # the two engines' passes alternated, best of 3 each
     lc = json.loads(json.dumps(r))["long_context"]  # what --json records
     budgets = lc["budgets"]
     assert len(budgets) == 3 and all(512 // 8 <= b <= 512 - 8 for b in budgets) and len(set(budgets)) > 1

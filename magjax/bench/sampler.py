@@ -5,6 +5,8 @@ batch sizes. The roofline of a decode step is the larger of (weights + KV cache 
 read bandwidth and FLOPs / matmul peak, both measured in the same run; the reported
 fraction is roofline time / measured step time (1.0 = at the machine's limit).
 
+At the batch sizes in ``paged_batches`` the dense and the paged engine run the same work
+with their timed passes alternating, so that a shared machine's load falls on both alike.
 With a ``long_context`` case (``long_context.py``) it also runs mixed completion lengths
 at a long ``max_len`` through the generator, dense and paged cache side by side.
 """
@@ -34,10 +36,12 @@ def decode_roofline_s(config, batch: int, context: int, bandwidth: float, peak: 
     return max((weight_bytes + kv_bytes) / bandwidth, flops / peak)
 
 
-def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0) -> dict:
-    """Prefill then decode ``batch`` sequences on one engine; ``page_size`` > 0: the paged
-    cache (each slot given the pages of its whole sequence up front, so the page table is
-    the same in every call)."""
+def batch_passes(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0):
+    """One engine for ``batch`` sequences and a function that runs one timed pass on it
+    (prefill every slot, then decode to the end): ``(engine, one_pass)``, where
+    ``one_pass()`` gives (prefill seconds, decode seconds, decode steps). ``page_size`` > 0:
+    the paged cache, each slot given the pages of its whole sequence up front, so the page
+    table is the same in every call."""
     engine = Engine(config, EngineConfig(slots=batch, max_len=prompt_len + new_tokens + 1,
                                          prompt_buckets=(prompt_len,), chunk_steps=chunk, page_size=page_size),
                     SamplingConfig(temperature=1.0), eos_id=config.vocab_size)  # never emitted
@@ -70,13 +74,39 @@ def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chun
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1, steps
 
-    one_pass()  # compile
-    runs = [one_pass() for _ in range(2)]
+    return engine, one_pass
+
+
+def summarize(batch: int, prompt_len: int, engine, runs: list[tuple[float, float, int]]) -> dict:
+    """A row from timed passes: the best prefill and the best decode."""
     prefill_s = min(r[0] for r in runs)
     decode_s, steps = min((r[1], r[2]) for r in runs)
     return {"batch": batch, "prefill_tokens_per_s": batch * prompt_len / prefill_s,
             "decode_tokens_per_s": batch * steps / decode_s, "decode_step_s": decode_s / steps, "steps": steps,
-            "kernels": dict(engine.implementations)}
+            "kernels": dict(engine.implementations), "passes": len(runs)}
+
+
+def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0) -> dict:
+    """Prefill then decode ``batch`` sequences on one engine: one pass that compiles, then
+    the best of two."""
+    engine, one_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk, page_size)
+    one_pass()  # compile
+    return summarize(batch, prompt_len, engine, [one_pass() for _ in range(2)])
+
+
+def run_side_by_side(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int,
+                     passes: int = 3) -> tuple[dict, dict]:
+    """The dense and the paged engine on the same work, their passes alternating (best of
+    ``passes`` each), so that a shared machine's load falls on both alike."""
+    dense_engine, dense_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk)
+    paged_engine, paged_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk, page_size)
+    dense_pass(), paged_pass()  # compile
+    dense_runs, paged_runs = [], []
+    for _ in range(passes):
+        dense_runs.append(dense_pass())
+        paged_runs.append(paged_pass())
+    return (summarize(batch, prompt_len, dense_engine, dense_runs),
+            summarize(batch, prompt_len, paged_engine, paged_runs))
 
 
 def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt_len: int = 64,
@@ -91,14 +121,15 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
     first_decision = len(race.DECISIONS)
     rows = []
     for b in batches:
-        row = run_batch(config, params, b, prompt_len, new_tokens, chunk)
+        if b in paged_batches:
+            row, paged = run_side_by_side(config, params, b, prompt_len, new_tokens, chunk, page_size)
+            row["paged"] = {k: paged[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_step_s",
+                                                  "kernels", "passes")}
+        else:
+            row = run_batch(config, params, b, prompt_len, new_tokens, chunk)
         ideal = decode_roofline_s(config, b, prompt_len + new_tokens // 2, bandwidth, peak)
         row["roofline_tokens_per_s"] = b / ideal
         row["roofline_fraction"] = ideal / row["decode_step_s"]
-        if b in paged_batches:
-            paged = run_batch(config, params, b, prompt_len, new_tokens, chunk, page_size)
-            row["paged"] = {k: paged[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_step_s",
-                                                  "kernels")}
         rows.append(row)
     result = {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
               "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
