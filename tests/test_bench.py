@@ -1,11 +1,13 @@
 """`magjax bench ...` end to end on small shapes: each prints its figures from real runs."""
 
 import json
+import os
 
+import jax
 import numpy as np
 import pytest
 
-from magjax.bench import cache_reads, long_context, pipeline, sampler, train, verifier
+from magjax.bench import cache_reads, ceilings, long_context, pipeline, sampler, train, verifier
 from magjax.kernels import native
 from magjax.models import preset
 
@@ -98,3 +100,19 @@ def test_bench_pipeline_runs_both_modes_on_the_same_work():
         assert r[mode]["wall_s_per_batch"] > 0 and 0 <= r[mode]["trainer_busy_fraction"] <= 1
         assert r[mode]["timed_batches"] == 1
     assert r["async_over_sync"] > 0 and "async/sync speed ratio" in pipeline.describe(r)
+
+
+def test_the_cpu_description_names_the_model_and_what_holds_the_code_back(monkeypatch):
+    monkeypatch.setenv("MAGJAX_NATIVE_MARCH", "haswell")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_max_isa=AVX2")
+    held = ceilings.cpu_description()
+    assert held.endswith(", kernels built for haswell, XLA held to AVX2"), held
+    monkeypatch.delenv("MAGJAX_NATIVE_MARCH")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    plain = ceilings.cpu_description()
+    assert "held" not in plain and "built for" not in plain and held.startswith(plain)
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            models = {line.split(":", 1)[1].strip() for line in f if line.startswith("model name")}
+        assert not models or any(plain.startswith(model) for model in models)
+    assert ceilings.device_description() == f"{jax.device_count()} x cpu ({plain})"

@@ -9,6 +9,9 @@ its weights).
 
 from __future__ import annotations
 
+import os
+import platform
+import re
 import statistics
 import time
 
@@ -53,4 +56,32 @@ def read_bandwidth(nbytes: int = 512 << 20, reps: int = 5) -> float:
 
 def device_description() -> str:
     d = jax.devices()[0]
-    return f"{jax.device_count()} x {d.platform} ({getattr(d, 'device_kind', d.platform)})"
+    kind = cpu_description() if d.platform == "cpu" else getattr(d, "device_kind", d.platform)
+    return f"{jax.device_count()} x {d.platform} ({kind})"
+
+
+def cpu_description() -> str:
+    """The host's CPU model and widest vector instructions (figures from AVX-512 and AVX2
+    hosts differ in kind, not only in speed), and any build setting that holds the code
+    below them: the native kernels' ``MAGJAX_NATIVE_MARCH``, XLA's ``--xla_cpu_max_isa``."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"),
+                                        ("sse2", "SSE2")) if flag in flags), None)
+    parts = [model] + ([isa] if isa else [])
+    march = os.environ.get("MAGJAX_NATIVE_MARCH", "").strip()
+    if march:
+        parts.append(f"kernels built for {march}")
+    max_isa = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
+    if max_isa:
+        parts.append(f"XLA held to {max_isa.group(1)}")
+    return ", ".join(parts)
