@@ -341,9 +341,10 @@ def test_the_kernels_built_for_avx2_equal_numpy(tmp_path):
     # SSE/NEON) registers with smaller register tiles. AMD hosts run that code, so an AVX-512
     # host checks it too, built as they would build it.
     env = {**os.environ, "MAGJAX_NATIVE_MARCH": "haswell", "MAGJAX_CACHE_DIR": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", VALUE_CHECKS,
-                        *(os.path.join(os.path.dirname(__file__), f) for f in ("test_kernels.py", "test_paged_kernels.py"))],
-                       env=env, capture_output=True, text=True, timeout=540, cwd=os.path.dirname(__file__))
+    here = os.path.dirname(__file__)
+    files = [os.path.join(here, name) for name in ("test_kernels.py", "test_paged_kernels.py")]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", VALUE_CHECKS, *files],
+                       env=env, capture_output=True, text=True, timeout=540, cwd=here)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     summary = r.stdout.strip().splitlines()[-1]
     assert "skipped" not in summary and "failed" not in summary, summary
