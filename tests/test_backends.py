@@ -233,6 +233,17 @@ def test_a_race_times_both_candidates_once_per_machine_and_kernel_version(monkey
     assert [d["how"] for d in race.DECISIONS[first:]] == ["raced", "raced"]
 
 
+def test_races_are_kept_apart_by_the_xla_flags_that_change_xlas_code(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    eight = race._identity_key("v")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    assert race._identity_key("v") == eight  # the device count changes no candidate's code
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_max_isa=AVX2")
+    assert race._identity_key("v") != eight
+    assert race.xla_code_flags() == "--xla_cpu_max_isa=AVX2"
+    assert race._identity_key("w") != race._identity_key("v")
+
+
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
 SPLASH_PROBE = textwrap.dedent("""

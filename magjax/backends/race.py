@@ -4,9 +4,10 @@ A native kernel tuned on one CPU can lose to XLA's own code on another (an AVX2 
 ran the sampler at half XLA's speed through them), so nothing is assumed: the first time
 a function is needed at a shape, each candidate is compiled and timed at that shape
 (best of a few alternating calls; compiling the candidates is most of the cost, a few
-seconds per model the first time on 2 cores), and the faster one is used. Outcomes are cached on disk (``races.json`` under magjax's cache
-directory) per CPU identity (model name and flags), kernel version and jax version, so
-each machine races each shape once.
+seconds per model the first time on 2 cores), and the faster one is used. Outcomes are
+cached on disk (``races.json`` under magjax's cache directory) per CPU identity (model
+name and flags), kernel version (sources and compiler flags), jax version and the XLA
+flags that change XLA's code, so each machine races each shape once per configuration.
 
 ``MAGJAX_KERNELS`` overrides: ``native`` or ``xla`` forces every function, ``race``
 (the default) races. ``MAGJAX_NATIVE_KERNELS=0`` still means ``xla``.
@@ -52,9 +53,16 @@ def cache_path() -> str:
     return os.path.join(build_cache.root(), "races.json")
 
 
+def xla_code_flags() -> str:
+    """The ``XLA_FLAGS`` that can change XLA's candidate code (all but the simulated device
+    count), sorted: ``--xla_cpu_max_isa=AVX2`` or an optimisation level makes its own race."""
+    tokens = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join(sorted(t for t in tokens if not t.startswith("--xla_force_host_platform_device_count")))
+
+
 def _identity_key(kernel_version: str) -> str:
     digest = hashlib.sha256()
-    for part in (build_cache.cpu_identity(), kernel_version, jax.__version__, platform.machine()):
+    for part in (build_cache.cpu_identity(), kernel_version, jax.__version__, platform.machine(), xla_code_flags()):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
 
