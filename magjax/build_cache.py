@@ -27,6 +27,19 @@ def cpu_identity() -> str:
         return platform.processor()
 
 
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU's model name and its feature flags (x86 ``flags``, Arm ``Features``), read
+    from the same lines as ``cpu_identity``."""
+    model, flags = "", set()
+    for line in cpu_identity().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+            flags |= set(value.split())
+    return model or platform.processor() or platform.machine(), flags
+
+
 def root() -> str:
     return os.environ.get("MAGJAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "magjax")
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from magjax import backends
+from magjax import backends, build_cache
 from magjax.backends import race
 from magjax.kernels import backend, causal_attention, decode_attention, native, panels
 from magjax.models import decoder, preset
@@ -319,21 +319,13 @@ def test_kernels_build_once_per_cache_and_fall_back_without_a_compiler(tmp_path)
     assert "loaded False" in _probe(tmp_path, MAGJAX_NATIVE_KERNELS="0")
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    except OSError:
-        return set()
-
-
 # The value checks above, in a process whose kernels are built for AVX2 (haswell).
 VALUE_CHECKS = ("the_kernels_build or panel_product_equals or decode_attention_writes or causal_attention_and_its"
                 " or native_paged_decode_equals")
 
 
 @needs_kernels
-@pytest.mark.skipif(not {"avx2", "fma", "avx512f"} <= _cpu_flags(),
+@pytest.mark.skipif(not {"avx2", "fma", "avx512f"} <= build_cache.cpu_model_and_flags()[1],
                     reason="needs an AVX-512 host, whose own build is the one-register path (an AVX2 host's own "
                            "build already is the path checked here)")
 def test_the_kernels_built_for_avx2_equal_numpy(tmp_path):

@@ -10,13 +10,14 @@ its weights).
 from __future__ import annotations
 
 import os
-import platform
 import re
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
+
+from magjax import build_cache
 
 
 def time_calls(fn, *args, reps: int = 5, warmup: int = 1) -> tuple[list[float], float]:
@@ -64,17 +65,7 @@ def cpu_description() -> str:
     """The host's CPU model and widest vector instructions (figures from AVX-512 and AVX2
     hosts differ in kind, not only in speed), and any build setting that holds the code
     below them: the native kernels' ``MAGJAX_NATIVE_MARCH``, XLA's ``--xla_cpu_max_isa``."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features"):
-                    flags |= set(value.split())
-    except OSError:
-        pass
+    model, flags = build_cache.cpu_model_and_flags()
     isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"),
                                         ("sse2", "SSE2")) if flag in flags), None)
     parts = [model] + ([isa] if isa else [])

@@ -5,10 +5,9 @@ them (``-march=native``, so one source serves AVX-512, AVX2 and Arm hosts) again
 XLA FFI headers that come with jaxlib, and cached under ``~/.cache/magjax`` (or
 ``$MAGJAX_CACHE_DIR``) keyed by source, compiler, flags, jaxlib and CPU.
 ``MAGJAX_NATIVE_MARCH`` names another target (``haswell`` for AVX2 with FMA): for a
-fleet of several CPU kinds, and so that an AVX-512 host can check and time the code
-an AVX2-only host would run. Without a C++
-compiler, or with ``MAGJAX_NATIVE_KERNELS=0``, nothing is
-built and callers keep XLA's own kernels: the kernels are an optimisation, never a
+fleet of several CPU kinds, and so that an AVX-512 host can check and time the code an
+AVX2-only host would run. Without a C++ compiler, or with ``MAGJAX_NATIVE_KERNELS=0``,
+nothing is built and callers keep XLA's own kernels: the kernels are an optimisation, never a
 requirement. Where they are built, ``magjax.backends`` still races each against XLA's
 code at its shapes before using it.
 """
