@@ -86,12 +86,9 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     # The suite's compile flags, which local.sh keeps, not its device count: local.sh sets each process's.
     env = os.environ | {"XLA_FLAGS": TEST_XLA_FLAGS, "MAGJAX": f"{sys.executable} -m magjax.cli"}
-    # Two devices a process: in each, one generates and one trains (the demo's disaggregated placement).
-    result = subprocess.run(["bash", os.path.join(LAUNCH, "local.sh"), "--processes", "2", "--devices_per_process", "2",
-                             "--log_dir", str(logs),
+    result = subprocess.run(["bash", os.path.join(LAUNCH, "local.sh"), "--processes", "2", "--log_dir", str(logs),
                              # No cold start: what the launcher is checked on is RL and evaluation across processes.
                              "--", "train", "--gin.train.smoke=True", "--gin.train.sft_steps=0",
-                             "--gin.RunConfig.generator_devices=2",
                              "--run_dir", str(run_dir),
                              "--gin.RunConfig.n_batch=16", "--gin.RunConfig.n_async=16",
                              "--gin.RunConfig.max_new_tokens=32", "--gin.EvalConfig.max_new_tokens=32"],
