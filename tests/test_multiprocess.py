@@ -1,4 +1,4 @@
-"""Two processes x two CPU devices run one job together through jax.distributed (gloo)."""
+"""Two processes x four CPU devices run one job together through jax.distributed (gloo)."""
 
 import json
 import os

@@ -11,8 +11,8 @@ import json
 import os
 import sys
 
-# The suite's own flags (tests/conftest.py passes them), then two CPU devices per process.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+# The suite's own flags (tests/conftest.py passes them), then four CPU devices per process.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 
@@ -32,7 +32,7 @@ def main(out: str, params_file: str):
     from magjax.sampling.engine import EngineConfig
     from magjax.types import Problem
 
-    assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
+    assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
     pid = jax.process_index()
     sums = [Problem(f"math-p{i}", "math", f"Compute {a}+{b}.", answer=str(a + b))
             for i, (a, b) in enumerate([(3, 4), (2, 5), (6, 1), (4, 4)])]
