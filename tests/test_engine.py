@@ -1,5 +1,7 @@
 """The sampler's compiled functions: exactness against the full forward pass."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,15 +98,34 @@ def test_same_seed_same_tokens_whatever_the_placement():
 def test_sampling_filters():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 256))
     keys = token_key(0, jnp.arange(256), jnp.zeros(256, jnp.int32), jnp.zeros(256, jnp.int32))
-    tok, logp = sample_tokens(logits, keys, SamplingConfig(top_k=2))
+    tok, logp = sample_tokens(logits, keys, top_k=2)
     assert set(np.asarray(tok).tolist()) == {0, 1}
     np.testing.assert_allclose(np.exp(logp[tok == 0]), 0.5 / 0.8, rtol=1e-5)
-    tok, _ = sample_tokens(logits, keys, SamplingConfig(top_p=0.7))  # 0.5 + 0.3 reaches 0.7
+    tok, _ = sample_tokens(logits, keys, top_p=0.7)  # 0.5 + 0.3 reaches 0.7
     assert set(np.asarray(tok).tolist()) == {0, 1}
-    tok, logp = sample_tokens(logits, keys, SamplingConfig(temperature=0))
+    tok, logp = sample_tokens(logits, keys, temperature=0)
     assert (np.asarray(tok) == 0).all()
-    counts = np.bincount(np.asarray(sample_tokens(logits, keys, SamplingConfig())[0]), minlength=4) / 256
+    counts = np.bincount(np.asarray(sample_tokens(logits, keys)[0]), minlength=4) / 256
     np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.1)
+
+
+def test_each_row_samples_with_its_own_settings():
+    """Greedy, top-k, top-p and plain rows in one call: each as it would be alone."""
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 256))
+    keys = token_key(0, jnp.arange(256), jnp.zeros(256, jnp.int32), jnp.zeros(256, jnp.int32))
+    settings = [dict(temperature=0.0), dict(top_k=2), dict(top_p=0.7), dict(temperature=0.5), dict()]
+    kind_b = np.arange(256) % len(settings)
+    per_row = {name: np.asarray([settings[k].get(name, default) for k in kind_b])
+               for name, default in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0))}
+    tok, logp = jax.jit(sample_tokens)(logits, keys, **per_row)
+    for k, setting in enumerate(settings):
+        alone_tok, alone_logp = sample_tokens(logits, keys, **setting)
+        rows = kind_b == k
+        np.testing.assert_array_equal(np.asarray(tok)[rows], np.asarray(alone_tok)[rows], err_msg=str(setting))
+        np.testing.assert_allclose(np.asarray(logp)[rows], np.asarray(alone_logp)[rows], rtol=1e-6, atol=1e-7)
+    assert (np.asarray(tok)[kind_b == 0] == 0).all()
+    np.testing.assert_allclose(np.asarray(logp)[kind_b == 0], np.log(0.5), rtol=1e-6)  # greedy: the plain softmax
+    assert set(np.asarray(tok)[kind_b == 1].tolist()) == {0, 1}
 
 
 def test_the_two_level_draw_inverts_the_cdf_exactly():
@@ -128,7 +149,7 @@ def test_the_two_level_draw_inverts_the_cdf_exactly():
     # Drawn through sample_tokens, frequencies follow the weights across blocks.
     logits = jnp.log(jnp.asarray(np.tile([0.2] + [0.0] * 299 + [0.5] + [0.0] * 99 + [0.3], (512, 1)) + 1e-30))
     keys = token_key(1, jnp.arange(512), jnp.zeros(512, jnp.int32), jnp.zeros(512, jnp.int32))
-    counts = np.bincount(np.asarray(sample_tokens(logits, keys, SamplingConfig())[0]), minlength=401) / 512
+    counts = np.bincount(np.asarray(sample_tokens(logits, keys)[0]), minlength=401) / 512
     np.testing.assert_allclose(counts[[0, 300, 400]], [0.2, 0.5, 0.3], atol=0.07)
 
 
@@ -161,6 +182,32 @@ def test_no_recompilation_over_fifty_chunks():
     gen.generate([Request(f"x{i}", prompt(2, 15), 2, int(rng.integers(4, 12))) for i in range(60)])
     assert gen.stats.chunks - chunks >= 50
     assert engine.traces == traces
+
+
+def test_requests_sampled_differently_share_one_engine_and_its_programs():
+    """Sampling settings are values in the state, not constants of the programs: engines
+    that differ only in them share one compilation, and one generator serving requests
+    with their own settings gives each the tokens a dedicated engine gives it."""
+    params = _params()
+    greedy, hot = SamplingConfig(temperature=0), SamplingConfig(temperature=1.0, top_k=5, seed=9)
+    nucleus = SamplingConfig(temperature=0.7, top_p=0.8, seed=2)
+    requests = _requests(n=6, samples=2, seed=11)
+    settings = [greedy, hot, nucleus]
+    engine = Engine(CONFIG, ENGINE, SamplingConfig(), NEVER)
+    mixed = _by_key(Generator(engine, params).generate(
+        [dataclasses.replace(r, sampling=settings[i % 3]) for i, r in enumerate(requests)]))
+    traces = dict(engine.traces)
+    assert traces["prefill"] >= 2  # two prompt buckets: an engine compiling anew for one request would count 1
+    for i, r in enumerate(requests):
+        dedicated = Engine(CONFIG, ENGINE, settings[i % 3], NEVER)
+        alone = _by_key(Generator(dedicated, params).generate([r]))
+        for k in alone:
+            assert mixed[k].tokens == alone[k].tokens, (settings[i % 3], k)
+            np.testing.assert_allclose(mixed[k].logprobs, alone[k].logprobs, atol=1e-6)
+        assert dedicated.traces == traces  # nothing compiled for another setting
+    # The settings took effect: greedy samples of a prompt agree, sampled ones differ.
+    assert mixed[("r0", 0)].tokens == mixed[("r0", 1)].tokens
+    assert mixed[("r1", 0)].tokens != mixed[("r1", 1)].tokens
 
 
 def test_sharded_sampler_gives_the_same_tokens(mesh_2x4):

@@ -203,7 +203,8 @@ def compile_recipe(recipe, placement: Placement, *, eos_id: int = 0) -> Compilat
     tokens = abstract.scalar(gmesh, np.int32, (1, bucket))
     # Paged: the page table rows of the prompt's G slots (prefill) and of every slot (decode).
     table = lambda rows: (i32((rows, engine_config.pages_per_slot)),) if engine.paged else ()  # noqa: E731
-    prefill_args = (weights, decode_state, tokens, i32(), i32((g,)), i32(), i32((g,)), i32(), *table(g))
+    sampling = (abstract.scalar(gmesh, np.float32), abstract.scalar(gmesh, np.float32), i32(), i32())
+    prefill_args = (weights, decode_state, tokens, i32(), i32((g,)), i32(), i32((g,)), i32(), sampling, *table(g))
     cache = (f"a pool of {engine_config.pool_pages} pages x {engine_config.page_size}" if engine.paged
              else f"{engine_config.slots} slots x {engine_config.max_len}")
     functions.append(compile_function(

@@ -208,11 +208,13 @@ class Rollout:
                sampling: SamplingConfig | None = None) -> list[list[ScoredCompletion]]:
         """``samples`` graded completions of each problem, in sample order. ``uids`` seed each
         problem's random stream (default: a hash of its id); ``sampling`` overrides the
-        rollout's own for this call (evaluation samples math and code differently)."""
-        generator = self.generator if sampling in (None, self.sampling) else self._generator(sampling)
+        rollout's own for this call (evaluation samples math and code differently): the
+        requests carry it, so the same compiled engine serves. A streaming rollout's
+        generator runs in its own thread; these requests then go to a generator of their own."""
+        generator = self._generator(self.sampling) if self.streaming else self.generator
         uids = uids if uids is not None else [None] * len(problems)
-        requests = [Request(p.id, self.chat.encode(self.tokenizer, p.prompt), samples, max_new_tokens, uid, Task(p))
-                    for p, uid in zip(problems, uids)]
+        requests = [Request(p.id, self.chat.encode(self.tokenizer, p.prompt), samples, max_new_tokens, uid, Task(p),
+                            sampling) for p, uid in zip(problems, uids)]
         futures = [self._grade(c) for c in generator.generate(requests)]
         by_request: dict[tuple[str, int], list[ScoredCompletion]] = {(r.problem_id, r.uid): [] for r in requests}
         for f in futures:

@@ -12,7 +12,11 @@ the next chunk new weights is the whole in-flight weight update; entries already
 cache stay as they were.
 
 Randomness is a function of (seed, request uid, sample index, position) only, so a
-sequence's tokens do not depend on its slot, its batch-mates or the chunking. Sampling
+sequence's tokens do not depend on its slot, its batch-mates or the chunking. The
+sampling settings (temperature, top-p, top-k, seed) are per slot, set by each prompt's
+prefill: values in the state, not constants of the compiled programs, so one engine
+serves requests sampled differently (evaluation's math and code, greedy checks beside
+sampled ones) without compiling again. Sampling
 draws one uniform per token and inverts the CDF (in two levels: blocks, then within the
 block): far cheaper on CPU than a Gumbel draw over the whole vocabulary, and exactly as
 random.
@@ -45,6 +49,13 @@ class SamplingConfig:
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"SamplingConfig: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {self}")
+        if not 0 <= self.seed < 2**31:  # a slot holds it as an int32
+            raise ValueError(f"SamplingConfig.seed must be in [0, 2**31), got {self.seed}")
+
+    def values(self) -> tuple:
+        """The settings as the compiled prefill takes them (one request's): temperature,
+        top-p, top-k, seed."""
+        return (np.float32(self.temperature), np.float32(self.top_p), np.int32(self.top_k), np.int32(self.seed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +110,12 @@ class DecodeState:
     uid_b: jax.Array  # request uid and sample index: the random stream's identity
     sample_b: jax.Array
     finish_b: jax.Array  # RUNNING | EOS | LENGTH
+    # Each slot's request's sampling settings (SamplingConfig): temperature (0 = greedy),
+    # top-p (1 = off), top-k (0 = off), seed.
+    temperature_b: jax.Array
+    top_p_b: jax.Array
+    top_k_b: jax.Array
+    seed_b: jax.Array
 
 
 jax.tree_util.register_dataclass(DecodeState, data_fields=[f.name for f in dataclasses.fields(DecodeState)],
@@ -116,36 +133,51 @@ class ChunkOutput:
     steps: int  # steps actually run (the loop stops early when every slot is done)
 
 
-def token_key(seed: int, uid_b, sample_b, position_b):
-    """The random key of one token: fold in request uid, sample index, then position."""
-    base = jax.random.key(seed)
-    fold = lambda u, s, p: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, u), s), p)  # noqa: E731
-    return jax.vmap(fold)(uid_b, sample_b, position_b)
+def token_key(seed, uid_b, sample_b, position_b):
+    """The random key of one token: the seed's (per row, or one for all), folding in
+    request uid, sample index, then position."""
+    fold = lambda seed, u, s, p: jax.random.fold_in(  # noqa: E731
+        jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), u), s), p)
+    return jax.vmap(fold)(jnp.broadcast_to(jnp.asarray(seed, jnp.int32), jnp.shape(uid_b)), uid_b, sample_b, position_b)
 
 
-def sample_tokens(logits_bv, keys_b, sampling: SamplingConfig):
-    """(token_b, logprob_b) drawn from the configured distribution, and log-prob under it."""
+def sample_tokens(logits_bv, keys_b, temperature=1.0, top_p=1.0, top_k=0):
+    """(token_b, logprob_b) drawn from each row's distribution, and its log-prob under it:
+    argmax where the temperature is 0 (top-p and top-k then ignored), else the softmax at
+    that temperature, cut to the top-k tokens (0: no cut) and then to the smallest prefix
+    whose mass reaches top-p (1: no cut). Each setting is per row or one for all rows, and
+    may be a traced value."""
     logits_bv = logits_bv.astype(jnp.float32)
-    if sampling.temperature == 0:
-        token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-        logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
-        return token_b, jnp.take_along_axis(logp_bv, token_b[:, None], -1)[:, 0]
-    logits_bv = logits_bv / sampling.temperature
-    if sampling.top_k:
-        kth_b = jax.lax.top_k(logits_bv, sampling.top_k)[0][:, -1:]
-        logits_bv = jnp.where(logits_bv < kth_b, -jnp.inf, logits_bv)
-    if sampling.top_p < 1.0:
+    b, v = logits_bv.shape
+    temperature_b, top_p_b, top_k_b = (jnp.broadcast_to(jnp.asarray(x, dtype), (b,)) for x, dtype in
+                                       ((temperature, jnp.float32), (top_p, jnp.float32), (top_k, jnp.int32)))
+    greedy_b = temperature_b == 0
+    logits_bv = logits_bv / jnp.where(greedy_b, 1.0, temperature_b)[:, None]
+    top_k_b = jnp.where(greedy_b | (top_k_b >= v), 0, top_k_b)
+    top_p_b = jnp.where(greedy_b, 1.0, top_p_b)
+
+    def truncate(logits_bv):
+        # One sort serves both cuts. Ties with the k-th logit stay (as with lax.top_k's
+        # value), and the top-p prefix is taken over what top-k left.
         sorted_bv = jnp.sort(logits_bv, axis=-1)[:, ::-1]
+        kth_b = jnp.take_along_axis(sorted_bv, (top_k_b - 1).clip(min=0)[:, None], -1)[:, 0]
+        kth_b = jnp.where(top_k_b > 0, kth_b, -jnp.inf)
+        sorted_bv = jnp.where(sorted_bv < kth_b[:, None], -jnp.inf, sorted_bv)
         cum_bv = jnp.cumsum(jax.nn.softmax(sorted_bv, axis=-1), axis=-1)
         # Keep the smallest prefix whose mass reaches top_p (the token crossing it included).
-        cutoff_b = jnp.take_along_axis(sorted_bv, jnp.sum(cum_bv < sampling.top_p, axis=-1, keepdims=True)
-                                       .clip(max=logits_bv.shape[-1] - 1), -1)
-        logits_bv = jnp.where(logits_bv < cutoff_b, -jnp.inf, logits_bv)
+        cutoff_b = jnp.take_along_axis(sorted_bv, jnp.sum(cum_bv < top_p_b[:, None], axis=-1, keepdims=True)
+                                       .clip(max=v - 1), -1)[:, 0]
+        cutoff_b = jnp.maximum(jnp.where(top_p_b < 1.0, cutoff_b, -jnp.inf), kth_b)
+        return jnp.where(logits_bv < cutoff_b[:, None], -jnp.inf, logits_bv)
+
+    # The sort runs only when some row asks for a cut: plain sampling and greedy rows never pay for it.
+    logits_bv = jax.lax.cond(jnp.any((top_k_b > 0) | (top_p_b < 1.0)), truncate, lambda x: x, logits_bv)
     # Unnormalised probabilities: the draw scales its uniform by their total instead.
     max_b = jnp.max(logits_bv, axis=-1)
     weights_bv = jnp.exp(logits_bv - max_b[:, None])
     u_b = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys_b)
     token_b, total_b = inverse_cdf(weights_bv, u_b)
+    token_b = jnp.where(greedy_b, jnp.argmax(logits_bv, axis=-1).astype(jnp.int32), token_b)
     logit_b = jnp.take_along_axis(logits_bv, token_b[:, None], -1)[:, 0]
     # Never return a token of zero probability: the draw can only land on one at the very
     # edge of the float32 sums (u * total rounding up to total); then take the likeliest.
@@ -224,7 +256,8 @@ _COMPILED: dict = {}
 
 
 class Engine:
-    """The sampler's compiled functions for one model, cache geometry and sampling setting.
+    """The sampler's compiled functions for one model and cache geometry. ``sampling`` is
+    the default for prompts that bring no settings of their own (``prefill``'s).
 
     ``prefill`` and ``decode`` take the weights as ``prepare(params)`` returns them (the
     generator prepares each weight version once). ``share_weights``: the caller keeps the
@@ -247,7 +280,8 @@ class Engine:
         self.implementations = self.ops.implementations  # which ran: "native" or "xla", per function
         # Engines of one configuration share their compiled functions (and trace counts):
         # a run that rebuilds its generator, or a test suite making many, compiles once.
-        key = (model_config, engine_config, sampling, eos_id, mesh, shared_weights,
+        # The sampling settings are not part of it: they are values in the state.
+        key = (model_config, engine_config, eos_id, mesh, shared_weights,
                tuple(sorted(self.implementations.items())))
         if key in _COMPILED:
             (self._prepare, self._prefill, self._decode, self._release, self._activate, self._take,
@@ -263,7 +297,8 @@ class Engine:
                                  **({} if mesh is None else {"out_shardings": params_sh})))
         table = (rep,) if self.paged else ()  # the page table, when paged: the host's, small
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=1,
-                                **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep, *table), (shardings, rep)))
+                                **kw((params_sh, shardings, rep, rep, rep, rep, rep, rep, rep, *table),
+                                   (shardings, rep)))
         self._decode = jax.jit(self._decode_fn, donate_argnums=1, **kw((params_sh, shardings, *table),
                                                                         (shardings, rep)))
         self._release = jax.jit(_release_slots, donate_argnums=0)
@@ -327,7 +362,7 @@ class Engine:
         k_sh = shd.named_sharding(cache.k_axes, k_shape, mesh)
         v_sh = shd.named_sharding(cache.v_axes, v_shape, mesh)
         slot_sh = shd.named_sharding((shd.BATCH,), (b,), mesh)
-        return DecodeState((k_sh,) * c.num_layers, (v_sh,) * c.num_layers, *([slot_sh] * 8))
+        return DecodeState((k_sh,) * c.num_layers, (v_sh,) * c.num_layers, *([slot_sh] * 12))
 
     def init_state(self) -> DecodeState:
         c, s = self.model_config, self.config
@@ -336,7 +371,8 @@ class Engine:
         state = DecodeState(tuple(jnp.zeros(k_shape, c.jnp_dtype) for _ in range(c.num_layers)),
                             tuple(jnp.zeros(v_shape, c.jnp_dtype) for _ in range(c.num_layers)),
                             zeros(np.int32), zeros(np.int32), zeros(bool), zeros(np.int32), zeros(np.int32),
-                            zeros(np.int32), zeros(np.int32), zeros(np.int32))
+                            zeros(np.int32), zeros(np.int32), zeros(np.int32),
+                            zeros(np.float32), zeros(np.float32), zeros(np.int32), zeros(np.int32))
         if self.mesh is not None:
             return jax.device_put(state, self.state_shardings())
         return jax.tree.map(jnp.asarray, state)
@@ -351,12 +387,14 @@ class Engine:
     # ------------------------------------------------------------------ prefill
 
     def prefill(self, params, state: DecodeState, prompt: list[int], slots: list[int], uid: int,
-                samples: list[int], max_new: int, table_gn=None):
+                samples: list[int], max_new: int, table_gn=None, sampling: SamplingConfig | None = None):
         """Writes one prompt into ``slots`` (one per sample) and samples each first token.
 
         ``params`` as ``prepare`` returns them; ``table_gn``: when paged, the slots' page
-        table rows (``PagePool.table_bn[slots]``), holding pages for the prompt. Returns
-        the new state and, per slot, (first token, its log-prob, finish code).
+        table rows (``PagePool.table_bn[slots]``), holding pages for the prompt;
+        ``sampling``: how the slots sample, first token and every later one (default:
+        the engine's). Returns the new state and, per slot, (first token, its log-prob,
+        finish code).
         """
         if self.paged and table_gn is None:
             raise ValueError("a paged engine's prefill needs the slots' page table rows")
@@ -369,11 +407,12 @@ class Engine:
         tokens[0, : len(prompt)] = prompt
         table = (np.asarray(table_gn, np.int32),) if self.paged else ()
         state, out = self._prefill(params, state, tokens, np.int32(len(prompt)), np.asarray(slots, np.int32),
-                                   np.int32(uid), np.asarray(samples, np.int32), np.int32(max_new), *table)
+                                   np.int32(uid), np.asarray(samples, np.int32), np.int32(max_new),
+                                   (sampling or self.sampling).values(), *table)
         return state, jax.tree.map(np.asarray, out)
 
     def _prefill_fn(self, params, state: DecodeState, tokens_1p, prompt_len, slots_g, uid, samples_g, max_new,
-                    *table_gn):
+                    sampling, *table_gn):
         c = self.model_config
         p = tokens_1p.shape[1]
         g = slots_g.shape[0]
@@ -396,14 +435,18 @@ class Engine:
         h_11d = jax.lax.dynamic_slice_in_dim(x_1pd, prompt_len - 1, 1, axis=1)
         logits_1v = decoder.unembed(c, params, h_11d, projections)[:, 0]
         uid_g = jnp.full((g,), uid, jnp.int32)
-        keys_g = token_key(self.sampling.seed, uid_g, samples_g, jnp.full((g,), prompt_len, jnp.int32))
-        token_g, logp_g = sample_tokens(jnp.broadcast_to(logits_1v, (g, logits_1v.shape[-1])), keys_g, self.sampling)
+        temperature_g, top_p_g, top_k_g, seed_g = (jnp.full((g,), x) for x in sampling)
+        keys_g = token_key(seed_g, uid_g, samples_g, jnp.full((g,), prompt_len, jnp.int32))
+        token_g, logp_g = sample_tokens(jnp.broadcast_to(logits_1v, (g, logits_1v.shape[-1])), keys_g,
+                                        temperature_g, top_p_g, top_k_g)
         finish_g = jnp.where(token_g == self.eos_id, EOS, jnp.where(max_new <= 1, LENGTH, RUNNING))
         at = lambda arr, val: arr.at[slots_g].set(val)  # noqa: E731
         state = DecodeState(
             tuple(k_cache), tuple(v_cache), at(state.lengths_b, prompt_len), at(state.last_token_b, token_g),
             at(state.active_b, finish_g == RUNNING), at(state.generated_b, 1), at(state.max_new_b, max_new),
-            at(state.uid_b, uid), at(state.sample_b, samples_g), at(state.finish_b, finish_g))
+            at(state.uid_b, uid), at(state.sample_b, samples_g), at(state.finish_b, finish_g),
+            at(state.temperature_b, temperature_g), at(state.top_p_b, top_p_g), at(state.top_k_b, top_k_g),
+            at(state.seed_b, seed_g))
         return state, (token_g, logp_g, finish_g)
 
     def release(self, state: DecodeState, slots: list[int]) -> DecodeState:
@@ -489,15 +532,16 @@ class Engine:
                                                                     lo_b, hi_b, write_b, *table_bn)
             x_b1d = decoder.layer_output(c, layer, x_b1d, o_b1he, self.mesh, projections)
         logits_bv = decoder.unembed(c, params, x_b1d, projections)[:, 0]
-        keys_b = token_key(self.sampling.seed, state.uid_b, state.sample_b, pos_b + 1)
-        token_b, logp_b = sample_tokens(logits_bv, keys_b, self.sampling)
+        keys_b = token_key(state.seed_b, state.uid_b, state.sample_b, pos_b + 1)
+        token_b, logp_b = sample_tokens(logits_bv, keys_b, state.temperature_b, state.top_p_b, state.top_k_b)
         valid_b = state.active_b
         generated_b = state.generated_b + valid_b.astype(jnp.int32)
         lengths_b = pos_b + valid_b.astype(jnp.int32)
         out_of_room = (generated_b >= state.max_new_b) | (lengths_b >= self.config.max_len)
         finish_b = jnp.where(~valid_b, state.finish_b,
                              jnp.where(token_b == self.eos_id, EOS, jnp.where(out_of_room, LENGTH, RUNNING)))
-        state = DecodeState(tuple(k_cache), tuple(v_cache), lengths_b, jnp.where(valid_b, token_b, state.last_token_b),
-                            valid_b & (finish_b == RUNNING), generated_b, state.max_new_b, state.uid_b,
-                            state.sample_b, finish_b)
+        state = dataclasses.replace(state, k_cache=tuple(k_cache), v_cache=tuple(v_cache), lengths_b=lengths_b,
+                                    last_token_b=jnp.where(valid_b, token_b, state.last_token_b),
+                                    active_b=valid_b & (finish_b == RUNNING), generated_b=generated_b,
+                                    finish_b=finish_b)
         return state, token_b, logp_b, valid_b

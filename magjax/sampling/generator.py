@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from magjax.sampling.engine import EOS, RUNNING, Engine
+from magjax.sampling.engine import EOS, RUNNING, Engine, SamplingConfig
 from magjax.sampling.pages import PagePool, PoolExhausted
 from magjax.sampling.turns import Turns
 from magjax.types import Completion, Task
@@ -37,6 +37,7 @@ class Request:
     max_new_tokens: int = 256
     uid: int | None = None  # the random stream's identity; default: a hash of problem_id
     task: Task | None = None  # what is asked, handed on to every completion untouched
+    sampling: SamplingConfig | None = None  # how its samples are drawn; default: the engine's
 
     def __post_init__(self):
         if self.uid is None:
@@ -257,7 +258,7 @@ class Generator:
             t0 = time.perf_counter()
             self.state, (token_g, logp_g, finish_g) = self.engine.prefill(
                 params, self.state, req.prompt, slots, req.uid, list(range(req.num_samples)), req.max_new_tokens,
-                *table)
+                *table, sampling=req.sampling)
             self.stats.busy_s += time.perf_counter() - t0
             self.stats.prefills += 1
             for i, slot in enumerate(slots):
