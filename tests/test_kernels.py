@@ -195,7 +195,7 @@ def test_native_attention_rejects_an_odd_head_dim_and_stays_off_where_it_does_no
         causal_attention.attend(*(jnp.zeros((1, 4, 2, 8)),) * 3, *(jnp.zeros((1, 4), jnp.int32),) * 2,
                                 *(jnp.zeros((1, 4, 4)),) * 2)
     config = preset("test").replace(head_dim=16)
-    assert backends.cpu_kernels(mesh_2x4) is None  # sharded: XLA's partitioner
+    assert backends.cpu_kernels(mesh_2x4) is None  # sharded: only where the caller places it per device
     assert not backend.attention_applies(config.replace(param_dtype="bfloat16", dtype="bfloat16"))
     assert not backend.attention_applies(preset("test"))  # head dim 8
 
@@ -229,6 +229,42 @@ def test_train_step_on_native_attention_equals_xla_attention(kind, monkeypatch):
     np.testing.assert_allclose(loss_native, loss_xla, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(grads_native), jax.tree.leaves(grads_xla)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@needs_kernels
+def test_native_attention_runs_per_device_on_a_mesh(mesh_2x4, monkeypatch):
+    """On a mesh the kernel runs under ``shard_map``, each device on its own rows (over
+    fsdp) and heads (over model): values and gradients equal the reference, the race is
+    run at one device's share, and the compiled program calls the kernel on that share
+    (an FFI call left to XLA's partitioner would be gathered whole onto every device)."""
+    first = _forced(monkeypatch, "native")
+    b, t, h, kv, e = 2, 40, 8, 4, 16
+    config = preset("test").replace(num_heads=h, num_kv_heads=kv, head_dim=e, sliding_window=12)
+    rng = np.random.default_rng(3)
+    q, do = rng.standard_normal((2, b, t, h, e)).astype(np.float32)
+    k, v = rng.standard_normal((2, b, t, kv, e)).astype(np.float32)
+    seg = _segments("packed", b, t, rng)
+    pos = np.stack([np.arange(t) - np.searchsorted(s, s) for s in seg]).astype(np.int32)
+    attention = backends.attention(config, jnp.asarray(pos), jnp.asarray(seg), mesh=mesh_2x4)
+    assert attention.rotates
+    [decision] = [d for d in race.DECISIONS[first:] if d["function"] == "attention"]
+    assert decision["winner"] == "native" and decision["shape"].startswith(f"rows=1 t={t} heads=2/1 ")
+
+    def loss(q, k, v):
+        o = attention.attend(q, k, v)
+        return jnp.sum(o * do), o
+
+    sharded = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+    inv_freq = decoder.rope_inv_freq(config)
+    cos, sin = (np.asarray(x, np.float64) for x in decoder.rotary_tables(pos, inv_freq))
+    f64 = lambda x: x.astype(np.float64)  # noqa: E731
+    want = _causal_reference(*map(f64, (q, k, v)), seg, pos, cos, sin, 12, f64(do))
+    (dq, dk, dv), o = sharded(q, k, v)
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), (o, dq, dk, dv), want):
+        np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-4, atol=2e-5 * np.abs(ref).max(), err_msg=name)
+    hlo = sharded.lower(q, k, v).compile().as_text()
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="magjax_attention_forward"' in line]
+    assert calls and all(f"f32[1,{t},2,{e}]" in line for line in calls), calls
 
 
 # head_dim 16 takes the native attention too (the "test" preset's 8 does not); the

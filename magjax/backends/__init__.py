@@ -9,7 +9,9 @@ projections run, by backend:
   windowed models cuDNN's (short rows) or the portable blockwise attention (``gpu.py``);
   the token-major cache attended blockwise.
 * CPU: magjax's native kernels where they are registered, apply and win a measured race
-  against XLA at the real shapes (``race.py``), else XLA's; the CPU cache layout.
+  against XLA at the real shapes (``race.py``), else XLA's; the CPU cache layout. On a
+  mesh of CPU devices whole-sequence attention runs the kernel per device under
+  ``shard_map`` (``per_shard``), raced at one device's share of the rows and heads.
 * Anything else: the portable XLA implementations (``xla.py``, with the blockwise
   attention of ``flash.py`` for long rows).
 
@@ -54,12 +56,13 @@ def _one_cpu(mesh) -> bool:
     return platform(mesh) == "cpu" and (mesh is None or mesh.devices.size == 1)
 
 
-def cpu_kernels(mesh=None):
+def cpu_kernels(mesh=None, *, per_device: bool = False):
     """The registered native kernels module, built and loaded, or None (none registered,
-    missing, unbuildable, or the work is not on one CPU device). With the kernels forced
-    off (``MAGJAX_KERNELS=xla``) the module is returned unbuilt: every race then records
-    XLA as forced, so reports still say what ran."""
-    if not _one_cpu(mesh):
+    missing, unbuildable, or the work is not on one CPU device; with ``per_device``, not
+    on CPU devices: the caller places the kernel on each device of ``mesh`` itself). With
+    the kernels forced off (``MAGJAX_KERNELS=xla``) the module is returned unbuilt: every
+    race then records XLA as forced, so reports still say what ran."""
+    if not (platform(mesh) == "cpu" if per_device else _one_cpu(mesh)):
         return None
     for name in _CPU_KERNELS:
         try:
@@ -86,16 +89,62 @@ def attention(config, positions_bt, segment_ids_bt, *, mesh=None, grad: bool = T
     if p == "gpu":
         from magjax.backends import gpu
         return gpu.attention(config, positions_bt, segment_ids_bt, mesh)
-    native = cpu_kernels(mesh)
+    native = cpu_kernels(mesh, per_device=True)
     if native is not None and native.attention_applies(config):
         b, t = positions_bt.shape
-        shape = (f"rows={b} t={t} heads={config.num_heads}/{config.num_kv_heads} e={config.head_dim}"
+        rows, heads, kv_heads = _shard_of(config, b, mesh)  # what each device attends over
+        shape = (f"rows={rows} t={t} heads={heads}/{kv_heads} e={config.head_dim}"
                  f" window={config.sliding_window} {'forward+backward' if grad else 'forward'}")
-        builders = {name: (lambda make=make: _attention_thunk(config, make, b, t, grad))
+        local = config.replace(num_heads=heads, num_kv_heads=kv_heads)
+        builders = {name: (lambda make=make: _attention_thunk(local, make, rows, t, grad))
                     for name, make in (("native", native.attention), ("xla", xla.attention))}
         if race.pick("attention", shape, native.version(), builders) == "native":
-            return native.attention(config, positions_bt, segment_ids_bt)
+            if mesh is None or mesh.devices.size == 1:
+                return native.attention(config, positions_bt, segment_ids_bt)
+            return per_shard(native.attention, config, positions_bt, segment_ids_bt, mesh)
     return xla.attention(config, positions_bt, segment_ids_bt)
+
+
+def _attention_specs(config, b: int, mesh):
+    """(q, k/v, [b, t]) PartitionSpecs of attention's operands on ``mesh``: rows over the
+    batch axes, heads over the head axis where the key/value heads divide evenly."""
+    from jax.sharding import PartitionSpec
+
+    from magjax import sharding as shd
+
+    spec = shd.logical_to_spec((shd.BATCH, None, shd.KV_HEADS, None), (b, 1, config.num_kv_heads, 1), mesh)
+    spec = (*spec, *(None,) * (4 - len(spec)))  # trailing Nones may be trimmed
+    return (PartitionSpec(spec[0], None, spec[2], None), PartitionSpec(spec[0], None, spec[2], None),
+            PartitionSpec(spec[0], None))
+
+
+def _shard_of(config, b: int, mesh) -> tuple[int, int, int]:
+    """(rows, query heads, key/value heads) of one device's share of attention over ``b`` rows."""
+    if mesh is None or mesh.devices.size == 1:
+        return b, config.num_heads, config.num_kv_heads
+    q_spec, _, _ = _attention_specs(config, b, mesh)
+    parts = lambda axes: int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))  # noqa: E731
+    rows, heads = parts(q_spec[0]), parts(q_spec[2])
+    return b // rows, config.num_heads // heads, config.num_kv_heads // heads
+
+
+def per_shard(make, config, positions_bt, segment_ids_bt, mesh) -> Attention:
+    """``make(config, positions, segments)``'s attention run on each device of ``mesh``
+    over its own rows and heads (``shard_map``), for a kernel XLA cannot partition itself:
+    an FFI call left to the partitioner would be gathered whole onto every device."""
+    b = positions_bt.shape[0]
+    q_spec, kv_spec, row_spec = _attention_specs(config, b, mesh)
+    rotates = make(config, positions_bt, segment_ids_bt).rotates  # traces nothing: a closure over the tables
+
+    def local(q_bthe, k_btke, v_btke, positions_bt, segment_ids_bt):
+        local_config = config.replace(num_heads=q_bthe.shape[2], num_kv_heads=k_btke.shape[2])
+        return make(local_config, positions_bt, segment_ids_bt).attend(q_bthe, k_btke, v_btke)
+
+    def attend(q_bthe, k_btke, v_btke):
+        return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, row_spec, row_spec),
+                             out_specs=q_spec, check_vma=False)(q_bthe, k_btke, v_btke, positions_bt, segment_ids_bt)
+
+    return Attention(attend, rotates=rotates)
 
 
 def _attention_thunk(config, make, b: int, t: int, grad: bool):
