@@ -71,8 +71,8 @@ class RunConfig:
     max_lag_versions: int | None = None
     queue_groups: int = 8  # scored groups waiting for the trainer before generation blocks
     # The sampler's weights beside the trainer's: "copy" (its own, in its backend's layout),
-    # "shared" (the trainer's arrays, read in place: colocated on one mesh, where the
-    # backend reads the trainer's layout; an async generator then waits while the trainer
+    # "shared" (the trainer's arrays, read in place: colocated on one mesh, with projections
+    # that read the trainer's layout, never native panels; an async generator then waits while the trainer
     # steps, sampling/turns.py) or "auto": shared on accelerators, whose compilers read a
     # layer's slice of the stacked arrays in place and whose chips run one program at a
     # time anyway; a copy on CPUs, where XLA copies every slice on every decode step (about

@@ -1,6 +1,7 @@
 """magjax's native CPU kernels: exact against NumPy, used by the sampler, optional everywhere."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -325,6 +326,39 @@ def test_sharded_or_low_precision_samplers_keep_xla_kernels(mesh_2x4, monkeypatc
     assert Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(), 10_000, mesh=mesh_2x4).implementations == xla_only
     bf16 = NATIVE_CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
     assert Engine(bf16, ENGINE, SamplingConfig(), 10_000).implementations == xla_only
+
+
+@needs_kernels
+def test_a_data_parallel_sampler_runs_the_kernels_per_device(mesh_1x8, monkeypatch):
+    """On a mesh that splits only the slots, the panels and the decode attention run on
+    each device's slot (forced native): the same tokens and log-probs as one device,
+    raced at one device's rows, and the compiled decode calls each kernel on one slot
+    (a call left to XLA's partitioner would be gathered onto every device, all 8 slots)."""
+    first = _forced(monkeypatch, "native")
+    params = decoder.init_params(NATIVE_CONFIG, jax.random.key(5))
+    sampling = SamplingConfig(temperature=1.0, seed=2)
+    requests = _requests(4, 2, seed=4)
+    engine = Engine(NATIVE_CONFIG, ENGINE, sampling, 10_000, mesh=mesh_1x8)
+    assert engine.implementations == {"projections": "native", "decode_attention": "native"}
+    assert {d["shape"].split(" ")[0] for d in race.DECISIONS[first:] if d["function"].startswith("decode")} == {
+        "rows=1", "slots=1"}
+    sharded_params = jax.device_put(params, decoder.param_shardings(NATIVE_CONFIG, mesh_1x8))
+    sharded = {(c.problem_id, c.sample_index): c for c in Generator(engine, sharded_params).generate(requests)}
+    alone = {(c.problem_id, c.sample_index): c
+             for c in Generator(Engine(NATIVE_CONFIG, ENGINE, sampling, 10_000), params).generate(requests)}
+    assert sharded.keys() == alone.keys()
+    for k in alone:
+        assert sharded[k].tokens == alone[k].tokens
+        np.testing.assert_allclose(sharded[k].logprobs, alone[k].logprobs, atol=1e-5)
+    prepared = engine.prepare(sharded_params)
+    state = engine.init_state()
+    hlo = engine._decode.lower(prepared, state).compile().as_text()  # noqa: SLF001
+    calls = [line for line in hlo.splitlines() if "custom_call_target=\"magjax_" in line]
+    panel = [line for line in calls if "magjax_panel_matmul" in line]
+    attend = [line for line in calls if "magjax_decode_attention" in line]
+    assert panel and attend
+    # Each call's result: one slot's rows (a gathered call would give all 8 slots' rows).
+    assert all(re.search(r"= \(?f32\[1,", line) for line in panel + attend), calls
 
 
 PROBE = textwrap.dedent("""

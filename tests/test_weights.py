@@ -124,7 +124,7 @@ def _tokens(rollout, problems):
             for group in rollout.sample(problems, 2, 8, uids=[1])]
 
 
-def test_a_sync_colocated_sampler_reads_the_trainers_arrays_and_holds_no_copy(mesh_1x8):
+def test_a_sync_colocated_sampler_reads_the_trainers_arrays_and_holds_no_copy(mesh_1x8, monkeypatch):
     """Sync on one mesh (RunConfig.mode="sync", colocated): publishing adds nothing to what
     is alive on the devices, the engine decodes from the trainer's own buffers, a donated
     step followed by the next publication leaves it decoding the new version, and its
@@ -139,11 +139,14 @@ def test_a_sync_colocated_sampler_reads_the_trainers_arrays_and_holds_no_copy(me
     from rollouts import random_groups
 
     config = preset("demo")
+    # XLA's kernels for both: the copying sampler's tokens and log-probs are compared bit
+    # for bit, so its products must be the shared one's (native panels sum in another order).
+    monkeypatch.setenv("MAGJAX_KERNELS", "xla")
     shared, copying = _rollout(config, mesh_1x8, True), _rollout(config, mesh_1x8, False)
     trainer = Trainer(config, LossConfig(), OptimizerConfig(), mesh_1x8, seed=0, publish_to=shared.set_weights)
     problems = [Problem("p", "math", "Compute 2+2.", answer="4")]
     try:
-        # The 8-device mesh runs XLA's projections, which read the trainer's layout.
+        # XLA's projections read the trainer's layout.
         assert shared.generator.engine.shared_weights and not copying.generator.engine.shared_weights
         gc.collect()
         before = _device_bytes(jax.live_arrays())
@@ -176,17 +179,20 @@ def test_a_sync_colocated_sampler_reads_the_trainers_arrays_and_holds_no_copy(me
         copying.close()
 
 
-def test_only_a_sampler_whose_layout_agrees_shares():
-    """The native CPU kernels read packed panels: asked to share, the engine keeps its
-    prepared copy."""
+def test_a_sampler_asked_to_share_reads_the_trainers_layout():
+    """The native CPU kernels read packed panels: an engine asked to share the trainer's
+    arrays takes projections that read them as they are (XLA's), and holds no copy; one
+    that may copy takes the panels (the suite forces the native kernels)."""
     from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
 
     config = preset("demo")
-    engine = Engine(config, EngineConfig(slots=4, max_len=64, prompt_buckets=(32,)), SamplingConfig(), 0,
-                    share_weights=True)  # one CPU device: the suite forces the native kernels
-    assert engine.implementations["projections"] == "native" and not engine.shared_weights
     params = decoder.init_params(config, jax.random.key(0))
-    assert engine.prepare(params) is not params
+    engines = {share: Engine(config, EngineConfig(slots=4, max_len=64, prompt_buckets=(32,)), SamplingConfig(), 0,
+                             share_weights=share) for share in (True, False)}
+    assert engines[True].implementations["projections"] == "xla" and engines[True].shared_weights
+    assert engines[True].prepare(params) is params
+    assert engines[False].implementations["projections"] == "native" and not engines[False].shared_weights
+    assert engines[False].prepare(params) is not params
 
 
 def test_which_runs_share_the_trainers_weights():

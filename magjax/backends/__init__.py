@@ -10,8 +10,9 @@ projections run, by backend:
   the token-major cache attended blockwise.
 * CPU: magjax's native kernels where they are registered, apply and win a measured race
   against XLA at the real shapes (``race.py``), else XLA's; the CPU cache layout. On a
-  mesh of CPU devices whole-sequence attention runs the kernel per device under
-  ``shard_map`` (``per_shard``), raced at one device's share of the rows and heads.
+  mesh of CPU devices each kernel runs per device under ``shard_map`` (``per_device.py``),
+  raced at one device's share: whole-sequence attention on any mesh, the sampler's where
+  its mesh splits only the slots and the cache is not paged.
 * Anything else: the portable XLA implementations (``xla.py``, with the blockwise
   attention of ``flash.py`` for long rows).
 
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magjax.backends import paged, race, xla
+from magjax.backends import paged, per_device, race, xla
 from magjax.backends.xla import Attention, Projections  # noqa: F401  (the seam's types)
 
 _CPU_KERNELS: list[str] = []
@@ -56,13 +57,13 @@ def _one_cpu(mesh) -> bool:
     return platform(mesh) == "cpu" and (mesh is None or mesh.devices.size == 1)
 
 
-def cpu_kernels(mesh=None, *, per_device: bool = False):
+def cpu_kernels(mesh=None, *, on_mesh: bool = False):
     """The registered native kernels module, built and loaded, or None (none registered,
-    missing, unbuildable, or the work is not on one CPU device; with ``per_device``, not
-    on CPU devices: the caller places the kernel on each device of ``mesh`` itself). With
+    missing, unbuildable, or the work is not on one CPU device; with ``on_mesh``, not on
+    CPU devices: the caller places the kernel on each device of ``mesh``). With
     the kernels forced off (``MAGJAX_KERNELS=xla``) the module is returned unbuilt: every
     race then records XLA as forced, so reports still say what ran."""
-    if not (platform(mesh) == "cpu" if per_device else _one_cpu(mesh)):
+    if not (platform(mesh) == "cpu" if on_mesh else _one_cpu(mesh)):
         return None
     for name in _CPU_KERNELS:
         try:
@@ -89,10 +90,10 @@ def attention(config, positions_bt, segment_ids_bt, *, mesh=None, grad: bool = T
     if p == "gpu":
         from magjax.backends import gpu
         return gpu.attention(config, positions_bt, segment_ids_bt, mesh)
-    native = cpu_kernels(mesh, per_device=True)
+    native = cpu_kernels(mesh, on_mesh=True)
     if native is not None and native.attention_applies(config):
         b, t = positions_bt.shape
-        rows, heads, kv_heads = _shard_of(config, b, mesh)  # what each device attends over
+        rows, heads, kv_heads = per_device.attention_share(config, b, mesh)  # what each device attends over
         shape = (f"rows={rows} t={t} heads={heads}/{kv_heads} e={config.head_dim}"
                  f" window={config.sliding_window} {'forward+backward' if grad else 'forward'}")
         local = config.replace(num_heads=heads, num_kv_heads=kv_heads)
@@ -101,50 +102,8 @@ def attention(config, positions_bt, segment_ids_bt, *, mesh=None, grad: bool = T
         if race.pick("attention", shape, native.version(), builders) == "native":
             if mesh is None or mesh.devices.size == 1:
                 return native.attention(config, positions_bt, segment_ids_bt)
-            return per_shard(native.attention, config, positions_bt, segment_ids_bt, mesh)
+            return per_device.attention(native.attention, config, positions_bt, segment_ids_bt, mesh)
     return xla.attention(config, positions_bt, segment_ids_bt)
-
-
-def _attention_specs(config, b: int, mesh):
-    """(q, k/v, [b, t]) PartitionSpecs of attention's operands on ``mesh``: rows over the
-    batch axes, heads over the head axis where the key/value heads divide evenly."""
-    from jax.sharding import PartitionSpec
-
-    from magjax import sharding as shd
-
-    spec = shd.logical_to_spec((shd.BATCH, None, shd.KV_HEADS, None), (b, 1, config.num_kv_heads, 1), mesh)
-    spec = (*spec, *(None,) * (4 - len(spec)))  # trailing Nones may be trimmed
-    return (PartitionSpec(spec[0], None, spec[2], None), PartitionSpec(spec[0], None, spec[2], None),
-            PartitionSpec(spec[0], None))
-
-
-def _shard_of(config, b: int, mesh) -> tuple[int, int, int]:
-    """(rows, query heads, key/value heads) of one device's share of attention over ``b`` rows."""
-    if mesh is None or mesh.devices.size == 1:
-        return b, config.num_heads, config.num_kv_heads
-    q_spec, _, _ = _attention_specs(config, b, mesh)
-    parts = lambda axes: int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))  # noqa: E731
-    rows, heads = parts(q_spec[0]), parts(q_spec[2])
-    return b // rows, config.num_heads // heads, config.num_kv_heads // heads
-
-
-def per_shard(make, config, positions_bt, segment_ids_bt, mesh) -> Attention:
-    """``make(config, positions, segments)``'s attention run on each device of ``mesh``
-    over its own rows and heads (``shard_map``), for a kernel XLA cannot partition itself:
-    an FFI call left to the partitioner would be gathered whole onto every device."""
-    b = positions_bt.shape[0]
-    q_spec, kv_spec, row_spec = _attention_specs(config, b, mesh)
-    rotates = make(config, positions_bt, segment_ids_bt).rotates  # traces nothing: a closure over the tables
-
-    def local(q_bthe, k_btke, v_btke, positions_bt, segment_ids_bt):
-        local_config = config.replace(num_heads=q_bthe.shape[2], num_kv_heads=k_btke.shape[2])
-        return make(local_config, positions_bt, segment_ids_bt).attend(q_bthe, k_btke, v_btke)
-
-    def attend(q_bthe, k_btke, v_btke):
-        return jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, row_spec, row_spec),
-                             out_specs=q_spec, check_vma=False)(q_bthe, k_btke, v_btke, positions_bt, segment_ids_bt)
-
-    return Attention(attend, rotates=rotates)
 
 
 def _attention_thunk(config, make, b: int, t: int, grad: bool):
@@ -177,10 +136,13 @@ class SamplerOps(NamedTuple):
     implementations: dict
 
 
-def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0) -> SamplerOps:
+def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0,
+            trainer_layout: bool = False) -> SamplerOps:
     """The sampler's projections and decode cache for ``slots`` x ``max_len`` (a pool of
     pages of ``page_size`` positions when that is positive); on CPUs each raced, native
-    against XLA, at these shapes."""
+    against XLA, at these shapes. ``trainer_layout``: the projections must read the
+    weights as the trainer lays them out (a sampler sharing the trainer's arrays), so
+    none with a layout of its own is a candidate."""
     if platform(mesh) != "cpu":
         if page_size and platform(mesh) == "tpu" and config.sliding_window is None and config.head_dim % 128 == 0:
             from magjax.backends import tpu_paged  # the Pallas paged attention kernel: no windows, 128-lane heads
@@ -193,23 +155,29 @@ def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0) 
                           {"projections": "xla", "decode_attention": "xla-blockwise"})
     projections = xla.PROJECTIONS
     chosen = {"projections": "xla"}
-    native = cpu_kernels(mesh)
-    if native is not None and native.projections_apply(config):
-        shape = (f"rows={slots} d={config.hidden_size} f={config.intermediate_size}"
+    sharded = mesh is not None and mesh.devices.size > 1
+    # On a mesh: per device, over the slots alone (whole weights), and not the paged cache,
+    # whose pages are numbered across devices.
+    native = cpu_kernels(mesh, on_mesh=sharded and per_device.applies(mesh) and not page_size)
+    rows = per_device.rows_per_device(slots, mesh) if sharded else slots  # one device's slots
+    if native is not None and native.projections_apply(config) and not trainer_layout:
+        shape = (f"rows={rows} d={config.hidden_size} f={config.intermediate_size}"
                  f" heads={config.num_heads}/{config.num_kv_heads} e={config.head_dim} vocab={config.vocab_size}")
-        builders = {"native": lambda: _projections_thunk(config, native.PROJECTIONS, slots),
-                    "xla": lambda: _projections_thunk(config, xla.PROJECTIONS, slots)}
+        builders = {"native": lambda: _projections_thunk(config, native.PROJECTIONS, rows),
+                    "xla": lambda: _projections_thunk(config, xla.PROJECTIONS, rows)}
         if race.pick("decode projections", shape, native.version(), builders) == "native":
             projections, chosen["projections"] = native.PROJECTIONS, "native"
+            if sharded:
+                projections = per_device.Projections(projections, mesh)
     cache = paged.Paged(mesh) if page_size else xla.KeysTransposed()
     if native is not None and native.decode_applies(config):
-        shape = (f"slots={slots} max_len={max_len}{f' page_size={page_size}' if page_size else ''}"
+        shape = (f"slots={rows} max_len={max_len}{f' page_size={page_size}' if page_size else ''}"
                  f" heads={config.num_heads}/{config.num_kv_heads} e={config.head_dim}")
         candidate = native.PAGED_CACHE if page_size else native.CACHE
-        builders = {"native": lambda: _decode_thunk(config, candidate, slots, max_len, page_size),
-                    "xla": lambda: _decode_thunk(config, cache, slots, max_len, page_size)}
+        builders = {"native": lambda: _decode_thunk(config, candidate, rows, max_len, page_size),
+                    "xla": lambda: _decode_thunk(config, cache, rows, max_len, page_size)}
         if race.pick("decode attention", shape, native.version(), builders) == "native":
-            cache = candidate
+            cache = per_device.Cache(candidate, mesh) if sharded else candidate
     chosen["decode_attention"] = cache.name
     return SamplerOps(projections, cache, chosen)
 

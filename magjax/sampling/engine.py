@@ -242,8 +242,9 @@ def prepare_params(config: ModelConfig, params: dict, projections=backends.xla.P
 def prepared_shardings(config: ModelConfig, mesh, projections=backends.xla.PROJECTIONS) -> dict:
     """NamedShardings of ``prepare_params``' output: each layer as its slice of the stacked
     array (the layer axis is never sharded), so preparing moves no data between devices.
-    On one device every leaf simply lies on it, whatever the layout."""
-    if mesh.devices.size == 1:
+    On one device every leaf simply lies on it, whatever the layout; a layout of the
+    backend's own (native panels, run per device) is whole on every device."""
+    if mesh.devices.size == 1 or not projections.reads_trainer_layout:
         shapes = jax.eval_shape(lambda: prepare_params(config, decoder.init_params(config, jax.random.key(0)),
                                                        projections))
         return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), shapes)
@@ -262,7 +263,8 @@ class Engine:
     ``prefill`` and ``decode`` take the weights as ``prepare(params)`` returns them (the
     generator prepares each weight version once). ``share_weights``: the caller keeps the
     arrays it hands over untouched until it hands over the next ones (a run on one mesh:
-    sync, or async in turns), so where the backend's projections read the trainer's layout (``layout_agrees``) the
+    sync, or async in turns), so the backend picks projections that read the trainer's
+    layout (``layout_agrees``: no native panels) and the
     engine reads the trainer's stacked arrays as they are, each layer a slice taken inside
     the compiled function, and no copy exists beside them (``prepare`` returns its input;
     ``shared_weights`` says whether this happened). Elsewhere it prepares its copy.
@@ -274,7 +276,7 @@ class Engine:
         self.eos_id, self.mesh = eos_id, mesh
         # Projections and decode attention as the backend picks them for these shapes.
         self.ops = backends.sampler(model_config, mesh, slots=engine_config.slots, max_len=engine_config.max_len,
-                                    page_size=engine_config.page_size)
+                                    page_size=engine_config.page_size, trainer_layout=share_weights)
         self.shared_weights = shared_weights = share_weights and self.layout_agrees
         self.paged = engine_config.paged
         self.implementations = self.ops.implementations  # which ran: "native" or "xla", per function
