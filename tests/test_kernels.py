@@ -1,11 +1,12 @@
 """magjax's native CPU kernels: exact against NumPy, used by the sampler, optional everywhere."""
 
+import dataclasses
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
-import functools
 import textwrap
 
 import jax
@@ -320,10 +321,16 @@ def test_sampler_on_either_kernels_matches_the_full_forward_pass(choice, monkeyp
         np.testing.assert_allclose(c.logprobs, want, atol=1e-5)
 
 
-def test_sharded_or_low_precision_samplers_keep_xla_kernels(mesh_2x4, monkeypatch):
+def test_model_parallel_paged_or_low_precision_samplers_keep_xla_kernels(mesh_2x4, mesh_1x8, monkeypatch):
+    """The sampler's kernels run per device only where its mesh splits the slots alone
+    (whole weights on each device) and its cache is not paged (pages are numbered across
+    devices); bfloat16 never."""
     _forced(monkeypatch, "native")
     xla_only = {"projections": "xla", "decode_attention": "xla"}
     assert Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(), 10_000, mesh=mesh_2x4).implementations == xla_only
+    paged = dataclasses.replace(ENGINE, page_size=16)
+    assert Engine(NATIVE_CONFIG, paged, SamplingConfig(), 10_000, mesh=mesh_1x8).implementations == {
+        "projections": "xla", "decode_attention": "xla-paged"}
     bf16 = NATIVE_CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
     assert Engine(bf16, ENGINE, SamplingConfig(), 10_000).implementations == xla_only
 
