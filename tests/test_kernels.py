@@ -336,6 +336,31 @@ def test_model_parallel_paged_or_low_precision_samplers_keep_xla_kernels(mesh_2x
 
 
 @needs_kernels
+def test_a_mesh_across_processes_takes_the_kernels_only_where_forced(monkeypatch):
+    """Every process runs the same program on such a mesh, but each would race on its own
+    and might pick differently: unraced there, the kernels run only when every process is
+    told to (MAGJAX_KERNELS, read alike by all)."""
+
+    class Device:
+        platform = "cpu"
+
+        def __init__(self, process):
+            self.process_index = process
+
+    class TwoProcesses:
+        devices = np.array([Device(0), Device(0), Device(1), Device(1)])
+
+    class OneProcess:
+        devices = np.array([Device(0), Device(0)])
+
+    monkeypatch.setenv("MAGJAX_KERNELS", "race")
+    assert backends.cpu_kernels(TwoProcesses(), on_mesh=True) is None
+    assert backends.cpu_kernels(OneProcess(), on_mesh=True) is backend
+    monkeypatch.setenv("MAGJAX_KERNELS", "native")
+    assert backends.cpu_kernels(TwoProcesses(), on_mesh=True) is backend
+
+
+@needs_kernels
 def test_a_data_parallel_sampler_runs_the_kernels_per_device(mesh_1x8, monkeypatch):
     """On a mesh that splits only the slots, the panels and the decode attention run on
     each device's slot (forced native): the same tokens and log-probs as one device,

@@ -57,13 +57,23 @@ def _one_cpu(mesh) -> bool:
     return platform(mesh) == "cpu" and (mesh is None or mesh.devices.size == 1)
 
 
+def _spans_processes(mesh) -> bool:
+    return mesh is not None and len({d.process_index for d in mesh.devices.flat}) > 1
+
+
 def cpu_kernels(mesh=None, *, on_mesh: bool = False):
     """The registered native kernels module, built and loaded, or None (none registered,
     missing, unbuildable, or the work is not on one CPU device; with ``on_mesh``, not on
     CPU devices: the caller places the kernel on each device of ``mesh``). With
     the kernels forced off (``MAGJAX_KERNELS=xla``) the module is returned unbuilt: every
-    race then records XLA as forced, so reports still say what ran."""
+    race then records XLA as forced, so reports still say what ran.
+
+    A mesh across processes runs one program on all of them, but each process would race
+    on its own and might pick differently: there the kernels run only where forced
+    (``MAGJAX_KERNELS=native``, which every process reads alike)."""
     if not (platform(mesh) == "cpu" if on_mesh else _one_cpu(mesh)):
+        return None
+    if _spans_processes(mesh) and race.mode() == "race":
         return None
     for name in _CPU_KERNELS:
         try:
