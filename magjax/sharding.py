@@ -79,6 +79,19 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
+def full_spec(axes: Sequence[str | None], shape: Sequence[int] | None, mesh: Mesh, rules=None) -> PartitionSpec:
+    """``logical_to_spec`` with an entry for every dimension (no trailing Nones trimmed),
+    for code that reads a dimension's entry by index (shard_map specs built from it)."""
+    spec = logical_to_spec(axes, shape, mesh, rules)
+    return PartitionSpec(*spec, *(None,) * (len(axes) - len(spec)))
+
+
+def shard_count(mesh: Mesh, entry) -> int:
+    """How many parts a PartitionSpec entry (None, a mesh axis or a tuple of them) splits a dimension into."""
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def named_sharding(axes, shape, mesh: Mesh, rules=None) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
 

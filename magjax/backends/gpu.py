@@ -77,8 +77,7 @@ def flash(config, segment_ids_bt, mesh=None, *, interpret: bool = False) -> Atte
             o_bthe = local(q_bthe, k_btke, v_btke, seg_bt)
         else:
             b, t = seg_bt.shape
-            kv_spec = shd.logical_to_spec((shd.BATCH, None, shd.KV_HEADS, None), (b, t, kv, e), mesh)
-            kv_spec = PartitionSpec(*kv_spec, *(None,) * (4 - len(kv_spec)))  # trailing Nones may be trimmed
+            kv_spec = shd.full_spec((shd.BATCH, None, shd.KV_HEADS, None), (b, t, kv, e), mesh)
             o_bthe = jax.shard_map(local, mesh=mesh, in_specs=(kv_spec, kv_spec, kv_spec, PartitionSpec(kv_spec[0])),
                                    out_specs=kv_spec, check_vma=False)(q_bthe, k_btke, v_btke, seg_bt)
         return o_bthe[:, :t_real]

@@ -87,8 +87,7 @@ class Paged:
     def _specs(self, pool_shape):
         """PartitionSpecs of the pool and of a step's new keys [b, 1, k, e] (slots split
         as the pages are, heads as the kv heads are)."""
-        spec = shd.logical_to_spec(self.k_axes, pool_shape, self.mesh)
-        spec = PartitionSpec(*spec, *(None,) * (4 - len(spec)))  # trailing Nones may be trimmed
+        spec = shd.full_spec(self.k_axes, pool_shape, self.mesh)
         return spec, PartitionSpec(spec[0], None, spec[2], None)
 
     def _localise(self, table_bn, local_pages: int, page_axes):

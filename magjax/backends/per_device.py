@@ -14,22 +14,11 @@ attention, its heads (the model axis, where the kv heads divide evenly).
 
 from __future__ import annotations
 
-import math
-
 import jax
 from jax.sharding import PartitionSpec
 
 from magjax import sharding as shd
 from magjax.backends.xla import Attention, KeysTransposed, Projections as XlaProjections
-
-
-def _parts(mesh, axes) -> int:
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes)
-
-
-def _padded(spec: PartitionSpec, n: int) -> tuple:
-    return (*spec, *(None,) * (n - len(spec)))  # trailing Nones may be trimmed
 
 
 def batch_spec(b: int, mesh) -> PartitionSpec:
@@ -38,7 +27,7 @@ def batch_spec(b: int, mesh) -> PartitionSpec:
 
 
 def rows_per_device(b: int, mesh) -> int:
-    return b // _parts(mesh, _padded(batch_spec(b, mesh), 1)[0])
+    return b // shd.shard_count(mesh, shd.full_spec((shd.BATCH,), (b,), mesh)[0])
 
 
 def applies(mesh) -> bool:
@@ -52,8 +41,7 @@ def applies(mesh) -> bool:
 def _attention_specs(config, b: int, mesh):
     """(q, k/v, [b, t]) PartitionSpecs: rows over the batch axes, heads over the head axis
     where the key/value heads divide evenly."""
-    spec = _padded(shd.logical_to_spec((shd.BATCH, None, shd.KV_HEADS, None), (b, 1, config.num_kv_heads, 1), mesh),
-                   4)
+    spec = shd.full_spec((shd.BATCH, None, shd.KV_HEADS, None), (b, 1, config.num_kv_heads, 1), mesh)
     heads = PartitionSpec(spec[0], None, spec[2], None)
     return heads, heads, PartitionSpec(spec[0], None)
 
@@ -63,8 +51,8 @@ def attention_share(config, b: int, mesh) -> tuple[int, int, int]:
     if mesh is None or mesh.devices.size == 1:
         return b, config.num_heads, config.num_kv_heads
     q_spec, _, _ = _attention_specs(config, b, mesh)
-    heads = _parts(mesh, q_spec[2])
-    return b // _parts(mesh, q_spec[0]), config.num_heads // heads, config.num_kv_heads // heads
+    heads = shd.shard_count(mesh, q_spec[2])
+    return b // shd.shard_count(mesh, q_spec[0]), config.num_heads // heads, config.num_kv_heads // heads
 
 
 def attention(make, config, positions_bt, segment_ids_bt, mesh) -> Attention:
@@ -129,12 +117,12 @@ class Cache(KeysTransposed):
         self.inner, self.mesh, self.name = inner, mesh, inner.name
 
     def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b):
-        k_spec = _padded(shd.logical_to_spec(self.k_axes, k_cache.shape, self.mesh), 4)
-        v_spec = PartitionSpec(*_padded(shd.logical_to_spec(self.v_axes, v_cache.shape, self.mesh), 4))
+        k_spec = shd.full_spec(self.k_axes, k_cache.shape, self.mesh)
+        v_spec = shd.full_spec(self.v_axes, v_cache.shape, self.mesh)
         slots, heads = k_spec[0], k_spec[1]
         new = PartitionSpec(slots, None, heads, None)
         per_slot = PartitionSpec(slots)
         return jax.shard_map(self.inner.write_and_attend, mesh=self.mesh,
-                             in_specs=(new, new, new, PartitionSpec(*k_spec), v_spec, per_slot, per_slot, per_slot),
-                             out_specs=(new, PartitionSpec(*k_spec), v_spec), check_vma=False)(
+                             in_specs=(new, new, new, k_spec, v_spec, per_slot, per_slot, per_slot),
+                             out_specs=(new, k_spec, v_spec), check_vma=False)(
             q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b)

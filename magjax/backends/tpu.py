@@ -59,8 +59,7 @@ def attention(config, positions_bt, segment_ids_bt, mesh) -> Attention:
         if mesh is None:
             o_bhte = local(q_bhte, k_bkte, v_bkte, seg_bt)
         else:
-            kv_spec = shd.logical_to_spec((shd.BATCH, shd.KV_HEADS, None, None), (b, kv, t, e), mesh)
-            kv_spec = PartitionSpec(*kv_spec, *(None,) * (4 - len(kv_spec)))  # trailing Nones may be trimmed
+            kv_spec = shd.full_spec((shd.BATCH, shd.KV_HEADS, None, None), (b, kv, t, e), mesh)
             q_spec = PartitionSpec(kv_spec[0], kv_spec[1], None, None)  # heads split as the kv heads are
             seg_spec = PartitionSpec(kv_spec[0], None)
             o_bhte = jax.shard_map(local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),

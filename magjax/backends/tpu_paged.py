@@ -64,8 +64,7 @@ class PagedTPU:
 
     def _specs(self, pool_shape):
         """(kv-head axes, page axes) of the pool on the mesh, as Engine.state_shardings places it."""
-        spec = shd.logical_to_spec(self.k_axes, pool_shape, self.mesh)
-        spec = (*spec, *(None,) * (4 - len(spec)))
+        spec = shd.full_spec(self.k_axes, pool_shape, self.mesh)
         return spec[0], spec[1]
 
     def _per_device(self, fn, pool_shape, ins: tuple[str, ...], outs: tuple[str, ...]):

@@ -350,10 +350,8 @@ class Engine:
         unsplit): each part serves its own contiguous range of slots."""
         if not self.paged or self.mesh is None:
             return 1
-        spec = shd.named_sharding(self.ops.cache.k_axes, self.cache_shapes()[0], self.mesh).spec
-        axes = spec[self.ops.cache.page_axis] if len(spec) > self.ops.cache.page_axis else None
-        axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-        return int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+        spec = shd.full_spec(self.ops.cache.k_axes, self.cache_shapes()[0], self.mesh)
+        return shd.shard_count(self.mesh, spec[self.ops.cache.page_axis])
 
     def state_shardings(self) -> DecodeState:
         mesh = self.mesh
