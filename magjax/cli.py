@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         from magjax import host_memory
 
         host_memory.reexec_with_huge_pages()
+    from magjax.aot import topology
+
+    topology.quiet_libtpu_off_tpu()  # before JAX starts: libtpu's metadata warnings off TPU hosts
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, bindings = _split_gin_bindings(argv)
     args = build_parser().parse_args(argv or ["train"])

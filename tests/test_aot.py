@@ -8,6 +8,9 @@ for consistency; without it those tests are skipped, saying why.
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +55,35 @@ def test_bad_slice_names_are_refused_naming_them(name, fault):
 def test_xla_sizes_are_binary():
     assert topology.parse_bytes("95.74", "G") == int(95.74 * GIB)
     assert topology.parse_bytes("1.00", "T") == 1 << 40 and topology.parse_bytes("12", "") == 12
+
+
+def test_only_a_host_without_googles_pci_devices_counts_as_tpu_free(tmp_path):
+    for n, vendor in enumerate(["0x8086", "0x10de"]):
+        (tmp_path / f"0000:00:0{n}.0").mkdir()
+        (tmp_path / f"0000:00:0{n}.0" / "vendor").write_text(vendor + "\n")
+    assert not topology.host_may_have_tpus(str(tmp_path))
+    (tmp_path / "0000:00:05.0").mkdir()
+    (tmp_path / "0000:00:05.0" / "vendor").write_text(topology.GOOGLE_PCI_VENDOR + "\n")
+    assert topology.host_may_have_tpus(str(tmp_path))
+
+
+@needs_libtpu
+def test_libtpus_metadata_warnings_are_answered_off_tpu_hosts():
+    """The ``magjax`` command answers libtpu's questions where no TPU chip can be attached,
+    so a plan (or any job) on a CPU machine with the extra starts without libtpu's error."""
+    if topology.host_may_have_tpus():
+        pytest.skip("a Google PCI device is attached here: the environment is left to libtpu")
+    start = "import jax; jax.devices()"
+    # As a user's shell has it: the suite holds JAX to the CPU, which keeps libtpu unloaded.
+    env = {k: v for k, v in os.environ.items() if k not in topology.NO_LOCAL_TPU and k != "JAX_PLATFORMS"}
+    bare = subprocess.run([sys.executable, "-c", start], capture_output=True, text=True, env=env, timeout=120)
+    if "TPU_WORKER_HOSTNAMES" not in bare.stderr:
+        pytest.skip("this libtpu prints nothing on a host without TPUs")
+    quiet = subprocess.run([sys.executable, "-c", "from magjax.aot import topology; topology.quiet_libtpu_off_tpu(); "
+                            + start + "; print(jax.default_backend())"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "cpu", quiet.stderr
+    assert "TPU_" not in quiet.stderr and "INVALID_ARGUMENT" not in quiet.stderr, quiet.stderr
 
 
 # ---------------------------------------------------------------- compiled (libtpu)

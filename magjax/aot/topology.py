@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import math
 import os
 import re
@@ -129,6 +130,39 @@ def libtpu_available() -> bool:
 
 
 INSTALL_HINT = 'pip install -e ".[tpu]"'
+
+GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips attach over PCI under Google's vendor id
+# Any slice libtpu knows: it only names the local chips, and where this is set there are none.
+NO_LOCAL_TPU = {"TPU_ACCELERATOR_TYPE": "v5p-8", "TPU_WORKER_HOSTNAMES": "localhost"}
+
+
+def host_may_have_tpus(pci_devices: str = "/sys/bus/pci/devices") -> bool:
+    """Whether a PCI device of Google's is attached: a TPU chip, or (on Google Cloud VMs)
+    the virtual network card, which cannot be told apart without libtpu's device table."""
+    for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
+        try:
+            if open(vendor).read().strip() == GOOGLE_PCI_VENDOR:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def quiet_libtpu_off_tpu() -> None:
+    """With libtpu installed (the ``tpu`` extra), every JAX process loads it at start-up, and
+    it asks the cloud metadata server which slice this host belongs to. Off Google Cloud
+    (a laptop, CI, a CPU host planning a pod) nobody answers, and libtpu prints an
+    ``INVALID_ARGUMENT`` error and two warnings about ``TPU_ACCELERATOR_TYPE`` and
+    ``TPU_WORKER_HOSTNAMES`` before JAX falls back to the CPU: harmless, and alarming above
+    a plan. Where no Google PCI device is attached (so no TPU chip), this answers for the
+    metadata server. Must run before JAX initialises its backends; variables the user set
+    win, and a host that may have TPU chips is left alone."""
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None or host_may_have_tpus():
+        return
+    for name, value in NO_LOCAL_TPU.items():
+        os.environ.setdefault(name, value)
 
 
 @functools.cache
