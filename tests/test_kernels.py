@@ -321,15 +321,14 @@ def test_sampler_on_either_kernels_matches_the_full_forward_pass(choice, monkeyp
         np.testing.assert_allclose(c.logprobs, want, atol=1e-5)
 
 
-def test_model_parallel_paged_or_low_precision_samplers_keep_xla_kernels(mesh_2x4, mesh_1x8, monkeypatch):
+def test_model_parallel_or_low_precision_samplers_keep_xla_kernels(mesh_2x4, monkeypatch):
     """The sampler's kernels run per device only where its mesh splits the slots alone
-    (whole weights on each device) and its cache is not paged (pages are numbered across
-    devices); bfloat16 never."""
+    (whole weights on each device), dense or paged; bfloat16 never."""
     _forced(monkeypatch, "native")
     xla_only = {"projections": "xla", "decode_attention": "xla"}
     assert Engine(NATIVE_CONFIG, ENGINE, SamplingConfig(), 10_000, mesh=mesh_2x4).implementations == xla_only
     paged = dataclasses.replace(ENGINE, page_size=16)
-    assert Engine(NATIVE_CONFIG, paged, SamplingConfig(), 10_000, mesh=mesh_1x8).implementations == {
+    assert Engine(NATIVE_CONFIG, paged, SamplingConfig(), 10_000, mesh=mesh_2x4).implementations == {
         "projections": "xla", "decode_attention": "xla-paged"}
     bf16 = NATIVE_CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
     assert Engine(bf16, ENGINE, SamplingConfig(), 10_000).implementations == xla_only

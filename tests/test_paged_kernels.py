@@ -2,6 +2,7 @@
 (``backends/paged.py``) on the same pages and tables, and, through the real engine,
 giving the dense engine's tokens and log-probs."""
 
+import re
 import shutil
 
 import jax
@@ -159,10 +160,47 @@ def test_the_paged_decode_attention_is_raced_against_xla_paged(monkeypatch, tmp_
     assert backends.sampler(CONFIG, slots=4, max_len=40, page_size=16).cache.name == "xla-paged"
 
 
-def test_sharded_or_low_precision_paged_samplers_keep_the_xla_paged_cache(mesh_2x4, monkeypatch):
+def test_model_parallel_or_low_precision_paged_samplers_keep_the_xla_paged_cache(mesh_2x4, monkeypatch):
     monkeypatch.setenv("MAGJAX_KERNELS", "native")
     config = EngineConfig(slots=8, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4, page_size=8)
     assert Engine(CONFIG, config, SamplingConfig(), 10_000, mesh=mesh_2x4).implementations["decode_attention"] == \
         "xla-paged"
     bf16 = CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16")
     assert Engine(bf16, config, SamplingConfig(), 10_000).implementations["decode_attention"] == "xla-paged"
+
+
+def test_a_data_parallel_paged_sampler_runs_the_kernel_on_each_devices_pages(mesh_1x8, monkeypatch):
+    """On a mesh that splits only the slots, each device's share of the pool (its slots'
+    pages, numbered globally in the tables) is written and read by the native kernel on
+    that device: the same tokens and log-probs as one device, with pages short enough
+    (6 per shard, for two slots) that sequences are suspended and resumed; raced at one
+    device's slots; the compiled decode calls the kernel on two slots' queries (a call
+    left to XLA's partitioner would be gathered onto every device, all 16 slots)."""
+    monkeypatch.setenv("MAGJAX_KERNELS", "native")
+    FULL = CONFIG.replace(sliding_window=None)  # noqa: N806 - a window would free pages as sequences grow
+    first = len(race.DECISIONS)
+    params = decoder.init_params(FULL, jax.random.key(5))
+    config = EngineConfig(slots=16, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4, page_size=8, pages=48)
+    sampling = SamplingConfig(temperature=1.0, seed=3)
+    sharded = Engine(FULL, config, sampling, 10_000, mesh=mesh_1x8)
+    assert sharded.implementations["decode_attention"] == "native-paged" and sharded.page_shards == 8
+    assert any(d["function"] == "decode attention" and d["shape"].startswith("slots=2 ")
+               for d in race.DECISIONS[first:])
+    rng = np.random.default_rng(7)  # long completions: two slots of a shard outgrow its 6 pages
+    requests = [Request(f"r{i}", [1, *rng.integers(3, 60, int(rng.integers(8, 20))).tolist()], 3, 32)
+                for i in range(8)]
+    sharded_params = jax.device_put(params, decoder.param_shardings(FULL, mesh_1x8))
+    generator = Generator(sharded, sharded_params)
+    got = {(c.problem_id, c.sample_index): c for c in generator.generate(requests)}
+    assert generator.stats.suspensions > 0
+    alone = {(c.problem_id, c.sample_index): c
+             for c in Generator(Engine(FULL, config, sampling, 10_000), params).generate(requests)}
+    assert got.keys() == alone.keys() and len(got) == 24
+    for k in alone:
+        assert got[k].tokens == alone[k].tokens, k
+        np.testing.assert_allclose(got[k].logprobs, alone[k].logprobs, atol=1e-5)
+    prepared = sharded.prepare(sharded_params)
+    table_bn = np.full((config.slots, config.pages_per_slot), config.pool_pages, np.int32)
+    hlo = sharded._decode.lower(prepared, sharded.init_state(), table_bn).compile().as_text()  # noqa: SLF001
+    calls = [line for line in hlo.splitlines() if 'custom_call_target="magjax_decode_attention' in line]
+    assert calls and all(re.search(r"= \(?f32\[2,", line) for line in calls), calls

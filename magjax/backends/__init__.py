@@ -12,7 +12,7 @@ projections run, by backend:
   against XLA at the real shapes (``race.py``), else XLA's; the CPU cache layout. On a
   mesh of CPU devices each kernel runs per device under ``shard_map`` (``per_device.py``),
   raced at one device's share: whole-sequence attention on any mesh, the sampler's where
-  its mesh splits only the slots and the cache is not paged.
+  its mesh splits only the slots (its cache dense or paged).
 * Anything else: the portable XLA implementations (``xla.py``, with the blockwise
   attention of ``flash.py`` for long rows).
 
@@ -166,9 +166,9 @@ def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0,
     projections = xla.PROJECTIONS
     chosen = {"projections": "xla"}
     sharded = mesh is not None and mesh.devices.size > 1
-    # On a mesh: per device, over the slots alone (whole weights), and not the paged cache,
-    # whose pages are numbered across devices.
-    native = cpu_kernels(mesh, on_mesh=sharded and per_device.applies(mesh) and not page_size)
+    # On a mesh: per device, over the slots alone (whole weights; a paged pool's pages
+    # split as the slots are).
+    native = cpu_kernels(mesh, on_mesh=sharded and per_device.applies(mesh))
     rows = per_device.rows_per_device(slots, mesh) if sharded else slots  # one device's slots
     if native is not None and native.projections_apply(config) and not trainer_layout:
         shape = (f"rows={rows} d={config.hidden_size} f={config.intermediate_size}"
@@ -184,10 +184,14 @@ def sampler(config, mesh=None, *, slots: int, max_len: int, page_size: int = 0,
         shape = (f"slots={rows} max_len={max_len}{f' page_size={page_size}' if page_size else ''}"
                  f" heads={config.num_heads}/{config.num_kv_heads} e={config.head_dim}")
         candidate = native.PAGED_CACHE if page_size else native.CACHE
+        # Both raced on one device's slots (and, paged, a pool of their pages).
+        alone = paged.Paged() if page_size else cache
         builders = {"native": lambda: _decode_thunk(config, candidate, rows, max_len, page_size),
-                    "xla": lambda: _decode_thunk(config, cache, rows, max_len, page_size)}
+                    "xla": lambda: _decode_thunk(config, alone, rows, max_len, page_size)}
         if race.pick("decode attention", shape, native.version(), builders) == "native":
-            cache = per_device.Cache(candidate, mesh) if sharded else candidate
+            cache = candidate
+            if sharded:
+                cache = per_device.PagedCache(candidate, mesh) if page_size else per_device.Cache(candidate, mesh)
     chosen["decode_attention"] = cache.name
     return SamplerOps(projections, cache, chosen)
 

@@ -62,7 +62,7 @@ class Paged:
         if self.mesh is None:
             return write(k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len)
         pool, kv_new = self._specs(k_pool.shape)
-        local = lambda k, v, table, kn, vn, n: write(k, v, self._localise(table, k.shape[0], pool[0]), kn, vn, n)  # noqa: E731
+        local = lambda k, v, table, kn, vn, n: write(k, v, localise(table, k.shape[0], pool[0], self.mesh), kn, vn, n)  # noqa: E731
         rep = PartitionSpec()
         new = PartitionSpec(None, None, *kv_new[2:])
         return jax.shard_map(local, mesh=self.mesh, in_specs=(pool, pool, rep, new, new, rep), out_specs=(pool, pool),
@@ -78,7 +78,7 @@ class Paged:
         slots, table = PartitionSpec(pool[0]), PartitionSpec(pool[0], None)
 
         def local(q, kn, vn, k, v, lo, hi, at, table_bn):
-            return _write_and_attend(q, kn, vn, k, v, lo, hi, at, self._localise(table_bn, k.shape[0], pool[0]))
+            return _write_and_attend(q, kn, vn, k, v, lo, hi, at, localise(table_bn, k.shape[0], pool[0], self.mesh))
 
         return jax.shard_map(local, mesh=self.mesh, in_specs=(q, kv_new, kv_new, pool, pool, slots, slots, slots, table),
                              out_specs=(q, pool, pool), check_vma=False)(
@@ -90,15 +90,17 @@ class Paged:
         spec = shd.full_spec(self.k_axes, pool_shape, self.mesh)
         return spec, PartitionSpec(spec[0], None, spec[2], None)
 
-    def _localise(self, table_bn, local_pages: int, page_axes):
-        """Global page numbers to this shard's (out-of-shard and empty entries: none);
-        ``page_axes``: the mesh axes the page axis splits over (the pool spec's first entry)."""
-        names = () if page_axes is None else (page_axes if isinstance(page_axes, tuple) else (page_axes,))
-        shard = 0
-        for name in names:  # row-major over the axes the pages split over
-            shard = shard * self.mesh.shape[name] + jax.lax.axis_index(name)
-        local = table_bn - shard * local_pages
-        return jnp.where((local >= 0) & (local < local_pages), local, local_pages)
+
+def localise(table_bn, local_pages: int, page_axes, mesh):
+    """Inside ``shard_map``: global page numbers to this shard's (out-of-shard and empty
+    entries: ``local_pages``, no page); ``page_axes``: the mesh axes the pool's page axis
+    splits over (its PartitionSpec entry), each shard holding ``local_pages`` in order."""
+    names = () if page_axes is None else (page_axes if isinstance(page_axes, tuple) else (page_axes,))
+    shard = 0
+    for name in names:  # row-major over the axes the pages split over
+        shard = shard * mesh.shape[name] + jax.lax.axis_index(name)
+    local = table_bn - shard * local_pages
+    return jnp.where((local >= 0) & (local < local_pages), local, local_pages)
 
 
 def _write_and_attend(q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):

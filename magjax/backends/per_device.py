@@ -9,7 +9,9 @@ attention, its heads (the model axis, where the kv heads divide evenly).
 * ``attention``: whole-sequence attention (train step, prefill) on rows and heads;
 * ``Projections``: the sampler's products on its slots' rows, the packed weights
   replicated (the sampler's mesh splits only its slots: see ``applies``);
-* ``Cache``: the decode step's cache write and attention on each device's slots.
+* ``Cache``: the decode step's cache write and attention on each device's slots;
+* ``PagedCache``: the same for a paged cache, on each device's slots and its own pages
+  (each shard of the pool serves its own slots: ``sampling/pages.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from magjax import sharding as shd
+from magjax.backends.paged import localise
 from magjax.backends.xla import Attention, KeysTransposed, Projections as XlaProjections
 
 
@@ -126,3 +129,53 @@ class Cache(KeysTransposed):
                              in_specs=(new, new, new, k_spec, v_spec, per_slot, per_slot, per_slot),
                              out_specs=(new, k_spec, v_spec), check_vma=False)(
             q_b1he, k_b1ke, v_b1ke, k_cache, v_cache, lo_b, hi_b, at_b)
+
+
+class PagedCache:
+    """``inner``'s paged writes and decode attention (a pool whose page axis splits over
+    the batch axes like the slots) on each device's slots and pages. Page tables hold
+    global page numbers, replicated; each device takes its own as ``localise`` numbers
+    them (another shard's pages, none in practice, are no page to it)."""
+
+    paged = True
+
+    def __init__(self, inner, mesh):
+        self.inner, self.mesh, self.name = inner, mesh, inner.name
+        self.page_axis, self.k_axes, self.v_axes = inner.page_axis, inner.k_axes, inner.v_axes
+
+    def shapes(self, pages: int, page_size: int, kv: int, e: int):
+        return self.inner.shapes(pages, page_size, kv, e)
+
+    def _specs(self, k_pool, v_pool):
+        """The pools' PartitionSpecs, the axes their page axis splits over, and a [b, 1, heads, e]
+        array's (slots as the pages, heads as the pools' kv heads)."""
+        k_spec = shd.full_spec(self.k_axes, k_pool.shape, self.mesh)
+        v_spec = shd.full_spec(self.v_axes, v_pool.shape, self.mesh)
+        pages, heads = k_spec[self.page_axis], k_spec[self.k_axes.index(shd.KV_HEADS)]
+        return k_spec, v_spec, pages, PartitionSpec(pages, None, heads, None)
+
+    def write_prompt(self, k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len):
+        k_spec, v_spec, pages, new = self._specs(k_pool, v_pool)
+
+        def local(k, v, table, kn, vn, n):
+            table = localise(table, k.shape[self.page_axis], pages, self.mesh)
+            return self.inner.write_prompt(k, v, table, kn, vn, n)
+
+        prompt, rep = PartitionSpec(None, None, *new[2:]), PartitionSpec()
+        return jax.shard_map(local, mesh=self.mesh, in_specs=(k_spec, v_spec, rep, prompt, prompt, rep),
+                             out_specs=(k_spec, v_spec), check_vma=False)(
+            k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len)
+
+    def write_and_attend(self, q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn):
+        k_spec, v_spec, pages, new = self._specs(k_pool, v_pool)
+
+        def local(q, kn, vn, k, v, lo, hi, at, table):
+            table = localise(table, k.shape[self.page_axis], pages, self.mesh)
+            return self.inner.write_and_attend(q, kn, vn, k, v, lo, hi, at, table)
+
+        per_slot = PartitionSpec(pages)
+        return jax.shard_map(local, mesh=self.mesh,
+                             in_specs=(new, new, new, k_spec, v_spec, per_slot, per_slot, per_slot,
+                                       PartitionSpec(pages, None)),
+                             out_specs=(new, k_spec, v_spec), check_vma=False)(
+            q_b1he, k_b1ke, v_b1ke, k_pool, v_pool, lo_b, hi_b, at_b, table_bn)
