@@ -79,8 +79,8 @@ def test_libtpus_metadata_warnings_are_answered_off_tpu_hosts():
     bare = subprocess.run([sys.executable, "-c", start], capture_output=True, text=True, env=env, timeout=120)
     if "TPU_WORKER_HOSTNAMES" not in bare.stderr:
         pytest.skip("this libtpu prints nothing on a host without TPUs")
-    quiet = subprocess.run([sys.executable, "-c", "from magjax.aot import topology; topology.quiet_libtpu_off_tpu(); "
-                            + start + "; print(jax.default_backend())"],
+    quiet_start = "from magjax.aot import topology; topology.quiet_libtpu_off_tpu(); " + start
+    quiet = subprocess.run([sys.executable, "-c", quiet_start + "; print(jax.default_backend())"],
                            capture_output=True, text=True, env=env, timeout=120)
     assert quiet.returncode == 0 and quiet.stdout.strip() == "cpu", quiet.stderr
     assert "TPU_" not in quiet.stderr and "INVALID_ARGUMENT" not in quiet.stderr, quiet.stderr

@@ -62,7 +62,10 @@ class Paged:
         if self.mesh is None:
             return write(k_pool, v_pool, table_gn, k_1pke, v_1pke, prompt_len)
         pool, kv_new = self._specs(k_pool.shape)
-        local = lambda k, v, table, kn, vn, n: write(k, v, localise(table, k.shape[0], pool[0], self.mesh), kn, vn, n)  # noqa: E731
+
+        def local(k, v, table, kn, vn, n):
+            return write(k, v, localise(table, k.shape[0], pool[0], self.mesh), kn, vn, n)
+
         rep = PartitionSpec()
         new = PartitionSpec(None, None, *kv_new[2:])
         return jax.shard_map(local, mesh=self.mesh, in_specs=(pool, pool, rep, new, new, rep), out_specs=(pool, pool),
@@ -78,7 +81,8 @@ class Paged:
         slots, table = PartitionSpec(pool[0]), PartitionSpec(pool[0], None)
 
         def local(q, kn, vn, k, v, lo, hi, at, table_bn):
-            return _write_and_attend(q, kn, vn, k, v, lo, hi, at, localise(table_bn, k.shape[0], pool[0], self.mesh))
+            table_bn = localise(table_bn, k.shape[0], pool[0], self.mesh)
+            return _write_and_attend(q, kn, vn, k, v, lo, hi, at, table_bn)
 
         return jax.shard_map(local, mesh=self.mesh, in_specs=(q, kv_new, kv_new, pool, pool, slots, slots, slots, table),
                              out_specs=(q, pool, pool), check_vma=False)(
