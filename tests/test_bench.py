@@ -31,6 +31,26 @@ def test_bench_sampler_reports_decode_prefill_and_roofline():
         assert line in sampler.describe(r)
 
 
+def test_bench_train_and_sampler_run_data_parallel_on_the_devices_asked_for():
+    """``--devices N``: the same workloads on a data-parallel mesh of N devices, the kernels
+    picked at one device's share; sampler batches that do not split are left out, said so."""
+    r = sampler.run("test", batches=(1, 4), prompt_len=8, new_tokens=16, chunk=8, paged_batches=(4,), page_size=8,
+                    devices=2)
+    assert r["devices"] == 2 and r["batches_left_out"] == [1] and [b["batch"] for b in r["batches"]] == [4]
+    row = r["batches"][0]
+    assert row["decode_tokens_per_s"] > 0 and row["paged"]["decode_tokens_per_s"] > 0
+    text = sampler.describe(r)
+    assert "on 2 devices (data-parallel) of" in text and "batches [1] left out" in text
+    if native.load():  # forced by the suite: the products run on each device's two slots
+        assert row["kernels"]["projections"] == "native" and "decode projections at rows=2 " in text
+    t = train.run("test", batch=4, prompt_len=8, completion_len=24, reps=2, devices=2)
+    assert t["devices"] == 2 and t["tokens_per_s"] > 0 and "on 2 devices (data-parallel) of" in train.describe(t)
+    with pytest.raises(ValueError, match="do not split over 2 devices"):
+        train.run("test", batch=3, prompt_len=8, completion_len=24, reps=2, devices=2)
+    with pytest.raises(ValueError, match="--devices 99"):
+        train.run("test", batch=4, prompt_len=8, completion_len=24, reps=2, devices=99)
+
+
 def test_cache_read_model_counts_what_each_implementation_reads():
     # Four slots of a 1024-position cache in pages of 128: a fresh slot, one 300 long, an
     # idle (finished) one still holding 1023 positions, one with a window [300, 700).

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from magjax.backends import race
-from magjax.bench import ceilings, long_context as long_case
+from magjax.bench import ceilings, data_mesh, long_context as long_case
 from magjax.models import decoder, preset
 from magjax.sampling.engine import Engine, EngineConfig, SamplingConfig
 from magjax.sampling.pages import PagePool
@@ -36,21 +36,24 @@ def decode_roofline_s(config, batch: int, context: int, bandwidth: float, peak: 
     return max((weight_bytes + kv_bytes) / bandwidth, flops / peak)
 
 
-def batch_passes(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0):
+def batch_passes(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0,
+                 mesh=None):
     """One engine for ``batch`` sequences and a function that runs one timed pass on it
     (prefill every slot, then decode to the end): ``(engine, one_pass)``, where
     ``one_pass()`` gives (prefill seconds, decode seconds, decode steps). ``page_size`` > 0:
     the paged cache, each slot given the pages of its whole sequence up front, so the page
-    table is the same in every call."""
+    table is the same in every call. ``mesh``: the engine's (None: one device)."""
     engine = Engine(config, EngineConfig(slots=batch, max_len=prompt_len + new_tokens + 1,
                                          prompt_buckets=(prompt_len,), chunk_steps=chunk, page_size=page_size),
-                    SamplingConfig(temperature=1.0), eos_id=config.vocab_size)  # never emitted
+                    SamplingConfig(temperature=1.0), eos_id=config.vocab_size, mesh=mesh)  # eos never emitted
+    if mesh is not None:
+        params = jax.device_put(params, decoder.param_shardings(config, mesh))
     params = engine.prepare(params)
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, config.vocab_size, (batch, prompt_len)).tolist()
     table_bn = None
     if page_size:
-        pool = PagePool(engine.config.pool_pages, page_size, batch, engine.config.max_len)
+        pool = PagePool(engine.config.pool_pages, page_size, batch, engine.config.max_len, engine.page_shards)
         for b in range(batch):
             pool.admit([b], prompt_len, engine.config.max_len)
         table_bn = pool.table_bn
@@ -86,20 +89,21 @@ def summarize(batch: int, prompt_len: int, engine, runs: list[tuple[float, float
             "kernels": dict(engine.implementations), "passes": len(runs)}
 
 
-def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0) -> dict:
+def run_batch(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int = 0,
+              mesh=None) -> dict:
     """Prefill then decode ``batch`` sequences on one engine: one pass that compiles, then
     the best of two."""
-    engine, one_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk, page_size)
+    engine, one_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk, page_size, mesh)
     one_pass()  # compile
     return summarize(batch, prompt_len, engine, [one_pass() for _ in range(2)])
 
 
 def run_side_by_side(config, params, batch: int, prompt_len: int, new_tokens: int, chunk: int, page_size: int,
-                     passes: int = 3) -> tuple[dict, dict]:
+                     passes: int = 3, mesh=None) -> tuple[dict, dict]:
     """The dense and the paged engine on the same work, their passes alternating (best of
     ``passes`` each), so that a shared machine's load falls on both alike."""
-    dense_engine, dense_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk)
-    paged_engine, paged_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk, page_size)
+    dense_engine, dense_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk, mesh=mesh)
+    paged_engine, paged_pass = batch_passes(config, params, batch, prompt_len, new_tokens, chunk, page_size, mesh)
     dense_pass(), paged_pass()  # compile
     dense_runs, paged_runs = [], []
     for _ in range(passes):
@@ -111,10 +115,16 @@ def run_side_by_side(config, params, batch: int, prompt_len: int, new_tokens: in
 
 def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt_len: int = 64,
         new_tokens: int = 192, chunk: int = 64, paged_batches=(16,), page_size: int = 64,
-        long_context: long_case.Case | None = None) -> dict:
+        long_context: long_case.Case | None = None, devices: int = 1) -> dict:
     """The batches' rows (those in ``paged_batches`` also on the paged cache in pages of
-    ``page_size``), and the long-context case when one is given (None: skipped)."""
+    ``page_size``), and the long-context case when one is given (None: skipped).
+    ``devices`` > 1: the batches' engines on a data-parallel mesh of that many devices (the
+    slots split over them; batches that do not divide evenly are left out, and listed), the
+    long-context case still on one."""
     config = preset(preset_name).replace(param_dtype=dtype, dtype=dtype)
+    mesh = data_mesh(devices)
+    left_out = [b for b in batches if b % devices]
+    batches = [b for b in batches if not b % devices]
     peak = ceilings.matmul_peak(config.jnp_dtype)
     bandwidth = ceilings.read_bandwidth()
     params = decoder.init_params(config, jax.random.key(0))
@@ -122,17 +132,19 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
     rows = []
     for b in batches:
         if b in paged_batches:
-            row, paged = run_side_by_side(config, params, b, prompt_len, new_tokens, chunk, page_size)
+            row, paged = run_side_by_side(config, params, b, prompt_len, new_tokens, chunk, page_size, mesh=mesh)
             row["paged"] = {k: paged[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "decode_step_s",
                                                   "kernels", "passes")}
         else:
-            row = run_batch(config, params, b, prompt_len, new_tokens, chunk)
+            row = run_batch(config, params, b, prompt_len, new_tokens, chunk, mesh=mesh)
+        # The machine's limits are the same however many devices share its cores.
         ideal = decode_roofline_s(config, b, prompt_len + new_tokens // 2, bandwidth, peak)
         row["roofline_tokens_per_s"] = b / ideal
         row["roofline_fraction"] = ideal / row["decode_step_s"]
         rows.append(row)
     result = {"bench": "sampler", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
-              "params": config.num_params(), "prompt_len": prompt_len, "new_tokens": new_tokens,
+              "params": config.num_params(), "devices": devices, "batches_left_out": left_out,
+              "prompt_len": prompt_len, "new_tokens": new_tokens,
               "matmul_peak_flops_per_s": peak, "read_bandwidth_bytes_per_s": bandwidth, "batches": rows,
               "kernels": rows[0]["kernels"] if rows else None}
     if long_context is not None:
@@ -142,11 +154,14 @@ def run(preset_name: str, *, dtype: str = "float32", batches=(1, 16, 64), prompt
 
 
 def describe(r: dict) -> str:
-    lines = [f"sampler  preset={r['preset']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}) on {r['device']}",
+    on = f"{r['devices']} devices (data-parallel) of " if r.get("devices", 1) > 1 else ""
+    lines = [f"sampler  preset={r['preset']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}) on {on}{r['device']}",
              (f"  prompt {r['prompt_len']}, {r['new_tokens']} new tokens, temperature 1;  " if r["batches"] else "  ")
              + f"peak matmul {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s, read bandwidth "
              f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
              *("  " + line for line in race.summary(r["races"]))]
+    if r.get("batches_left_out"):
+        lines.append(f"  batches {r['batches_left_out']} left out: their slots do not split over {r['devices']} devices")
     if r["batches"]:
         lines.append(f"  {'batch':>5} {'decode tok/s':>13} {'roofline tok/s':>15} {'of roofline':>12}"
                      f" {'prefill tok/s':>14}" + (f" {'paged decode tok/s':>19}" if any(

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from magjax.backends import race
-from magjax.bench import ceilings
+from magjax.bench import ceilings, data_mesh
 from magjax.models import decoder, preset
 from magjax.rl import batching, optimizer, train_step
 from magjax.rl.losses import LossConfig
@@ -41,8 +41,13 @@ def model_flops_per_token(config) -> float:
 
 
 def run(preset_name: str, *, dtype: str = "float32", batch: int = 16, prompt_len: int = 64,
-        completion_len: int = 192, reps: int | None = None) -> dict:
+        completion_len: int = 192, reps: int | None = None, devices: int = 1) -> dict:
+    """One train step on ``batch`` rows, timed; ``devices`` > 1: on a data-parallel mesh of
+    that many devices (the rows split over them)."""
     config = preset(preset_name).replace(param_dtype=dtype, dtype=dtype)
+    mesh = data_mesh(devices)
+    if batch % devices:
+        raise ValueError(f"bench train: {batch} rows do not split over {devices} devices")
     reps = reps or (5 if config.num_params() < 50e6 else 3)
     peak = ceilings.matmul_peak(config.jnp_dtype)
     seq = prompt_len + completion_len
@@ -51,8 +56,14 @@ def run(preset_name: str, *, dtype: str = "float32", batch: int = 16, prompt_len
     (train_batch,), stats = batching.make_minibatches(groups, batching.AdvantageConfig(),
                                                       batching.PackingConfig(rows=batch, row_len=seq))
     opt, schedule = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-6, b2=0.99))
-    state = train_step.init_state(decoder.init_params(config, jax.random.key(0)), opt)
-    step = train_step.make_train_step(config, loss, opt, schedule)
+    params = decoder.init_params(config, jax.random.key(0))
+    if mesh is None:
+        state = train_step.init_state(params, opt)
+        step = train_step.make_train_step(config, loss, opt, schedule)
+    else:
+        state = train_step.init_state(jax.device_put(params, decoder.param_shardings(config, mesh)), opt)
+        step = train_step.make_train_step(config, loss, opt, schedule, mesh=mesh,
+                                          shardings=jax.tree.map(lambda x: x.sharding, state))
     holder = {"state": state}
     first_decision = len(race.DECISIONS)
 
@@ -70,7 +81,7 @@ def run(preset_name: str, *, dtype: str = "float32", batch: int = 16, prompt_len
     achieved = tokens * (model_flops_per_token(config) + attn_flops) / median
     return {
         "bench": "train", "preset": preset_name, "dtype": dtype, "device": ceilings.device_description(),
-        "params": config.num_params(), "tokens_per_step": tokens, "reps": reps,
+        "params": config.num_params(), "devices": devices, "tokens_per_step": tokens, "reps": reps,
         "step_s_median": median, "step_s_min": min(times), "compile_s": max(first - median, 0.0),
         "tokens_per_s": tokens / median, "model_flops_per_s": achieved, "matmul_peak_flops_per_s": peak,
         "mfu": achieved / peak, "padding_fraction": stats["padding_fraction"], "traces": step.traces,
@@ -79,7 +90,8 @@ def run(preset_name: str, *, dtype: str = "float32", batch: int = 16, prompt_len
 
 
 def describe(r: dict) -> str:
-    return (f"train step  preset={r['preset']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}) on {r['device']}\n"
+    on = f"{r['devices']} devices (data-parallel) of " if r.get("devices", 1) > 1 else ""
+    return (f"train step  preset={r['preset']} ({r['params'] / 1e6:.2f}M params, {r['dtype']}) on {on}{r['device']}\n"
             f"  {r['tokens_per_step']} tokens/step   step {r['step_s_median']:.3f} s (min {r['step_s_min']:.3f})"
             f"   compile {r['compile_s']:.1f} s\n"
             f"  {r['tokens_per_s']:.0f} tokens/s   {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s model"

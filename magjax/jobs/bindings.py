@@ -58,12 +58,12 @@ def gin_recipe(command: str, files: list[str], bindings: list[str], reads: set[s
     return config.recipe()
 
 
-def simulated_cpu_devices() -> None:
+def simulated_cpu_devices(count: int = 8) -> None:
     """The demo runs on 8 simulated CPU devices; accelerators ignore this flag. Set before
-    JAX starts."""
+    JAX starts; a count already in XLA_FLAGS wins."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def run_job(command: str, job, args, bindings: list[str], *, reads: set[str] | None,
