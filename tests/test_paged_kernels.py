@@ -108,6 +108,7 @@ def test_native_paged_prompt_write_equals_the_xla_paged_cache(prompt_len):
 
 
 CONFIG = preset("test").replace(head_dim=16, sliding_window=12)
+UNWINDOWED = CONFIG.replace(sliding_window=None)  # every position kept: sequences outgrow a shard's pages
 
 
 def _requests(n, samples, seed):
@@ -177,24 +178,23 @@ def test_a_data_parallel_paged_sampler_runs_the_kernel_on_each_devices_pages(mes
     device's slots; the compiled decode calls the kernel on two slots' queries (a call
     left to XLA's partitioner would be gathered onto every device, all 16 slots)."""
     monkeypatch.setenv("MAGJAX_KERNELS", "native")
-    FULL = CONFIG.replace(sliding_window=None)  # noqa: N806 - a window would free pages as sequences grow
     first = len(race.DECISIONS)
-    params = decoder.init_params(FULL, jax.random.key(5))
+    params = decoder.init_params(UNWINDOWED, jax.random.key(5))
     config = EngineConfig(slots=16, max_len=48, prompt_buckets=(8, 16, 32), chunk_steps=4, page_size=8, pages=48)
     sampling = SamplingConfig(temperature=1.0, seed=3)
-    sharded = Engine(FULL, config, sampling, 10_000, mesh=mesh_1x8)
+    sharded = Engine(UNWINDOWED, config, sampling, 10_000, mesh=mesh_1x8)
     assert sharded.implementations["decode_attention"] == "native-paged" and sharded.page_shards == 8
     assert any(d["function"] == "decode attention" and d["shape"].startswith("slots=2 ")
                for d in race.DECISIONS[first:])
     rng = np.random.default_rng(7)  # long completions: two slots of a shard outgrow its 6 pages
     requests = [Request(f"r{i}", [1, *rng.integers(3, 60, int(rng.integers(8, 20))).tolist()], 3, 32)
                 for i in range(8)]
-    sharded_params = jax.device_put(params, decoder.param_shardings(FULL, mesh_1x8))
+    sharded_params = jax.device_put(params, decoder.param_shardings(UNWINDOWED, mesh_1x8))
     generator = Generator(sharded, sharded_params)
     got = {(c.problem_id, c.sample_index): c for c in generator.generate(requests)}
     assert generator.stats.suspensions > 0
     alone = {(c.problem_id, c.sample_index): c
-             for c in Generator(Engine(FULL, config, sampling, 10_000), params).generate(requests)}
+             for c in Generator(Engine(UNWINDOWED, config, sampling, 10_000), params).generate(requests)}
     assert got.keys() == alone.keys() and len(got) == 24
     for k in alone:
         assert got[k].tokens == alone[k].tokens, k

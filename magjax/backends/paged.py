@@ -64,7 +64,7 @@ class Paged:
         pool, kv_new = self._specs(k_pool.shape)
 
         def local(k, v, table, kn, vn, n):
-            return write(k, v, localise(table, k.shape[0], pool[0], self.mesh), kn, vn, n)
+            return write(k, v, localise(table, k.shape[0], pool[0]), kn, vn, n)
 
         rep = PartitionSpec()
         new = PartitionSpec(None, None, *kv_new[2:])
@@ -81,7 +81,7 @@ class Paged:
         slots, table = PartitionSpec(pool[0]), PartitionSpec(pool[0], None)
 
         def local(q, kn, vn, k, v, lo, hi, at, table_bn):
-            table_bn = localise(table_bn, k.shape[0], pool[0], self.mesh)
+            table_bn = localise(table_bn, k.shape[0], pool[0])
             return _write_and_attend(q, kn, vn, k, v, lo, hi, at, table_bn)
 
         return jax.shard_map(local, mesh=self.mesh, in_specs=(q, kv_new, kv_new, pool, pool, slots, slots, slots, table),
@@ -95,14 +95,11 @@ class Paged:
         return spec, PartitionSpec(spec[0], None, spec[2], None)
 
 
-def localise(table_bn, local_pages: int, page_axes, mesh):
+def localise(table_bn, local_pages: int, page_axes):
     """Inside ``shard_map``: global page numbers to this shard's (out-of-shard and empty
     entries: ``local_pages``, no page); ``page_axes``: the mesh axes the pool's page axis
     splits over (its PartitionSpec entry), each shard holding ``local_pages`` in order."""
-    names = () if page_axes is None else (page_axes if isinstance(page_axes, tuple) else (page_axes,))
-    shard = 0
-    for name in names:  # row-major over the axes the pages split over
-        shard = shard * mesh.shape[name] + jax.lax.axis_index(name)
+    shard = 0 if page_axes is None else jax.lax.axis_index(page_axes)  # row-major over a tuple of axes
     local = table_bn - shard * local_pages
     return jnp.where((local >= 0) & (local < local_pages), local, local_pages)
 

@@ -158,7 +158,7 @@ class PagedCache:
         k_spec, v_spec, pages, new = self._specs(k_pool, v_pool)
 
         def local(k, v, table, kn, vn, n):
-            table = localise(table, k.shape[self.page_axis], pages, self.mesh)
+            table = localise(table, k.shape[self.page_axis], pages)
             return self.inner.write_prompt(k, v, table, kn, vn, n)
 
         prompt, rep = PartitionSpec(None, None, *new[2:]), PartitionSpec()
@@ -170,7 +170,7 @@ class PagedCache:
         k_spec, v_spec, pages, new = self._specs(k_pool, v_pool)
 
         def local(q, kn, vn, k, v, lo, hi, at, table):
-            table = localise(table, k.shape[self.page_axis], pages, self.mesh)
+            table = localise(table, k.shape[self.page_axis], pages)
             return self.inner.write_and_attend(q, kn, vn, k, v, lo, hi, at, table)
 
         per_slot = PartitionSpec(pages)
