@@ -123,3 +123,40 @@ def test_unknown_model_type_and_unsupported_fields_are_named(data_dir, tmp_path)
     _one_line_error(path, "rope_type='yarn'")
     (path / "config.json").unlink()
     _one_line_error(path, "config.json: not found")
+
+
+@pytest.mark.parametrize("layout", ["transformers4", "transformers5"])
+def test_a_multimodal_mistral3_checkpoint_loads_as_its_text_decoder(data_dir, tmp_path, layout):
+    """Mistral Small 3.1 and Magistral Small 1.2 ship as Mistral3ForConditionalGeneration:
+    the Mistral fixture wrapped that way (text_config, prefixed names, a vision tower and a
+    projector beside) gives transformers' logits of the text model."""
+    src = _fixture(data_dir, "mistral")
+    text_config = json.loads(open(os.path.join(src, "config.json")).read())
+    text_config.pop("architectures", None)
+    config_json = {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
+                   "text_config": text_config, "vision_config": {"model_type": "pixtral", "hidden_size": 8},
+                   "image_token_index": 10, "tie_word_embeddings": text_config.pop("tie_word_embeddings", False)}
+    tensors = {k: np.array(v) for k, v in ((k, SafetensorsFile(os.path.join(src, "model.safetensors")).get(k))
+                                           for k in SafetensorsFile(os.path.join(src, "model.safetensors")).keys())}
+    if layout == "transformers4":
+        renamed = {"language_model." + k: v for k, v in tensors.items()}
+        vision = ["vision_tower.transformer.layers.0.attention.q_proj.weight", "multi_modal_projector.linear_1.weight"]
+    else:
+        renamed = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
+                   for k, v in tensors.items()}
+        vision = ["model.vision_tower.transformer.layers.0.attention.q_proj.weight",
+                  "model.multi_modal_projector.linear_1.weight"]
+    renamed |= {name: np.ones((4, 8), np.float32) for name in vision}
+    save_file(renamed, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(config_json))
+    config, model = hf.load(tmp_path)
+    assert config.family == "mistral" and config.sliding_window == 4
+    tokens, ref = np.load(os.path.join(src, "tokens.npy")), np.load(os.path.join(src, "logits.npy"))
+    np.testing.assert_allclose(np.asarray(model(tokens)), ref, atol=1e-4, rtol=1e-4)
+    # A text tensor of the wrapper still has to be there, and anything else is still refused.
+    save_file({k: v for k, v in renamed.items() if "layers.1.mlp.up_proj" not in k}, tmp_path / "model.safetensors")
+    _one_line_error(tmp_path, r"missing tensor '(model\.)?language_model\.(model\.)?layers\.1\.mlp\.up_proj\.weight'")
+    save_file(renamed | {"audio_tower.conv.weight": np.ones(2, np.float32)}, tmp_path / "model.safetensors")
+    _one_line_error(tmp_path, "unexpected tensor 'audio_tower.conv.weight'")
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in config_json.items() if k != "text_config"}))
+    _one_line_error(tmp_path, "model_type 'mistral3' without a text_config")

@@ -1,5 +1,10 @@
-import pytest
+import json
+import os
 
+import pytest
+from conftest import DATA
+
+from magjax.models.tekken import TekkenTokenizer
 from magjax.models.tokenizer import ByteTokenizer, ChatFormat, HFTokenizer, TokenizerError, load_tokenizer
 
 
@@ -51,3 +56,74 @@ def test_chat_formats_put_the_user_message_last():
         assert text.index("SYS") < text.index("What is 2+2?")
     with pytest.raises(ValueError, match="ChatFormat.style"):
         ChatFormat("alpaca")
+
+
+# ----------------------------------------------------------------------------- tekken.json
+
+TEKKEN = os.path.join(DATA, "tekken")  # made by tests/data/make_tekken_fixture.py with mistral_common
+
+
+@pytest.fixture(scope="module")
+def tekken_reference():
+    with open(os.path.join(TEKKEN, "reference.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_a_tekken_file_encodes_and_decodes_as_mistrals_own_tokenizer(tekken_reference):
+    tok = load_tokenizer(TEKKEN)  # the directory: it holds tekken.json and no tokenizer.json
+    assert isinstance(tok, TekkenTokenizer)
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (3000, 1, 2, 11)
+    ref = tekken_reference
+    assert len(ref["texts"]) > 50
+    for text, ids, decoded in zip(ref["texts"], ref["ids"], ref["decoded"]):
+        assert tok.encode(text) == ids, text
+        assert tok.decode(ids) == decoded == text, text
+    # Not byte by byte: merged pieces occur (English and code take under half a token a byte).
+    assert sum(len(text.encode()) > 2 * len(ids) for text, ids in zip(ref["texts"], ref["ids"])) >= 5
+
+
+def test_mistral_chat_prompts_match_mistrals_chat_encoding(tekken_reference):
+    tok = load_tokenizer(os.path.join(TEKKEN, "tekken.json"))  # the file itself
+    for chat in tekken_reference["chats"]:
+        fmt = ChatFormat("mistral", system_prompt=chat["system"] or None)
+        assert fmt.encode(tok, chat["user"]) == chat["ids"], chat
+    # Control tokens by name, including those a version-11 file adds among its fillers;
+    # decoding leaves every special id out.
+    think, end_think = tok.encode("[THINK]"), tok.encode("[/THINK]")
+    assert (think, end_think) == ([34], [35]) and tok.encode("<SPECIAL_999>") == [999]
+    ids = tok.encode("[THINK]2+2=4[/THINK]</s>")
+    assert ids[0] == 34 and ids[-2:] == [35, 2] and tok.decode(ids) == "2+2=4"
+    # Bracketed text that names no special token stays text.
+    plain = tok.encode("[NOT_A_TOKEN] <b>")
+    assert min(plain) >= 1000 and tok.decode(plain) == "[NOT_A_TOKEN] <b>"
+
+
+def test_a_broken_tekken_file_is_named_with_its_fault(tmp_path):
+    with open(os.path.join(TEKKEN, "tekken.json"), encoding="utf-8") as f:
+        good = json.load(f)
+
+    def write(data, name="tekken.json"):
+        (tmp_path / name).write_text(data if isinstance(data, str) else json.dumps(data))
+        return str(tmp_path / name)
+
+    with pytest.raises(TokenizerError, match="no tokenizer.json or tekken.json"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(TokenizerError, match="tekken.json: not valid JSON"):
+        TekkenTokenizer(write("{not json"))
+    bad_rank = dict(good, vocab=[dict(v) for v in good["vocab"]])
+    bad_rank["vocab"][7]["rank"] = 8
+    with pytest.raises(TokenizerError, match="vocab entry 7 is malformed"):
+        load_tokenizer(write(bad_rank))
+    short = dict(good, config=dict(good["config"], default_vocab_size=10_000))
+    with pytest.raises(TokenizerError, match="9000 ordinary tokens, but the vocab lists 2000"):
+        load_tokenizer(write(short))
+    no_eos = dict(good, special_tokens=[dict(t, token_str="</S>") if t["token_str"] == "</s>" else t
+                                        for t in good["special_tokens"]])
+    with pytest.raises(TokenizerError, match="no '</s>' special token"):
+        load_tokenizer(write(no_eos))
+    with pytest.raises(TokenizerError, match="cannot build the tokenizer"):
+        load_tokenizer(write(dict(good, config=dict(good["config"], pattern="(unclosed"))))
+    # A file of an older version names no specials: Mistral's original twenty, then fillers.
+    legacy = {k: v for k, v in good.items() if k != "special_tokens"}
+    tok = load_tokenizer(write(legacy, "legacy.json"))
+    assert tok.encode("[SYSTEM_PROMPT]<pad>[THINK]")[:2] == [17, 11] and tok.encode("<SPECIAL_34>") == [34]

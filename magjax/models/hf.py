@@ -1,8 +1,13 @@
 """Hugging Face checkpoints: ``load`` a directory into a sharded Decoder, ``save`` one back.
 
 A directory holds ``config.json`` and one ``model.safetensors`` or several shards named by
-``model.safetensors.index.json``. Names and layouts map one to one onto magjax's params
-(``q_proj.weight [h*e, d]`` becomes ``wq [d, h, e]`` and so on); magjax uses Hugging Face's
+``model.safetensors.index.json``. Multimodal Mistral 3 checkpoints (Mistral Small 3.1,
+Magistral Small 1.2: ``Mistral3ForConditionalGeneration``) load as their text decoder: the
+config's ``text_config``, the tensors under ``language_model.`` (or, as transformers 5
+saves them, ``model.language_model.``), the vision encoder and projector left unread.
+
+Names and layouts map one to one onto magjax's params (``q_proj.weight [h*e, d]`` becomes
+``wq [d, h, e]`` and so on); magjax uses Hugging Face's
 rotate-half rotary convention, so no q/k permutation is needed (only Meta's original
 ``consolidated.pth`` checkpoints would need one, and they are not read here).
 
@@ -28,6 +33,10 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 # Tensors some exporters write that carry no weights.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Multimodal wrappers whose text decoder is a supported family: model_type -> where the
+# vision side's tensors live (never read: RL here is on text).
+_MULTIMODAL = {"mistral3": ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                            "model.multi_modal_projector.")}
 
 
 class CheckpointError(ValueError):
@@ -55,7 +64,15 @@ def _rope(hf: dict, where: str) -> tuple[float, RopeScaling | None]:
 
 
 def config_from_hf(hf: dict, *, dtype: str = "float32", where: str = "config.json") -> ModelConfig:
-    """Translates a Hugging Face ``config.json`` dict; unsupported settings raise, naming the field."""
+    """Translates a Hugging Face ``config.json`` dict; unsupported settings raise, naming the field.
+    A multimodal wrapper's (``_MULTIMODAL``) is its ``text_config``'s."""
+    if hf.get("model_type") in _MULTIMODAL:
+        text = hf.get("text_config")
+        if not isinstance(text, dict):
+            raise CheckpointError(f"{where}: model_type {hf['model_type']!r} without a text_config")
+        # Settings the wrapper may hold for its text model rather than in text_config.
+        inherited = {k: hf[k] for k in ("tie_word_embeddings",) if k in hf and k not in text}
+        return config_from_hf({"model_type": "mistral", **inherited, **text}, dtype=dtype, where=f"{where} text_config")
     family = hf.get("model_type")
     if family not in ARCHITECTURES:
         raise CheckpointError(f"{where}: unknown model_type {family!r} (supported: {', '.join(ARCHITECTURES)})")
@@ -232,6 +249,7 @@ def load(path: str | os.PathLike, *, dtype: str = "float32", mesh=None):
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     config = config_from_hf(hf_config, dtype=dtype, where=str(config_file))
     tensors = _Tensors(path)
+    name_in_file, skipped = _text_decoder_names(hf_config, tensors.where)
     shapes = decoder.param_shapes(config)
     shardings = decoder.param_shardings(config, mesh) if mesh is not None else None
     np_dtype = np.dtype(DTYPES[dtype])
@@ -240,7 +258,8 @@ def load(path: str | os.PathLike, *, dtype: str = "float32", mesh=None):
     for pth, (template, to_ours, _) in _tensor_map(config).items():
         shape = _get(shapes, pth)
         stacked = pth[0] == "layers"
-        names = [template.format(i=i) for i in range(config.num_layers)] if stacked else [template]
+        names = [name_in_file(template.format(i=i)) for i in range(config.num_layers)] if stacked \
+            else [name_in_file(template)]
         expected.update(names)
         hf_shape = _hf_shape(config, pth)
         views = []
@@ -259,11 +278,27 @@ def load(path: str | os.PathLike, *, dtype: str = "float32", mesh=None):
 
         sharding = _get(shardings, pth) if shardings is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
         _set(params, pth, jax.make_array_from_callback(shape, sharding, read))
-    unexpected = sorted(n for n in tensors.where if n not in expected and not n.endswith(_IGNORED_SUFFIXES))
+    unexpected = sorted(n for n in tensors.where
+                        if n not in expected and not n.endswith(_IGNORED_SUFFIXES) and not n.startswith(skipped))
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} for a {config.family} config"
                               + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     return config, decoder.Decoder(config, params=params)
+
+
+def _text_decoder_names(hf_config: dict, names) -> tuple[Callable[[str], str], tuple[str, ...]]:
+    """How a text decoder's tensor name (``model.layers.0...``, ``lm_head.weight``) is spelled
+    in this checkpoint, and the prefixes of the tensors left unread."""
+    skipped = _MULTIMODAL.get(hf_config.get("model_type"))
+    if skipped is None:
+        return (lambda name: name), ()
+    if "language_model.model.embed_tokens.weight" in names:  # as transformers 4 saves it
+        return (lambda name: "language_model." + name), skipped
+    if "model.language_model.embed_tokens.weight" in names:  # as transformers 5 saves it
+        return (lambda name: name.replace("model.", "model.language_model.", 1) if name.startswith("model.")
+                else name), skipped
+    raise CheckpointError(f"checkpoint of model_type {hf_config['model_type']!r} has no "
+                          "language_model.model.embed_tokens.weight or model.language_model.embed_tokens.weight")
 
 
 def _hf_shape(config: ModelConfig, pth: tuple) -> tuple:

@@ -1,10 +1,11 @@
 """Tokenizers and chat formatting.
 
-Two implementations of one small protocol (``encode``, ``decode``, ``vocab_size`` and the
+Three implementations of one small protocol (``encode``, ``decode``, ``vocab_size`` and the
 special ids): ``HFTokenizer`` reads a local ``tokenizer.json`` through the ``tokenizers``
-package, and ``ByteTokenizer`` is the built-in one the CPU demo uses, UTF-8 bytes plus a
-few whole-word tokens for the response format, so any text encodes and the demo model's
-responses stay short.
+package, ``TekkenTokenizer`` (``tekken.py``) Mistral's ``tekken.json``, and
+``ByteTokenizer`` is the built-in one the CPU demo uses, UTF-8 bytes plus a few whole-word
+tokens for the response format, so any text encodes and the demo model's responses stay
+short.
 """
 
 from __future__ import annotations
@@ -133,8 +134,28 @@ def check_vocab(tokenizer: Tokenizer, vocab_size: int):
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """``"byte"`` for the built-in tokenizer, else a path to a tokenizer.json or its folder."""
-    return ByteTokenizer() if spec == "byte" else HFTokenizer(spec)
+    """``"byte"`` for the built-in tokenizer; else a ``tokenizer.json`` or ``tekken.json`` file,
+    or a directory holding one (``tokenizer.json`` first: Mistral's repositories that ship
+    both convert the one from the other)."""
+    if spec == "byte":
+        return ByteTokenizer()
+    from magjax.models import tekken
+
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "tokenizer.json").exists():
+            return HFTokenizer(path)
+        if (path / "tekken.json").exists():
+            return tekken.TekkenTokenizer(path)
+        raise TokenizerError(f"{path}: no tokenizer.json or tekken.json in this directory")
+    if path.suffix == ".json" and path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise TokenizerError(f"{path}: not valid JSON ({err})") from None
+        if isinstance(data, dict) and tekken.is_tekken(data):
+            return tekken.TekkenTokenizer(path)
+    return HFTokenizer(path)
 
 
 # ----------------------------------------------------------------------------- chat format
