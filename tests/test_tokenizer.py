@@ -75,11 +75,18 @@ def test_a_tekken_file_encodes_and_decodes_as_mistrals_own_tokenizer(tekken_refe
     assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (3000, 1, 2, 11)
     ref = tekken_reference
     assert len(ref["texts"]) > 50
+    ids_of = dict(zip(ref["texts"], ref["ids"]))
     for text, ids, decoded in zip(ref["texts"], ref["ids"], ref["decoded"]):
-        assert tok.encode(text) == ids, text
         assert tok.decode(ids) == decoded == text, text
+        if "think>" not in text:  # the <think> tags are this file's [THINK] tokens (below)
+            assert tok.encode(text) == ids, text
     # Not byte by byte: merged pieces occur (English and code take under half a token a byte).
     assert sum(len(text.encode()) > 2 * len(ids) for text, ids in zip(ref["texts"], ref["ids"])) >= 5
+    # A reasoning trace: its tags are the thinking tokens, the text between as Mistral encodes it.
+    trace = "<think>Let me think: 2+2=4.</think>\nThe answer is \\boxed{4}."
+    ids = tok.encode(trace)
+    assert ids == [34, *ids_of["Let me think: 2+2=4."], 35, *ids_of["\nThe answer is \\boxed{4}."]]
+    assert tok.decode(ids) == trace
 
 
 def test_mistral_chat_prompts_match_mistrals_chat_encoding(tekken_reference):
@@ -92,7 +99,8 @@ def test_mistral_chat_prompts_match_mistrals_chat_encoding(tekken_reference):
     think, end_think = tok.encode("[THINK]"), tok.encode("[/THINK]")
     assert (think, end_think) == ([34], [35]) and tok.encode("<SPECIAL_999>") == [999]
     ids = tok.encode("[THINK]2+2=4[/THINK]</s>")
-    assert ids[0] == 34 and ids[-2:] == [35, 2] and tok.decode(ids) == "2+2=4"
+    assert ids[0] == 34 and ids[-2:] == [35, 2] and tok.decode(ids) == "<think>2+2=4</think>"
+    assert tok.decode(tok.encode("[INST]hi[/INST]")) == "hi"
     # Bracketed text that names no special token stays text.
     plain = tok.encode("[NOT_A_TOKEN] <b>")
     assert min(plain) >= 1000 and tok.decode(plain) == "[NOT_A_TOKEN] <b>"
@@ -123,7 +131,29 @@ def test_a_broken_tekken_file_is_named_with_its_fault(tmp_path):
         load_tokenizer(write(no_eos))
     with pytest.raises(TokenizerError, match="cannot build the tokenizer"):
         load_tokenizer(write(dict(good, config=dict(good["config"], pattern="(unclosed"))))
-    # A file of an older version names no specials: Mistral's original twenty, then fillers.
-    legacy = {k: v for k, v in good.items() if k != "special_tokens"}
-    tok = load_tokenizer(write(legacy, "legacy.json"))
-    assert tok.encode("[SYSTEM_PROMPT]<pad>[THINK]")[:2] == [17, 11] and tok.encode("<SPECIAL_34>") == [34]
+
+
+
+def test_an_older_tekken_file_takes_the_original_specials_and_keeps_think_tags_as_text(tmp_path, tekken_reference):
+    with open(os.path.join(TEKKEN, "tekken.json"), encoding="utf-8") as f:
+        legacy = {k: v for k, v in json.load(f).items() if k != "special_tokens"}
+    (tmp_path / "tekken.json").write_text(json.dumps(legacy))
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.encode("[SYSTEM_PROMPT]<pad>") == [17, 11] and tok.encode("<SPECIAL_34>") == [34]
+    assert min(tok.encode("[THINK]")) >= 1000  # no thinking tokens in this file: text
+    for text, ids in zip(tekken_reference["texts"], tekken_reference["ids"]):
+        assert tok.encode(text) == ids, text  # <think> tags included, as Mistral encodes them
+
+
+def test_a_tokenizer_json_with_thinking_tokens_spells_them_as_tags(hf_tokenizer_dir):
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_file(str(hf_tokenizer_dir / "tokenizer.json"))
+    tok.add_special_tokens(["[THINK]", "[/THINK]"])
+    tok.save(str(hf_tokenizer_dir / "tokenizer.json"))
+    hf_tok = load_tokenizer(str(hf_tokenizer_dir))
+    think, end_think = tok.token_to_id("[THINK]"), tok.token_to_id("[/THINK]")
+    trace = "<think>solve for x</think>the answer is 42"
+    ids = hf_tok.encode(trace)
+    assert ids == [think, *hf_tok.encode("solve for x"), end_think, *hf_tok.encode("the answer is 42")]
+    assert hf_tok.decode(ids) == trace and hf_tok.decode([1, *ids, 2]) == trace

@@ -16,7 +16,9 @@ concatenation has the lowest rank. ``_bpe_tokenizer`` states that as a ``tokeniz
 model (merges from ranks, whole-piece lookup first), so the Rust encoder does the work.
 Special token strings in the text (``[INST]``, ``</s>``...) become their ids, as added
 tokens do in a ``tokenizer.json``, so chat formats render the same way through either kind
-of file. Decoding skips special ids.
+of file. Decoding skips special ids, except that files with thinking tokens (``[THINK]``,
+``[/THINK]``: Magistral Small 1.1 and later) spell them as ``<think>`` tags both ways
+(``tokenizer.THINK_TAGS``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from magjax.models.tokenizer import TokenizerError
+from magjax.models.tokenizer import TokenizerError, think_tag_ids
 
 # Ids 0..19 of a tekken file that names no special tokens (versions up to 7).
 LEGACY_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
@@ -113,7 +115,9 @@ class TekkenTokenizer:
         ranked = self._ranked(data["vocab"], self.vocab_size - num_special, file)
         self.num_special = num_special
         self._special_ids = {s: i for i, s in enumerate(specials)}
-        self._specials = specials
+        tag_ids = think_tag_ids(self._special_ids)
+        self._tag_of = {i: tag for tag, i in tag_ids.items()}
+        self._special_ids |= tag_ids  # "<think>" encodes as [THINK]'s id
         # Shapes the candidate search cannot find (none in Mistral's files) get an alternation.
         odd = [s for s in specials if not _SPECIAL_SHAPE.fullmatch(s)]
         self._odd_specials = re.compile("|".join(map(re.escape, sorted(odd, key=len, reverse=True)))) if odd else None
@@ -188,5 +192,11 @@ class TekkenTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        ranks = [int(i) - self.num_special for i in ids if self.num_special <= int(i) < self.vocab_size]
-        return self._bpe.decode(ranks, skip_special_tokens=False)
+        out, ranks = [], []
+        for i in map(int, ids):
+            if self.num_special <= i < self.vocab_size:
+                ranks.append(i - self.num_special)
+            elif i in self._tag_of:
+                out += [self._bpe.decode(ranks, skip_special_tokens=False), self._tag_of[i]]
+                ranks = []
+        return "".join(out) + self._bpe.decode(ranks, skip_special_tokens=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -74,6 +75,20 @@ class ByteTokenizer:
         return out.decode("utf-8", errors="replace")
 
 
+# Reasoning models with thinking control tokens (Magistral Small 1.1 and later: [THINK],
+# [/THINK]) spell them as the <think> tags the rest of magjax reads and writes (the format
+# reward, SFT traces, the system prompt): encode turns the tags into those ids, wherever
+# they are (the system prompt's mention of them included), decode the ids back into the
+# tags. Tokenizers without both tokens leave the tags as text.
+THINK_TAGS = (("<think>", "[THINK]"), ("</think>", "[/THINK]"))
+
+
+def think_tag_ids(special_ids: dict[str, int]) -> dict[str, int]:
+    """``{"<think>": id, "</think>": id}`` where both thinking tokens are special tokens, else ``{}``."""
+    ids = {tag: special_ids[name] for tag, name in THINK_TAGS if name in special_ids}
+    return ids if len(ids) == len(THINK_TAGS) else {}
+
+
 class HFTokenizer:
     """A Hugging Face ``tokenizer.json`` (local file only; nothing is downloaded)."""
 
@@ -97,6 +112,10 @@ class HFTokenizer:
             raise TokenizerError(f"{file}: no eos_token in tokenizer_config.json or special_tokens_map.json")
         self.pad_id = pad if pad is not None else self.eos_id
         self.path = file
+        added = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        self._tag_ids = think_tag_ids(added)
+        self._tag_of = {i: tag for tag, i in self._tag_ids.items()}
+        self._tags = re.compile("|".join(map(re.escape, self._tag_ids))) if self._tag_ids else None
 
     def _id(self, token, file) -> int | None:
         if token is None:
@@ -108,10 +127,26 @@ class HFTokenizer:
         return tid
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        if self._tags is None:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        ids, at = [], 0
+        for m in self._tags.finditer(text):
+            ids += self._tok.encode(text[at:m.start()], add_special_tokens=False).ids + [self._tag_ids[m.group()]]
+            at = m.end()
+        return ids + self._tok.encode(text[at:], add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+        ids = [int(i) for i in ids]
+        if not self._tag_of:
+            return self._tok.decode(ids, skip_special_tokens=True)
+        out, run = [], []
+        for i in ids:
+            if i in self._tag_of:
+                out += [self._tok.decode(run, skip_special_tokens=True), self._tag_of[i]]
+                run = []
+            else:
+                run.append(i)
+        return "".join(out) + self._tok.decode(run, skip_special_tokens=True)
 
 
 def _special_tokens(directory: Path) -> dict:

@@ -10,7 +10,9 @@ Magistral's files: the twenty original specials, then [ARGS], [CALL_ID], [THINK]
 [/THINK] among the filler ids). ``reference.json`` holds, per text, the ids of
 ``Tekkenizer.encode`` and of ``decode``; and, per (system, user) pair, the prompt ids of
 ``MistralTokenizer.encode_chat_completion``, which magjax's ``ChatFormat("mistral")`` must
-reproduce. The texts cover scripts, digits, whitespace runs, code and LaTeX.
+reproduce. The texts cover scripts, digits, whitespace runs, code and LaTeX, and a
+``<think>`` trace beside its pieces (magjax spells [THINK] and [/THINK] as those tags;
+mistral_common encodes the tags as text).
 """
 
 import json
@@ -39,13 +41,14 @@ TEXTS = [
     "Привет, как дела? 1234567890", "مرحبا بالعالم", "emoji 🙂🚀👍🏽 and a ZWJ family 👩‍👩‍👧",
     "\\frac{1}{2} + \\sqrt{x^2} = \\boxed{42}", "def f(x):\n    return x ** 2  # square\n\n\nprint(f(3))",
     "#include <bits/stdc++.h>\nint main(){std::cout<<1<<'\\n';}",
-    "<think>Let me think: 2+2=4.</think>\nThe answer is \\boxed{4}.", "a" * 120, " " * 40 + "x", "\n\n\n\n",
+    "<think>Let me think: 2+2=4.</think>\nThe answer is \\boxed{4}.", "Let me think: 2+2=4.",
+    "\nThe answer is \\boxed{4}.", "a" * 120, " " * 40 + "x", "\n\n\n\n",
     "MixedCASEWordsAndCamelCaseIdentifiersHTTPServer", "1,000,000.00 and 3.14159e-10", "x" + "\u0301" * 5,
     "I'm sure we'll see they've gone", "___--==++**//\\\\||",
 ]
 CHATS = [
     ("You are a careful solver. Put the answer in \\boxed{}.", "What is 17 * 23?"),
-    ("Réfléchis dans <think></think>, puis réponds.", "Combien font 2 + 2 ?"),
+    ("Réfléchis d'abord, puis réponds en français.", "Combien font 2 + 2 ?"),
     ("", "Write a Python program that prints the first 10 primes."),
 ]
 
