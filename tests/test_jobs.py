@@ -48,3 +48,39 @@ def test_sft_devices_are_the_first_of_each_process_and_bad_counts_are_named():
         sft_devices(99)
     with pytest.raises(ValueError, match="devices_per_process"):
         SFTConfig(devices_per_process=0)
+
+
+def test_eval_of_a_mistral3_checkpoint_with_only_a_tekken_tokenizer(tmp_path, capsys):
+    """A checkpoint laid out as Mistral ships Mistral Small 3.1 / Magistral Small 1.2 (a
+    multimodal config.json, prefixed tensors, tekken.json and no tokenizer.json), evaluated
+    through the CLI with the Mistral chat format: weights, tokenizer and prompts all load."""
+    import os
+    import shutil
+
+    import jax
+
+    from magjax.models import decoder, hf
+    from magjax.models.config import ModelConfig
+    from magjax.models.safetensors_file import SafetensorsFile, save_file
+
+    text = ModelConfig(family="mistral", vocab_size=3000, hidden_size=32, num_layers=2, num_heads=4,
+                       num_kv_heads=2, head_dim=8, intermediate_size=64)
+    plain = tmp_path / "plain"
+    hf.save(decoder.Decoder(text, params=decoder.init_params(text, jax.random.key(0))), text, plain)
+    ckpt = tmp_path / "magistral"
+    ckpt.mkdir()
+    src = SafetensorsFile(plain / "model.safetensors")
+    save_file({"language_model." + k: src.get(k) for k in src.keys()}
+              | {"vision_tower.patch_conv.weight": src.get("model.norm.weight")}, ckpt / "model.safetensors")
+    text_config = json.loads((plain / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({"architectures": ["Mistral3ForConditionalGeneration"],
+                                                  "model_type": "mistral3", "text_config": text_config}))
+    shutil.copy(os.path.join(os.path.dirname(__file__), "data", "tekken", "tekken.json"), ckpt)
+
+    run = tmp_path / "eval"
+    assert main(["eval", "--run_dir", str(run), f"--gin.INIT_FROM='{ckpt}'", "--gin.TOKENIZER=%INIT_FROM",
+                 "--gin.ChatFormat.style='mistral'", "--gin.DataConfig.demo_heldout_size=4",
+                 "--gin.EvalConfig.samples=2", "--gin.EvalConfig.max_new_tokens=6"]) == 0, capsys.readouterr().err
+    out = json.loads((run / "eval.json").read_text())
+    assert out["summary"]["all"]["problems"] == len(out["problems"]) > 0
+    assert all(len(p["correct"]) == 2 for p in out["problems"].values())
