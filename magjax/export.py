@@ -2,7 +2,9 @@
 
 The checkpoint's JSON record names the model and optimizer configuration, so the state
 can be rebuilt abstractly and restored; the parameters are then written with ``hf.save``
-(safetensors + config.json), and a Hugging Face tokenizer's files are copied beside them.
+(safetensors + config.json), and the run's tokenizer files are copied beside them
+(``copy_tokenizer``, which the train and SFT jobs' ``final_hf`` use too), so the directory
+loads, evaluates and serves on its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,33 @@ from magjax.models import decoder, hf
 from magjax.models.config import ModelConfig, RopeScaling
 from magjax.rl import optimizer as opt_lib, train_step
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# A tokenizer's files, in either form magjax reads (models/tokenizer.py, models/tekken.py).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tekken.json")
+
+
+def copy_tokenizer(spec: str, out_dir: str) -> list[str]:
+    """Copies the files of tokenizer ``spec`` (what ``load_tokenizer`` takes) into ``out_dir``,
+    under the names ``load_tokenizer`` looks for there; returns those names. The built-in
+    byte tokenizer has no files."""
+    if spec == "byte":
+        return []
+    if os.path.isdir(spec):
+        sources = {name: os.path.join(spec, name) for name in TOKENIZER_FILES}
+    else:  # a file: it becomes tokenizer.json or tekken.json, its HF companions beside it
+        import json
+
+        from magjax.models.tekken import is_tekken
+
+        with open(spec, encoding="utf-8") as f:
+            data = json.load(f)
+        name = "tekken.json" if isinstance(data, dict) and is_tekken(data) else "tokenizer.json"
+        folder = os.path.dirname(spec)
+        sources = {name: spec} | {n: os.path.join(folder, n) for n in ("tokenizer_config.json", "special_tokens_map.json")}
+    copied = [name for name, source in sources.items() if os.path.isfile(source)]
+    os.makedirs(out_dir, exist_ok=True)
+    for name in copied:
+        shutil.copyfile(sources[name], os.path.join(out_dir, name))
+    return copied
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:
@@ -50,10 +78,5 @@ def export(checkpoint_dir: str, out_dir: str, step: int | None = None) -> str:
     finally:
         ckpt.close()
     hf.save(decoder.Decoder(config, params=params), config, out_dir)
-    tokenizer = meta.get("tokenizer", "byte")
-    if tokenizer != "byte":
-        source = tokenizer if os.path.isdir(tokenizer) else os.path.dirname(tokenizer)
-        for name in TOKENIZER_FILES:
-            if os.path.exists(os.path.join(source, name)):
-                shutil.copy(os.path.join(source, name), out_dir)
+    copy_tokenizer(meta.get("tokenizer", "byte"), out_dir)
     return out_dir

@@ -50,10 +50,11 @@ def test_sft_devices_are_the_first_of_each_process_and_bad_counts_are_named():
         SFTConfig(devices_per_process=0)
 
 
-def test_eval_of_a_mistral3_checkpoint_with_only_a_tekken_tokenizer(tmp_path, capsys):
+def test_sft_then_eval_of_a_mistral3_checkpoint_with_only_a_tekken_tokenizer(tmp_path, capsys):
     """A checkpoint laid out as Mistral ships Mistral Small 3.1 / Magistral Small 1.2 (a
-    multimodal config.json, prefixed tensors, tekken.json and no tokenizer.json), evaluated
-    through the CLI with the Mistral chat format: weights, tokenizer and prompts all load."""
+    multimodal config.json, prefixed tensors, tekken.json and no tokenizer.json) through the
+    CLI with the Mistral chat format: SFT from it, then evaluation of the SFT's final_hf,
+    which carries the tokenizer along."""
     import os
     import shutil
 
@@ -76,11 +77,17 @@ def test_eval_of_a_mistral3_checkpoint_with_only_a_tekken_tokenizer(tmp_path, ca
     (ckpt / "config.json").write_text(json.dumps({"architectures": ["Mistral3ForConditionalGeneration"],
                                                   "model_type": "mistral3", "text_config": text_config}))
     shutil.copy(os.path.join(os.path.dirname(__file__), "data", "tekken", "tekken.json"), ckpt)
+    mistral = ["--gin.TOKENIZER=%INIT_FROM", "--gin.ChatFormat.style='mistral'"]
 
+    sft = tmp_path / "sft"
+    assert main(["sft", "--run_dir", str(sft), f"--gin.INIT_FROM='{ckpt}'", *mistral, "--gin.SFTConfig.steps=2",
+                 "--gin.SFTConfig.batch_size=4", "--gin.DataConfig.demo_train_size=16",
+                 "--gin.SFTConfig.devices_per_process=1"]) == 0, capsys.readouterr().err
+    assert sorted(os.listdir(sft / "final_hf")) == ["config.json", "model.safetensors", "tekken.json"]
     run = tmp_path / "eval"
-    assert main(["eval", "--run_dir", str(run), f"--gin.INIT_FROM='{ckpt}'", "--gin.TOKENIZER=%INIT_FROM",
-                 "--gin.ChatFormat.style='mistral'", "--gin.DataConfig.demo_heldout_size=4",
-                 "--gin.EvalConfig.samples=2", "--gin.EvalConfig.max_new_tokens=6"]) == 0, capsys.readouterr().err
+    assert main(["eval", "--run_dir", str(run), f"--gin.INIT_FROM='{sft / 'final_hf'}'", *mistral,
+                 "--gin.DataConfig.demo_heldout_size=4", "--gin.EvalConfig.samples=2",
+                 "--gin.EvalConfig.max_new_tokens=6"]) == 0, capsys.readouterr().err
     out = json.loads((run / "eval.json").read_text())
     assert out["summary"]["all"]["problems"] == len(out["problems"]) > 0
     assert all(len(p["correct"]) == 2 for p in out["problems"].values())

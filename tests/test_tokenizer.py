@@ -157,3 +157,18 @@ def test_a_tokenizer_json_with_thinking_tokens_spells_them_as_tags(hf_tokenizer_
     ids = hf_tok.encode(trace)
     assert ids == [think, *hf_tok.encode("solve for x"), end_think, *hf_tok.encode("the answer is 42")]
     assert hf_tok.decode(ids) == trace and hf_tok.decode([1, *ids, 2]) == trace
+
+
+def test_a_tokenizers_files_travel_with_exported_weights(tmp_path, hf_tokenizer_dir):
+    from magjax.export import copy_tokenizer
+
+    text = "<think>x</think>the answer is 42"
+    assert copy_tokenizer("byte", str(tmp_path / "none")) == []
+    # A directory, a tekken.json by its path, an HF tokenizer.json by its path: each out
+    # directory loads as the same tokenizer.
+    for spec, out, expected in ((TEKKEN, "a", ["tekken.json"]),
+                                (os.path.join(TEKKEN, "tekken.json"), "b", ["tekken.json"]),
+                                (str(hf_tokenizer_dir / "tokenizer.json"), "c", ["tokenizer.json", "tokenizer_config.json"])):
+        assert copy_tokenizer(spec, str(tmp_path / out)) == expected
+        again, original = load_tokenizer(str(tmp_path / out)), load_tokenizer(spec)
+        assert again.encode(text) == original.encode(text) and again.eos_id == original.eos_id

@@ -47,7 +47,7 @@ def sft_job(recipe: Recipe, run_dir: str = "runs/sft", *, traces: str | None = N
         metrics.close()
     results = {"run_dir": run_dir, "examples": len(examples), "loss_first_last": [losses[0], losses[-1]]}
     if primary:
-        save_hf(model_config, params, os.path.join(run_dir, "final_hf"))
+        save_hf(model_config, params, os.path.join(run_dir, "final_hf"), recipe.tokenizer)
         write_json(os.path.join(run_dir, "results.json"), results)
     return results
 

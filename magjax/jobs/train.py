@@ -12,6 +12,7 @@ import jax
 from magjax.checkpoint import find_checkpoints
 from magjax.data.sources import datasets
 from magjax.evaluate import evaluate, format_table
+from magjax.export import copy_tokenizer
 from magjax.jobs.bindings import add_gin_arguments, run_job
 from magjax.jobs.errors import JobError
 from magjax.jobs.records import load_model, report_loads, write_json
@@ -110,7 +111,7 @@ class _HeldOut:
 
 
 def _write_outputs(run_dir: str, model_config: ModelConfig, params: dict, results: dict, recipe: Recipe):
-    save_hf(model_config, params, os.path.join(run_dir, "final_hf"))
+    save_hf(model_config, params, os.path.join(run_dir, "final_hf"), recipe.tokenizer)
     try:
         from magjax.report import write_report
 
@@ -120,8 +121,10 @@ def _write_outputs(run_dir: str, model_config: ModelConfig, params: dict, result
     write_json(os.path.join(run_dir, "results.json"), {k: v for k, v in results.items() if k != "table"})
 
 
-def save_hf(config: ModelConfig, params: dict, out_dir: str):
+def save_hf(config: ModelConfig, params: dict, out_dir: str, tokenizer: str):
+    """The weights as a Hugging Face directory, with the tokenizer's files: it loads on its own."""
     hf.save(decoder.Decoder(config, params=jax.tree.map(jax.numpy.asarray, params)), config, out_dir)
+    copy_tokenizer(tokenizer, out_dir)
 
 
 def add_arguments(p) -> None:
