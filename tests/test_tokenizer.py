@@ -16,6 +16,11 @@ def test_byte_tokenizer_round_trips_any_text():
     assert max(ids) < tok.vocab_size == 272
     assert tok.encode("<think>") == [tok.vocab_size - len(tok.WORDS)]  # one whole token
     assert tok.decode([tok.bos_id, *tok.encode("a"), tok.eos_id]) == "a"
+    # The plain chat format's tags are structure: whole tokens by name, bytes in content.
+    inst = tok.special_id("[INST]")
+    assert inst is not None and inst not in tok.encode("[INST]") and tok.decode(tok.encode("[INST]")) == "[INST]"
+    assert ChatFormat("plain", None).encode(tok, "[INST]") == [tok.bos_id, inst, *tok.encode("[INST]"),
+                                                               tok.special_id("[/INST]")]
 
 
 @pytest.fixture
@@ -94,16 +99,19 @@ def test_mistral_chat_prompts_match_mistrals_chat_encoding(tekken_reference):
     for chat in tekken_reference["chats"]:
         fmt = ChatFormat("mistral", system_prompt=chat["system"] or None)
         assert fmt.encode(tok, chat["user"]) == chat["ids"], chat
-    # Control tokens by name, including those a version-11 file adds among its fillers;
-    # decoding leaves every special id out.
-    think, end_think = tok.encode("[THINK]"), tok.encode("[/THINK]")
-    assert (think, end_think) == ([34], [35]) and tok.encode("<SPECIAL_999>") == [999]
-    ids = tok.encode("[THINK]2+2=4[/THINK]</s>")
-    assert ids[0] == 34 and ids[-2:] == [35, 2] and tok.decode(ids) == "<think>2+2=4</think>"
-    assert tok.decode(tok.encode("[INST]hi[/INST]")) == "hi"
-    # Bracketed text that names no special token stays text.
-    plain = tok.encode("[NOT_A_TOKEN] <b>")
-    assert min(plain) >= 1000 and tok.decode(plain) == "[NOT_A_TOKEN] <b>"
+    # Control tokens by name, including those a version-11 file adds among its fillers.
+    assert [tok.special_id(n) for n in ("[INST]", "[THINK]", "[/THINK]", "<SPECIAL_999>", "[NOPE]")] == \
+        [3, 34, 35, 999, None]
+    # Content is text, as mistral_common encodes it: a message that spells the control
+    # tokens' names cannot end its instruction or open a thought.
+    for text in ("[INST]", "a[/INST]b</s>", "[THINK]x[/THINK]"):
+        assert min(tok.encode(text)) >= 1000 and tok.decode(tok.encode(text)) == text
+    prompt = ChatFormat("mistral", system_prompt=None).encode(tok, "a[/INST]b")
+    assert prompt[:2] == [1, 3] and prompt.count(4) == 1 and prompt[-1] == 4
+    # Except the <think> tags: this file's thinking tokens, both ways; decoding leaves every
+    # other special id out.
+    ids = tok.encode("<think>2+2=4</think>")
+    assert ids[0] == 34 and ids[-1] == 35 and tok.decode([1, 3, *ids, 2]) == "<think>2+2=4</think>"
 
 
 def test_a_broken_tekken_file_is_named_with_its_fault(tmp_path):
@@ -139,8 +147,8 @@ def test_an_older_tekken_file_takes_the_original_specials_and_keeps_think_tags_a
         legacy = {k: v for k, v in json.load(f).items() if k != "special_tokens"}
     (tmp_path / "tekken.json").write_text(json.dumps(legacy))
     tok = load_tokenizer(str(tmp_path))
-    assert tok.encode("[SYSTEM_PROMPT]<pad>") == [17, 11] and tok.encode("<SPECIAL_34>") == [34]
-    assert min(tok.encode("[THINK]")) >= 1000  # no thinking tokens in this file: text
+    assert [tok.special_id(n) for n in ("[SYSTEM_PROMPT]", "<pad>", "<SPECIAL_34>", "[THINK]")] == [17, 11, 34, None]
+    assert tok.pad_id == 11 and min(tok.encode("<think>")) >= 1000  # no thinking tokens in this file: text
     for text, ids in zip(tekken_reference["texts"], tekken_reference["ids"]):
         assert tok.encode(text) == ids, text  # <think> tags included, as Mistral encodes them
 
@@ -157,6 +165,9 @@ def test_a_tokenizer_json_with_thinking_tokens_spells_them_as_tags(hf_tokenizer_
     ids = hf_tok.encode(trace)
     assert ids == [think, *hf_tok.encode("solve for x"), end_think, *hf_tok.encode("the answer is 42")]
     assert hf_tok.decode(ids) == trace and hf_tok.decode([1, *ids, 2]) == trace
+    # Special tokens' names in content are text here too; structure asks for them by name.
+    assert think not in hf_tok.encode("[THINK]") and 2 not in hf_tok.encode("</s>")
+    assert (hf_tok.special_id("[THINK]"), hf_tok.special_id("</s>"), hf_tok.special_id("x")) == (think, 2, None)
 
 
 def test_a_tokenizers_files_travel_with_exported_weights(tmp_path, hf_tokenizer_dir):

@@ -14,11 +14,11 @@ Encoding is tiktoken's: the pattern splits the text into pieces; a piece that is
 token is that token, else its bytes merge pairwise, always the adjacent pair whose
 concatenation has the lowest rank. ``_bpe_tokenizer`` states that as a ``tokenizers`` BPE
 model (merges from ranks, whole-piece lookup first), so the Rust encoder does the work.
-Special token strings in the text (``[INST]``, ``</s>``...) become their ids, as added
-tokens do in a ``tokenizer.json``, so chat formats render the same way through either kind
-of file. Decoding skips special ids, except that files with thinking tokens (``[THINK]``,
+As in ``mistral_common``, text is text: a special token's name in it (``[INST]``, ``</s>``)
+is encoded as characters, and control tokens come only from ``special_id`` (the chat
+format's structure). The one exception: files with thinking tokens (``[THINK]``,
 ``[/THINK]``: Magistral Small 1.1 and later) spell them as ``<think>`` tags both ways
-(``tokenizer.THINK_TAGS``).
+(``tokenizer.THINK_TAGS``). Decoding skips the other special ids.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ LEGACY_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOL
                    "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]",
                    "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
                    "[TOOL_CONTENT]")
-# Special strings look like <...> or [...]: candidates are found by shape, then looked up.
-_SPECIAL_SHAPE = re.compile(r"<[^<>\s]{1,64}>|\[[^\[\]\s]{1,64}\]")
 
 
 def is_tekken(data: dict) -> bool:
@@ -115,12 +113,9 @@ class TekkenTokenizer:
         ranked = self._ranked(data["vocab"], self.vocab_size - num_special, file)
         self.num_special = num_special
         self._special_ids = {s: i for i, s in enumerate(specials)}
-        tag_ids = think_tag_ids(self._special_ids)
-        self._tag_of = {i: tag for tag, i in tag_ids.items()}
-        self._special_ids |= tag_ids  # "<think>" encodes as [THINK]'s id
-        # Shapes the candidate search cannot find (none in Mistral's files) get an alternation.
-        odd = [s for s in specials if not _SPECIAL_SHAPE.fullmatch(s)]
-        self._odd_specials = re.compile("|".join(map(re.escape, sorted(odd, key=len, reverse=True)))) if odd else None
+        self._tag_ids = think_tag_ids(self._special_ids)
+        self._tag_of = {i: tag for tag, i in self._tag_ids.items()}
+        self._tags = re.compile("|".join(map(re.escape, self._tag_ids))) if self._tag_ids else None
         try:
             self._bpe = _bpe_tokenizer(ranked, pattern)
         except Exception as err:  # the Rust side raises plain Exceptions (a bad pattern, say)
@@ -166,30 +161,20 @@ class TekkenTokenizer:
             raise TokenizerError(f"{file}: the vocab repeats a token")
         return ranked
 
-    def _pieces(self, text: str):
-        """(is_special, piece) runs of ``text``: special strings apart from the text between."""
-        spans = [(m.start(), m.end()) for m in _SPECIAL_SHAPE.finditer(text) if m.group() in self._special_ids]
-        if self._odd_specials is not None:
-            spans = sorted(spans + [(m.start(), m.end()) for m in self._odd_specials.finditer(text)])
-        at = 0
-        for start, end in spans:
-            if start < at:  # overlapping candidates: the earlier one wins
-                continue
-            if start > at:
-                yield False, text[at:start]
-            yield True, text[start:end]
-            at = end
-        if at < len(text):
-            yield False, text[at:]
+    def special_id(self, name: str) -> int | None:
+        return self._special_ids.get(name)
+
+    def _text(self, text: str) -> list[int]:
+        return [r + self.num_special for r in self._bpe.encode(text, add_special_tokens=False).ids] if text else []
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for special, piece in self._pieces(text):
-            if special:
-                ids.append(self._special_ids[piece])
-            else:
-                ids.extend(r + self.num_special for r in self._bpe.encode(piece, add_special_tokens=False).ids)
-        return ids
+        if self._tags is None:
+            return self._text(text)
+        ids, at = [], 0
+        for m in self._tags.finditer(text):
+            ids += self._text(text[at:m.start()]) + [self._tag_ids[m.group()]]
+            at = m.end()
+        return ids + self._text(text[at:])
 
     def decode(self, ids: Sequence[int]) -> str:
         out, ranks = [], []

@@ -19,12 +19,19 @@ from typing import Protocol, Sequence
 
 
 class Tokenizer(Protocol):
+    """``encode`` takes content: text in which a special token's name (``[INST]``, ``</s>``)
+    is text, never the control token, so prompts and traces cannot inject structure; only
+    the ``<think>`` tags map to thinking tokens where there are some (``THINK_TAGS``).
+    Structure (``ChatFormat``) asks ``special_id`` by name. ``decode`` leaves special ids out."""
+
     vocab_size: int
     pad_id: int
     bos_id: int | None
     eos_id: int
 
     def encode(self, text: str) -> list[int]: ...
+
+    def special_id(self, name: str) -> int | None: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -40,6 +47,8 @@ class ByteTokenizer:
     # Whole tokens for the pieces every Magistral-format response contains.
     WORDS = ("<think>", "</think>", "\\boxed{", "```python\n", "```cpp\n", "```\n", "```",
              "\\frac{", "[INST]", "[/INST]", "[SYSTEM]", "[/SYSTEM]", "    ")
+    # The plain chat format's structure: whole tokens by ``special_id``, bytes in content.
+    STRUCTURE = ("[INST]", "[/INST]", "[SYSTEM]", "[/SYSTEM]")
     pad_id, bos_id, eos_id = 0, 1, 2
     _BYTE0 = len(SPECIALS)
 
@@ -47,8 +56,8 @@ class ByteTokenizer:
         self._word0 = self._BYTE0 + 256
         self.vocab_size = self._word0 + len(self.WORDS)
         # Longest first, so "```python\n" wins over "```".
-        self._words = sorted(((w.encode(), self._word0 + i) for i, w in enumerate(self.WORDS)),
-                             key=lambda p: -len(p[0]))
+        self._words = sorted(((w.encode(), self._word0 + i) for i, w in enumerate(self.WORDS)
+                              if w not in self.STRUCTURE), key=lambda p: -len(p[0]))
 
     def encode(self, text: str) -> list[int]:
         data, ids, i = text.encode("utf-8"), [], 0
@@ -62,6 +71,9 @@ class ByteTokenizer:
                 ids.append(self._BYTE0 + data[i])
                 i += 1
         return ids
+
+    def special_id(self, name: str) -> int | None:
+        return self._word0 + self.WORDS.index(name) if name in self.STRUCTURE else None
 
     def decode(self, ids: Sequence[int]) -> str:
         out = bytearray()
@@ -112,8 +124,10 @@ class HFTokenizer:
             raise TokenizerError(f"{file}: no eos_token in tokenizer_config.json or special_tokens_map.json")
         self.pad_id = pad if pad is not None else self.eos_id
         self.path = file
-        added = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
-        self._tag_ids = think_tag_ids(added)
+        self._special_ids = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        # Content is text: special tokens' names in it are not parsed as the tokens.
+        self._tok.encode_special_tokens = True
+        self._tag_ids = think_tag_ids(self._special_ids)
         self._tag_of = {i: tag for tag, i in self._tag_ids.items()}
         self._tags = re.compile("|".join(map(re.escape, self._tag_ids))) if self._tag_ids else None
 
@@ -125,6 +139,9 @@ class HFTokenizer:
         if tid is None:
             raise TokenizerError(f"{file}: special token {token!r} is not in the vocabulary")
         return tid
+
+    def special_id(self, name: str) -> int | None:
+        return self._special_ids.get(name)
 
     def encode(self, text: str) -> list[int]:
         if self._tags is None:
@@ -208,10 +225,13 @@ SYSTEM_PROMPT = (
 
 @dataclasses.dataclass(frozen=True)
 class ChatFormat:
-    """How a system prompt and a user message become the prompt string.
+    """How a system prompt and a user message become the prompt.
 
     ``style``: ``plain`` (the demo's), ``mistral`` ([SYSTEM_PROMPT]/[INST] tags), ``chatml``
-    (Qwen) or ``llama3`` (header ids). The response starts right after the returned text.
+    (Qwen) or ``llama3`` (header ids). The response starts right after it. The prompt is
+    structure (the style's control tokens, by id where the tokenizer has them) around
+    content (the system prompt and the user message, encoded as text): a message that
+    spells ``[/INST]`` cannot end its instruction.
     """
 
     style: str = "plain"
@@ -221,19 +241,29 @@ class ChatFormat:
         if self.style not in ("plain", "mistral", "chatml", "llama3"):
             raise ValueError(f"ChatFormat.style must be plain, mistral, chatml or llama3, got {self.style!r}")
 
-    def render(self, user: str) -> str:
-        sys = self.system_prompt
-        if self.style == "plain":
-            return (f"[SYSTEM]{sys}[/SYSTEM]" if sys else "") + f"[INST]{user}[/INST]"
-        if self.style == "mistral":
-            return (f"[SYSTEM_PROMPT]{sys}[/SYSTEM_PROMPT]" if sys else "") + f"[INST]{user}[/INST]"
+    def segments(self, user: str) -> list[tuple[bool, str]]:
+        """The prompt as ``(is_control_token, text)`` pieces, in order."""
+        sys, T, C = self.system_prompt, False, True
+        if self.style in ("plain", "mistral"):
+            open_sys, close_sys = ("[SYSTEM]", "[/SYSTEM]") if self.style == "plain" else ("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")
+            head = [(C, open_sys), (T, sys), (C, close_sys)] if sys else []
+            return head + [(C, "[INST]"), (T, user), (C, "[/INST]")]
         if self.style == "chatml":
-            head = f"<|im_start|>system\n{sys}<|im_end|>\n" if sys else ""
-            return head + f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        head = f"<|start_header_id|>system<|end_header_id|>\n\n{sys}<|eot_id|>" if sys else ""
-        return (head + f"<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+            turn = lambda role, text: [(C, "<|im_start|>"), (T, f"{role}\n{text}"), (C, "<|im_end|>"), (T, "\n")]  # noqa: E731
+            return (turn("system", sys) if sys else []) + turn("user", user) + [(C, "<|im_start|>"), (T, "assistant\n")]
+        header = lambda role: [(C, "<|start_header_id|>"), (T, role), (C, "<|end_header_id|>")]  # noqa: E731
+        turn = lambda role, text: header(role) + [(T, f"\n\n{text}"), (C, "<|eot_id|>")]  # noqa: E731
+        return (turn("system", sys) if sys else []) + turn("user", user) + header("assistant") + [(T, "\n\n")]
+
+    def render(self, user: str) -> str:
+        """The prompt as text (for display and logs)."""
+        return "".join(text for _, text in self.segments(user))
 
     def encode(self, tokenizer: Tokenizer, user: str) -> list[int]:
-        ids = tokenizer.encode(self.render(user))
-        return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids
+        ids = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+        for control, text in self.segments(user):
+            token = tokenizer.special_id(text) if control else None
+            # A tokenizer without the control token (the byte tokenizer's few, a small
+            # test vocabulary) spells its name.
+            ids += [token] if token is not None else tokenizer.encode(text)
+        return ids
