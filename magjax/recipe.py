@@ -32,7 +32,7 @@ class Recipe:
     ``MODEL``, ``TOKENIZER`` and ``INIT_FROM`` macros set."""
 
     model: str | ModelConfig = "demo"  # a preset name or a ModelConfig
-    tokenizer: str = "byte"  # "byte" or a tokenizer.json (or its folder)
+    tokenizer: str = "byte"  # "byte", or a tokenizer.json or tekken.json (or its folder)
     init_from: str | None = None  # a Hugging Face directory or a magjax run/checkpoint directory
     # The trainer's rematerialisation (ModelConfig.remat: "none", "layer", "save_matmuls",
     # "offload"), set by a recipe for its row length and slice; None keeps the model's own

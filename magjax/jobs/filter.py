@@ -54,7 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--init_from", help="a Hugging Face model directory (or a magjax run) to sample from")
     p.add_argument("--model", default="demo", help="a preset, when --init_from is not given")
-    p.add_argument("--tokenizer", default="byte", help='"byte" or a tokenizer.json (or its folder)')
+    p.add_argument("--tokenizer", default="byte", help='"byte", or a tokenizer.json or tekken.json (or its folder)')
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--min_pass_rate", type=float, default=1 / 16)
     p.add_argument("--max_pass_rate", type=float, default=0.875)
