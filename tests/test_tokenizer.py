@@ -130,6 +130,11 @@ def test_a_broken_tekken_file_is_named_with_its_fault(tmp_path):
     bad_rank["vocab"][7]["rank"] = 8
     with pytest.raises(TokenizerError, match="vocab entry 7 is malformed"):
         load_tokenizer(write(bad_rank))
+    swapped = dict(good, vocab=[dict(v) for v in good["vocab"]])
+    swapped["vocab"][65]["token_bytes"] = swapped["vocab"][300]["token_bytes"]
+    swapped["vocab"][300]["token_bytes"] = "QQ=="  # "A" (byte 65) moved out of the byte ranks
+    with pytest.raises(TokenizerError, match="first 256 tokens are not the 256 single bytes"):
+        load_tokenizer(write(swapped))
     short = dict(good, config=dict(good["config"], default_vocab_size=10_000))
     with pytest.raises(TokenizerError, match="9000 ordinary tokens, but the vocab lists 2000"):
         load_tokenizer(write(short))

@@ -159,6 +159,8 @@ class TekkenTokenizer:
                 raise TokenizerError(f"{file}: vocab entry {rank} is malformed ({err})") from None
         if len(set(ranked)) != len(ranked):
             raise TokenizerError(f"{file}: the vocab repeats a token")
+        if set(ranked[:256]) != {bytes([b]) for b in range(256)}:  # every text must encode
+            raise TokenizerError(f"{file}: the vocab's first 256 tokens are not the 256 single bytes")
         return ranked
 
     def special_id(self, name: str) -> int | None:
