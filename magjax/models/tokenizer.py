@@ -187,8 +187,7 @@ def check_vocab(tokenizer: Tokenizer, vocab_size: int):
 
 def load_tokenizer(spec: str) -> Tokenizer:
     """``"byte"`` for the built-in tokenizer; else a ``tokenizer.json`` or ``tekken.json`` file,
-    or a directory holding one (``tokenizer.json`` first: Mistral's repositories that ship
-    both convert the one from the other)."""
+    or a directory holding one (``tokenizer.json`` first, as transformers would read it)."""
     if spec == "byte":
         return ByteTokenizer()
     from magjax.models import tekken
