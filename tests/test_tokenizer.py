@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 
@@ -188,3 +189,21 @@ def test_a_tokenizers_files_travel_with_exported_weights(tmp_path, hf_tokenizer_
         assert copy_tokenizer(spec, str(tmp_path / out)) == expected
         again, original = load_tokenizer(str(tmp_path / out)), load_tokenizer(spec)
         assert again.encode(text) == original.encode(text) and again.eos_id == original.eos_id
+
+
+def test_mistral_commons_own_full_tekken_files_encode_alike(tekken_reference):
+    """Where mistral_common is installed (CI does not install it): its shipped 131k-token
+    files, on the fixture's texts and this repository's sources, id for id."""
+    mistral_common = pytest.importorskip("mistral_common")
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    texts = tekken_reference["texts"] + [open(os.path.join(root, f), encoding="utf-8").read()
+                                         for f in ("README.md", "magjax/rewards/math.py", "docs/architecture.md")]
+    files = sorted(glob.glob(os.path.join(os.path.dirname(mistral_common.__file__), "data", "tekken_*.json")))
+    assert files
+    for file in files:
+        ours, theirs = TekkenTokenizer(file), Tekkenizer.from_file(file)
+        for text in texts:
+            ids = theirs.encode(text, bos=False, eos=False)
+            assert ours.encode(text) == ids and ours.decode(ids) == theirs.decode(ids), (file, text[:80])
