@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import jax
 
@@ -32,13 +33,10 @@ def copy_tokenizer(spec: str, out_dir: str) -> list[str]:
     if os.path.isdir(spec):
         sources = {name: os.path.join(spec, name) for name in TOKENIZER_FILES}
     else:  # a file: it becomes tokenizer.json or tekken.json, its HF companions beside it
-        import json
+        from magjax.models import tekken
 
-        from magjax.models.tekken import is_tekken
-
-        with open(spec, encoding="utf-8") as f:
-            data = json.load(f)
-        name = "tekken.json" if isinstance(data, dict) and is_tekken(data) else "tokenizer.json"
+        data = tekken.read_json(Path(spec))
+        name = "tekken.json" if isinstance(data, dict) and tekken.is_tekken(data) else "tokenizer.json"
         folder = os.path.dirname(spec)
         sources = {name: spec} | {n: os.path.join(folder, n) for n in ("tokenizer_config.json", "special_tokens_map.json")}
     copied = [name for name, source in sources.items() if os.path.isfile(source)]

@@ -26,11 +26,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
-from magjax.models.tokenizer import TokenizerError, think_tag_ids
+from magjax.models.tokenizer import ThinkTags, TokenizerError, tokenizer_file
 
 # Ids 0..19 of a tekken file that names no special tokens (versions up to 7).
 LEGACY_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
@@ -42,6 +41,13 @@ LEGACY_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOL
 def is_tekken(data: dict) -> bool:
     """Whether a parsed JSON file is a tekken tokenizer (rather than a ``tokenizer.json``)."""
     return isinstance(data.get("vocab"), list) and isinstance(data.get("config"), dict) and "pattern" in data["config"]
+
+
+def read_json(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TokenizerError(f"{file}: not valid JSON ({err})") from None
 
 
 def _byte_chars() -> list[str]:
@@ -90,15 +96,10 @@ def _bpe_tokenizer(ranked: list[bytes], pattern: str):
 class TekkenTokenizer:
     """A ``tekken.json`` as a magjax tokenizer (local file only; nothing is downloaded)."""
 
-    def __init__(self, path: str | os.PathLike):
-        path = Path(path)
-        file = path / "tekken.json" if path.is_dir() else path
-        if not file.exists():
-            raise TokenizerError(f"{file}: tokenizer file not found")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise TokenizerError(f"{file}: not valid JSON ({err})") from None
+    def __init__(self, path: str | os.PathLike, *, data: dict | None = None):
+        """``data``: the file's parsed JSON, where the caller has read it already."""
+        file = tokenizer_file(path, "tekken.json")
+        data = read_json(file) if data is None else data
         if not isinstance(data, dict) or not is_tekken(data):
             raise TokenizerError(f"{file}: not a tekken tokenizer (no 'vocab' list and 'config.pattern')")
         self.path = file
@@ -113,9 +114,7 @@ class TekkenTokenizer:
         ranked = self._ranked(data["vocab"], self.vocab_size - num_special, file)
         self.num_special = num_special
         self._special_ids = {s: i for i, s in enumerate(specials)}
-        self._tag_ids = think_tag_ids(self._special_ids)
-        self._tag_of = {i: tag for tag, i in self._tag_ids.items()}
-        self._tags = re.compile("|".join(map(re.escape, self._tag_ids))) if self._tag_ids else None
+        self._think = ThinkTags(self._special_ids)
         try:
             self._bpe = _bpe_tokenizer(ranked, pattern)
         except Exception as err:  # the Rust side raises plain Exceptions (a bad pattern, say)
@@ -169,21 +168,13 @@ class TekkenTokenizer:
     def _text(self, text: str) -> list[int]:
         return [r + self.num_special for r in self._bpe.encode(text, add_special_tokens=False).ids] if text else []
 
+    def _run(self, ids: list[int]) -> str:
+        """Ordinary ids as text; special ids left out."""
+        return self._bpe.decode([i - self.num_special for i in ids if self.num_special <= i < self.vocab_size],
+                                skip_special_tokens=False)
+
     def encode(self, text: str) -> list[int]:
-        if self._tags is None:
-            return self._text(text)
-        ids, at = [], 0
-        for m in self._tags.finditer(text):
-            ids += self._text(text[at:m.start()]) + [self._tag_ids[m.group()]]
-            at = m.end()
-        return ids + self._text(text[at:])
+        return self._think.encode(text, self._text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        out, ranks = [], []
-        for i in map(int, ids):
-            if self.num_special <= i < self.vocab_size:
-                ranks.append(i - self.num_special)
-            elif i in self._tag_of:
-                out += [self._bpe.decode(ranks, skip_special_tokens=False), self._tag_of[i]]
-                ranks = []
-        return "".join(out) + self._bpe.decode(ranks, skip_special_tokens=False)
+        return self._think.decode([int(i) for i in ids], self._run)

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 
 class Tokenizer(Protocol):
@@ -95,10 +95,47 @@ class ByteTokenizer:
 THINK_TAGS = (("<think>", "[THINK]"), ("</think>", "[/THINK]"))
 
 
-def think_tag_ids(special_ids: dict[str, int]) -> dict[str, int]:
-    """``{"<think>": id, "</think>": id}`` where both thinking tokens are special tokens, else ``{}``."""
-    ids = {tag: special_ids[name] for tag, name in THINK_TAGS if name in special_ids}
-    return ids if len(ids) == len(THINK_TAGS) else {}
+class ThinkTags:
+    """A tokenizer's thinking tokens as the ``<think>`` tags, both ways; where it lacks either
+    token, nothing (the tags stay text). One implementation for every tokenizer kind."""
+
+    def __init__(self, special_ids: dict[str, int]):
+        ids = {tag: special_ids[name] for tag, name in THINK_TAGS if name in special_ids}
+        self.ids = ids if len(ids) == len(THINK_TAGS) else {}
+        self._tag_of = {i: tag for tag, i in self.ids.items()}
+        self._pattern = re.compile("|".join(map(re.escape, self.ids))) if self.ids else None
+
+    def encode(self, text: str, encode_text: Callable[[str], list[int]]) -> list[int]:
+        """``encode_text`` on the text between tags, each tag as its token."""
+        if self._pattern is None:
+            return encode_text(text)
+        ids, at = [], 0
+        for m in self._pattern.finditer(text):
+            ids += encode_text(text[at:m.start()]) + [self.ids[m.group()]]
+            at = m.end()
+        return ids + encode_text(text[at:])
+
+    def decode(self, ids: list[int], decode_run: Callable[[list[int]], str]) -> str:
+        """``decode_run`` on the ids between thinking tokens, each of those as its tag."""
+        if not self._tag_of:
+            return decode_run(ids)
+        out, run = [], []
+        for i in ids:
+            if i in self._tag_of:
+                out += [decode_run(run), self._tag_of[i]]
+                run = []
+            else:
+                run.append(i)
+        return "".join(out) + decode_run(run)
+
+
+def tokenizer_file(path: str | os.PathLike, name: str) -> Path:
+    """``path`` itself, or the file ``name`` in the directory ``path``; it must exist."""
+    path = Path(path)
+    file = path / name if path.is_dir() else path
+    if not file.exists():
+        raise TokenizerError(f"{file}: tokenizer file not found")
+    return file
 
 
 class HFTokenizer:
@@ -107,10 +144,7 @@ class HFTokenizer:
     def __init__(self, path: str | os.PathLike):
         import tokenizers  # imported here so the demo path does not need it
 
-        path = Path(path)
-        file = path / "tokenizer.json" if path.is_dir() else path
-        if not file.exists():
-            raise TokenizerError(f"{file}: tokenizer file not found")
+        file = tokenizer_file(path, "tokenizer.json")
         try:
             self._tok = tokenizers.Tokenizer.from_file(str(file))
         except Exception as err:  # the Rust side raises plain Exceptions
@@ -127,9 +161,7 @@ class HFTokenizer:
         self._special_ids = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
         # Content is text: special tokens' names in it are not parsed as the tokens.
         self._tok.encode_special_tokens = True
-        self._tag_ids = think_tag_ids(self._special_ids)
-        self._tag_of = {i: tag for tag, i in self._tag_ids.items()}
-        self._tags = re.compile("|".join(map(re.escape, self._tag_ids))) if self._tag_ids else None
+        self._think = ThinkTags(self._special_ids)
 
     def _id(self, token, file) -> int | None:
         if token is None:
@@ -144,26 +176,10 @@ class HFTokenizer:
         return self._special_ids.get(name)
 
     def encode(self, text: str) -> list[int]:
-        if self._tags is None:
-            return self._tok.encode(text, add_special_tokens=False).ids
-        ids, at = [], 0
-        for m in self._tags.finditer(text):
-            ids += self._tok.encode(text[at:m.start()], add_special_tokens=False).ids + [self._tag_ids[m.group()]]
-            at = m.end()
-        return ids + self._tok.encode(text[at:], add_special_tokens=False).ids
+        return self._think.encode(text, lambda piece: self._tok.encode(piece, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
-        ids = [int(i) for i in ids]
-        if not self._tag_of:
-            return self._tok.decode(ids, skip_special_tokens=True)
-        out, run = [], []
-        for i in ids:
-            if i in self._tag_of:
-                out += [self._tok.decode(run, skip_special_tokens=True), self._tag_of[i]]
-                run = []
-            else:
-                run.append(i)
-        return "".join(out) + self._tok.decode(run, skip_special_tokens=True)
+        return self._think.decode([int(i) for i in ids], lambda run: self._tok.decode(run, skip_special_tokens=True))
 
 
 def _special_tokens(directory: Path) -> dict:
@@ -200,12 +216,9 @@ def load_tokenizer(spec: str) -> Tokenizer:
             return tekken.TekkenTokenizer(path)
         raise TokenizerError(f"{path}: no tokenizer.json or tekken.json in this directory")
     if path.suffix == ".json" and path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise TokenizerError(f"{path}: not valid JSON ({err})") from None
+        data = tekken.read_json(path)  # parsed once: a tekken file is handed over as read
         if isinstance(data, dict) and tekken.is_tekken(data):
-            return tekken.TekkenTokenizer(path)
+            return tekken.TekkenTokenizer(path, data=data)
     return HFTokenizer(path)
 
 
