@@ -2,7 +2,8 @@
 
 ``metrics.jsonl`` always gets one JSON object per step, with its ``step``. TensorBoard
 event files are written through tensorboardX when it is installed. The console shows a
-progress line per step (step, reward, accuracy, tokens/s, lag, ETA); on a terminal it
+progress line per step (RL: step, reward, accuracy, length, tokens/s, lag, ETA; supervised
+steps: loss, gradient norm, learning rate, ETA); on a terminal it
 rewrites one line, elsewhere it prints plain lines. Names are grouped: ``reward/…``,
 ``train/…``, ``rollout/…``, ``pipeline/…``, ``verifier/…``.
 """
@@ -65,10 +66,15 @@ class MetricsWriter:
         eta = ""
         if self.total_steps:
             eta = f" eta {max(self.total_steps - step, 0) * elapsed / max(step, 1):.0f}s"
-        line = (f"step {step}{'/' + str(self.total_steps) if self.total_steps else ''}"
-                f"  reward {r.get('reward/mean', float('nan')):.3f}  acc {r.get('reward/accuracy', float('nan')):.3f}"
-                f"  len {r.get('rollout/length_mean', float('nan')):.0f}  tok/s {r.get('rollout/tokens_per_s', 0):.0f}"
-                f"  lag {r.get('pipeline/lag_tokens_mean', 0):.2f}{eta}")
+        line = f"step {step}{'/' + str(self.total_steps) if self.total_steps else ''}"
+        if "reward/mean" in r:  # an RL step: what its rollouts earned
+            line += (f"  reward {r['reward/mean']:.3f}  acc {r.get('reward/accuracy', float('nan')):.3f}"
+                     f"  len {r.get('rollout/length_mean', float('nan')):.0f}"
+                     f"  tok/s {r.get('rollout/tokens_per_s', 0):.0f}  lag {r.get('pipeline/lag_tokens_mean', 0):.2f}")
+        else:  # a supervised step (the SFT cold start): no rollouts, its loss
+            line += (f"  loss {r.get('train/loss', float('nan')):.4f}  grad norm {r.get('train/grad_norm', float('nan')):.3f}"
+                     f"  lr {r.get('train/learning_rate', float('nan')):.2e}")
+        line += eta
         if self.stream.isatty():
             self.stream.write("\r" + line.ljust(100))
         else:

@@ -86,6 +86,7 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     # The suite's compile flags, which local.sh keeps, not its device count: local.sh sets each process's.
     env = os.environ | {"XLA_FLAGS": TEST_XLA_FLAGS, "MAGJAX": f"{sys.executable} -m magjax.cli"}
+    env.pop("JAX_COMPILATION_CACHE_DIR")  # the job's own default: for several processes, in the run directory
     result = subprocess.run(["bash", os.path.join(LAUNCH, "local.sh"), "--processes", "2", "--log_dir", str(logs),
                              # No cold start: what the launcher is checked on is RL and evaluation across processes.
                              "--", "train", "--gin.train.smoke=True", "--gin.train.sft_steps=0",
@@ -112,3 +113,6 @@ def test_local_launcher_runs_the_demo_smoke_with_two_processes(tmp_path):
     log = (logs / "process_0.log").read_text()
     assert "held-out problems after RL" not in log  # no second evaluation
     assert "Held-out accuracy before and after RL" in log  # but the table, from the reused one
+    # Compiled programs went where every host of a pod would find them (process 0 writes).
+    (cache,) = (run_dir / "xla_cache").iterdir()
+    assert any(cache.iterdir()) and f"XLA compilation cache {cache}:" in log

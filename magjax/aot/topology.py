@@ -141,8 +141,9 @@ def host_may_have_tpus(pci_devices: str = "/sys/bus/pci/devices") -> bool:
     the virtual network card, which cannot be told apart without libtpu's device table."""
     for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
         try:
-            if open(vendor).read().strip() == GOOGLE_PCI_VENDOR:
-                return True
+            with open(vendor) as f:
+                if f.read().strip() == GOOGLE_PCI_VENDOR:
+                    return True
         except OSError:
             continue
     return False

@@ -69,21 +69,25 @@ def simulated_cpu_devices(count: int = 8) -> None:
 def run_job(command: str, job, args, bindings: list[str], *, reads: set[str] | None,
             refused: dict[str, str] | None = None, default_dir: str) -> dict | None:
     """What every training or evaluation job does around its work: 8 simulated CPU devices,
-    the cluster (a no-op unless launch/ or the environment describes one), the recipe from
-    gin, then ``job(recipe, run_dir, strict=...)``. On process 0, which speaks for a
-    multi-process job, saves the operative configuration in the run directory, says it is
-    done and returns the job's results; elsewhere returns None."""
+    JAX's persistent compilation cache (``xla_cache.py``), the cluster (a no-op unless
+    launch/ or the environment describes one), the recipe from gin, then ``job(recipe,
+    run_dir, strict=...)``. On process 0, which speaks for a multi-process job, saves the
+    operative configuration in the run directory, says it is done and returns the job's
+    results; elsewhere returns None."""
     import jax
 
-    from magjax import config
+    from magjax import config, xla_cache
     from magjax.mesh import initialize_distributed
 
     simulated_cpu_devices()
     initialize_distributed()
+    run_dir = args.run_dir or default_dir
+    xla_cache.enable(run_dir)
     recipe = gin_recipe(command, args.gin_file, bindings, reads, refused)
-    results = job(recipe, args.run_dir or default_dir, strict=args.strict)
+    results = job(recipe, run_dir, strict=args.strict)
     if jax.process_index() != 0:
         return None
     config.save_operative(results["run_dir"])
-    print(f"\n[magjax] done. Run directory: {results['run_dir']}")
+    cache = xla_cache.summary()
+    print((f"[magjax] {cache}\n" if cache else "") + f"\n[magjax] done. Run directory: {results['run_dir']}")
     return results
