@@ -21,8 +21,10 @@ The cache is not bounded (JAX's default); deleting the directory at any time is 
 JAX's own settings win: ``JAX_COMPILATION_CACHE_DIR`` (a path or ``gs://bucket/xla``),
 ``JAX_ENABLE_COMPILATION_CACHE=false`` to turn it off, and
 ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` (programs that compile faster than this,
-1 s by default, are not written). An unreadable or corrupt entry is JAX's warning and a
-recompile, never a failed run.
+1 s by default, are not written). An unreadable or corrupt entry is JAX's warning ("Error
+reading persistent compilation cache entry for 'jit_step'") and a recompile, never a
+failed run; JAX does not replace the entry, so the warning recurs until the directory is
+deleted.
 
 Not for ``magjax plan``: programs compiled ahead of time for a TPU topology can be written
 but not read back without a TPU, and its compile times are part of its report.
