@@ -49,7 +49,9 @@ def place(run, slice_: Slice, devices: tuple) -> Placement:
         per_process = run.generator_devices // hosts
         if not 0 < per_process < per_host:
             raise ValueError(f"disaggregated placement needs chips for both roles on each host of {slice_.name}: "
-                             f"{per_host} per host, generator_devices={run.generator_devices}")
+                             f"{per_host} per host, generator_devices={run.generator_devices}; set "
+                             f"--gin.RunConfig.generator_devices to a multiple of {hosts} from {hosts} to "
+                             f"{(per_host - 1) * hosts}, or --gin.RunConfig.placement=\"'colocated'\"")
         generating = [d for host in host_devices for d in host[:per_process]]
         training = [d for d in devices if d not in generating]
         return Placement(make_mesh(run.trainer_mesh, training),
