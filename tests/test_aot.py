@@ -237,6 +237,19 @@ def test_the_demo_recipe_compiles_disaggregated_on_two_hosts():
 
 
 @needs_libtpu
+def test_the_plan_command_keeps_nothing_in_a_configured_compilation_cache(tmp_path):
+    """A TPU program compiled without a TPU cannot be read back from JAX's persistent cache:
+    ``magjax plan`` never writes one there, whatever the environment configures."""
+    env = os.environ | {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla"),
+                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    result = subprocess.run([sys.executable, "-m", "magjax.cli", "plan", "--topology", "v5p-8", *TINY],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "train_step" in result.stdout and "compile time" in result.stdout
+    assert not (tmp_path / "xla").exists() or not any((tmp_path / "xla").iterdir())
+
+
+@needs_libtpu
 @pytest.mark.parametrize("placement, per_host", [("colocated", 4), ("disaggregated", 2)])
 def test_a_hosts_sampler_compiles_for_chips_numbered_from_zero(placement, per_host):
     """v5e-16's first host drives chips 0, 1, 4 and 5, and libtpu compiles an n-chip program

@@ -37,4 +37,14 @@ def main(args, bindings: list[str]) -> int:
     except config.ConfigError as err:
         raise JobError(f"configuration error: {err}") from None
     refuse_unread("plan", [b for b in bindings if b.split("=", 1)[0].strip() not in required], READS)
-    return command.run(args, bindings)
+    import jax
+
+    # Never JAX's persistent cache, even where the environment configures one: programs
+    # compiled for a TPU topology without a TPU are written but cannot be read back (each
+    # later plan would warn and compile again), and compile time is part of the report.
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        return command.run(args, bindings)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", enabled)
