@@ -35,9 +35,9 @@ def load_model(model, init_from: str | None, seed: int):
             finally:
                 ckpt.close()
             return config, jax.device_get(params)
-        if not os.path.exists(os.path.join(init_from, "config.json")):
+        if not any(os.path.exists(os.path.join(init_from, f)) for f in ("config.json", "params.json")):
             raise JobError(f"init_from {init_from}: neither a magjax run (no checkpoints) nor a Hugging Face "
-                           f"model (no config.json)")
+                           f"model (no config.json) nor one in Mistral's layout (no params.json)")
         config, m = hf.load(init_from)
         return config, m.params()
     config = preset(model) if isinstance(model, str) else model

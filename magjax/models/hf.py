@@ -8,8 +8,9 @@ saves them, ``model.language_model.``), the vision encoder and projector left un
 
 Names and layouts map one to one onto magjax's params (``q_proj.weight [h*e, d]`` becomes
 ``wq [d, h, e]`` and so on); magjax uses Hugging Face's
-rotate-half rotary convention, so no q/k permutation is needed (only Meta's original
-``consolidated.pth`` checkpoints would need one, and they are not read here).
+rotate-half rotary convention, so no q/k permutation is needed. Mistral's own layout
+(``params.json`` + ``consolidated.safetensors``) is read too, in these terms, by
+``mistral_native.py``, which permutes q/k; Meta's original ``consolidated.pth`` is not.
 
 Loading never builds a full host copy per device: each device's shard is sliced straight
 out of the memory-mapped file by ``jax.make_array_from_callback``.
@@ -232,23 +233,30 @@ class _Tensors:
 
 
 def load(path: str | os.PathLike, *, dtype: str = "float32", mesh=None):
-    """Reads a Hugging Face directory into ``(config, Decoder)``.
+    """Reads a Hugging Face directory (or Mistral's own layout, ``mistral_native.py``) into
+    ``(config, Decoder)``.
 
     With a mesh, every parameter is created directly in its sharded layout (see
     magjax.sharding); without one, on the default device. Parameters are cast to ``dtype``.
     """
+    from magjax.models import mistral_native
+
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise CheckpointError(f"{config_file}: not found (is {path} a Hugging Face model directory?)")
-    try:
-        hf_config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_file}: not valid JSON ({err})") from None
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    config = config_from_hf(hf_config, dtype=dtype, where=str(config_file))
-    tensors = _Tensors(path)
+    config_file = path / "config.json"
+    if mistral_native.is_native(path):  # params.json + consolidated.safetensors, read in Hugging Face's terms
+        hf_config, tensors, where = mistral_native.open_checkpoint(path)
+    elif not config_file.exists():
+        raise CheckpointError(f"{config_file}: not found (is {path} a Hugging Face model directory, or Mistral's "
+                              f"with params.json?)")
+    else:
+        try:
+            hf_config = json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{config_file}: not valid JSON ({err})") from None
+        tensors, where = _Tensors(path), str(config_file)
+    config = config_from_hf(hf_config, dtype=dtype, where=where)
     name_in_file, skipped = _text_decoder_names(hf_config, tensors.where)
     shapes = decoder.param_shapes(config)
     shardings = decoder.param_shardings(config, mesh) if mesh is not None else None
@@ -267,7 +275,7 @@ def load(path: str | os.PathLike, *, dtype: str = "float32", mesh=None):
             raw = tensors.get(name)
             if raw.shape != hf_shape:
                 raise CheckpointError(
-                    f"{path}: tensor {name!r} has shape {raw.shape}, but config.json implies {hf_shape}")
+                    f"{path}: tensor {name!r} has shape {raw.shape}, but {Path(where).name} implies {hf_shape}")
             views.append(to_ours(raw))
 
         def read(index, views=views, stacked=stacked):
