@@ -130,7 +130,7 @@ def test_missing_or_misshapen_weights_are_named(tmp_path):
     with pytest.raises(hf.CheckpointError, match="consolidated.safetensors: not found"):
         hf.load(path)
     del tensors["layers.1.feed_forward.w3.weight"]
-    with pytest.raises(hf.CheckpointError, match="up_proj"):
+    with pytest.raises(hf.CheckpointError, match="missing tensor 'layers.1.feed_forward.w3.weight'"):
         hf.load(_write(tmp_path / "missing", PARAMS, tensors))
     tensors["layers.1.feed_forward.w3.weight"] = np.zeros((95, 64), np.float32)
     with pytest.raises(hf.CheckpointError, match=r"shape \(95, 64\).*params.json implies \(96, 64\)"):
@@ -139,6 +139,22 @@ def test_missing_or_misshapen_weights_are_named(tmp_path):
     tensors["layers.0.attention.bias_q"] = np.zeros(64, np.float32)
     with pytest.raises(hf.CheckpointError, match="unexpected tensor 'layers.0.attention.bias_q'"):
         hf.load(_write(tmp_path / "extra", PARAMS, tensors))
+
+
+def test_weights_split_over_several_consolidated_files_load_alike(tmp_path):
+    tensors = _native_weights(np.random.default_rng(6), PARAMS)
+    whole = _write(tmp_path / "whole", PARAMS, tensors)
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "params.json").write_text(json.dumps(PARAMS))
+    names = sorted(tensors)
+    save_file({n: tensors[n] for n in names[::2]}, split / "consolidated-00001-of-00002.safetensors")
+    save_file({n: tensors[n] for n in names[1::2]}, split / "consolidated-00002-of-00002.safetensors")
+    tokens = np.arange(9)[None]
+    np.testing.assert_array_equal(np.asarray(hf.load(whole)[1](tokens)), np.asarray(hf.load(split)[1](tokens)))
+    save_file({names[0]: tensors[names[0]]}, split / "consolidated-extra.safetensors")
+    with pytest.raises(hf.CheckpointError, match=f"tensor '{names[0]}' is in both"):
+        hf.load(split)
 
 
 def test_the_rotary_permutation_moves_pairs_to_halves():

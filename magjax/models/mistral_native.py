@@ -1,5 +1,6 @@
-"""Mistral's own checkpoint layout: ``params.json`` + ``consolidated.safetensors``, as
-Mistral publishes its models beside (and sometimes instead of) the Hugging Face files.
+"""Mistral's own checkpoint layout: ``params.json`` + ``consolidated.safetensors`` (or
+several ``consolidated*.safetensors``), as Mistral publishes its models beside (and
+sometimes instead of) the Hugging Face files.
 
 ``hf.load`` reads such a directory through this module, which presents it in Hugging
 Face's terms: ``params.json`` as a ``config.json`` dict (model_type ``mistral``), and the
@@ -26,7 +27,7 @@ from magjax.models.hf import CheckpointError
 from magjax.models.safetensors_file import SafetensorsError, SafetensorsFile
 
 PARAMS = "params.json"
-WEIGHTS = "consolidated.safetensors"
+WEIGHTS = "consolidated.safetensors"  # the usual single file
 VISION_PREFIXES = ("vision_encoder.", "vision_language_adapter.", "patch_merger.", "pre_mm_projector_norm.")
 # rope_theta is required: Mistral's reference code has defaulted it differently over time
 # (10,000, then 1,000,000), so an absent value cannot be read one way safely.
@@ -90,6 +91,18 @@ def hf_name(name: str) -> str | None:
     return None
 
 
+def native_name(name: str) -> str:
+    """Mistral's name of a Hugging Face tensor name (``hf_name``'s inverse)."""
+    top = {hf: ours for ours, hf in _TOP_NAMES.items()}
+    if name in top:
+        return top[name]
+    layer = {hf: ours for ours, hf in _LAYER_NAMES.items()}
+    parts = name.split(".", 3)
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in layer:
+        return f"layers.{parts[2]}.{layer[parts[3]]}"
+    return name
+
+
 def rotate_half_order(w: np.ndarray, heads: int) -> np.ndarray:
     """``[heads * e, d]`` query or key rows from Mistral's interleaved rotary order (pairs
     ``2i, 2i + 1``) to Hugging Face's rotate-half order (dims ``i, i + e/2``)."""
@@ -100,34 +113,37 @@ def rotate_half_order(w: np.ndarray, heads: int) -> np.ndarray:
 
 class NativeTensors:
     """The tensors of a Mistral-layout directory, by their Hugging Face names (``where``,
-    ``get``: the interface of hf.py's shard reader)."""
+    ``get``: the interface of hf.py's shard reader). The weights are one
+    ``consolidated.safetensors`` or, for larger models, several ``consolidated*.safetensors``."""
 
     def __init__(self, path: Path, config: dict):
-        file = path / WEIGHTS
-        if not file.exists():
-            raise CheckpointError(f"{file}: not found ({PARAMS} is there; Mistral's layout keeps the weights in it)")
-        try:
-            self._file = SafetensorsFile(file)
-        except SafetensorsError as err:
-            raise CheckpointError(str(err)) from None
+        files = sorted(path.glob("consolidated*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{path / WEIGHTS}: not found ({PARAMS} is there; Mistral's layout keeps the "
+                                  f"weights in consolidated*.safetensors)")
         self.path = path
         self._heads = {"self_attn.q_proj.weight": config["num_attention_heads"],
                        "self_attn.k_proj.weight": config["num_key_value_heads"]}
-        self._native: dict[str, str] = {}
-        self.where: dict[str, str] = {}  # name -> file, as for a sharded Hugging Face checkpoint
-        for name in self._file.keys():
-            if name.startswith(VISION_PREFIXES):
-                continue
-            ours = hf_name(name)
-            if ours is None:  # reported by hf.load as unexpected, under its own name
-                ours = name
-            self._native[ours] = name
-            self.where[ours] = WEIGHTS
+        self._files: dict[str, SafetensorsFile] = {}
+        self._native: dict[str, str] = {}  # Hugging Face name -> Mistral's
+        self.where: dict[str, str] = {}  # Hugging Face name -> file, as for a sharded Hugging Face checkpoint
+        for file in files:
+            try:
+                self._files[file.name] = opened = SafetensorsFile(file)
+            except SafetensorsError as err:
+                raise CheckpointError(str(err)) from None
+            for name in opened.keys():
+                if name.startswith(VISION_PREFIXES):
+                    continue
+                ours = hf_name(name) or name  # an unknown name: hf.load reports it as unexpected, as spelled
+                if ours in self.where:
+                    raise CheckpointError(f"{path}: tensor {name!r} is in both {self.where[ours]} and {file.name}")
+                self._native[ours], self.where[ours] = name, file.name
 
     def get(self, name: str) -> np.ndarray:
         if name not in self._native:
-            raise CheckpointError(f"{self._file.path}: checkpoint is missing the tensor Hugging Face names {name!r}")
-        raw = self._file.get(self._native[name])
+            raise CheckpointError(f"{self.path}: checkpoint is missing tensor {native_name(name)!r}")
+        raw = self._files[self.where[name]].get(self._native[name])
         heads = self._heads.get(name.split(".", 3)[3]) if name.startswith("model.layers.") else None
         if heads is not None and raw.ndim == 2 and raw.shape[0] % (2 * heads) == 0:  # else hf.load names the shape
             return rotate_half_order(raw, heads)
