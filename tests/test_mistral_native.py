@@ -5,6 +5,7 @@ own conversion."""
 
 import json
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -42,7 +43,7 @@ def _write(path, params, tensors):
 def _reference_logits(p, t, tokens):
     """Mistral's reference computation, in float64 NumPy."""
     h_, k_, e, eps = p["n_heads"], p["n_kv_heads"], p["head_dim"], p["norm_eps"]
-    t = {name: x.astype(np.float64) for name, x in t.items()}
+    t = {name: np.asarray(x, np.float64) for name, x in t.items()}
     norm = lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w  # noqa: E731
     n = len(tokens)
     angles = np.arange(n)[:, None] * (1.0 / p["rope_theta"] ** (np.arange(0, e, 2) / e))[None]  # [t, e/2]
@@ -71,8 +72,9 @@ def _reference_logits(p, t, tokens):
     return norm(x, t["norm.weight"]) @ t["output.weight"].T
 
 
-def test_a_mistral_layout_checkpoint_computes_as_mistrals_reference(tmp_path):
-    tensors = _native_weights(np.random.default_rng(0), PARAMS)
+@pytest.mark.parametrize("stored", [np.float32, ml_dtypes.bfloat16])  # Mistral ships bfloat16
+def test_a_mistral_layout_checkpoint_computes_as_mistrals_reference(tmp_path, stored):
+    tensors = {name: x.astype(stored) for name, x in _native_weights(np.random.default_rng(0), PARAMS).items()}
     path = _write(tmp_path / "native", PARAMS, tensors)
     config, model = hf.load(path)
     assert (config.family, config.num_layers, config.num_heads, config.num_kv_heads, config.head_dim) == \
