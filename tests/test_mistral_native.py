@@ -131,6 +131,9 @@ def test_missing_or_misshapen_weights_are_named(tmp_path):
     (path / "params.json").write_text(json.dumps(PARAMS))
     with pytest.raises(hf.CheckpointError, match="consolidated.safetensors: not found"):
         hf.load(path)
+    (path / "consolidated.safetensors").write_bytes(b"\x07")
+    with pytest.raises(hf.CheckpointError, match="consolidated.safetensors: corrupt safetensors file"):
+        hf.load(path)
     del tensors["layers.1.feed_forward.w3.weight"]
     with pytest.raises(hf.CheckpointError, match="missing tensor 'layers.1.feed_forward.w3.weight'"):
         hf.load(_write(tmp_path / "missing", PARAMS, tensors))

@@ -194,6 +194,14 @@ def _set(tree, path, value):
     tree[path[-1]] = value
 
 
+def open_safetensors(file: Path) -> SafetensorsFile:
+    """One weights file of a checkpoint; a corrupt one is a CheckpointError naming it."""
+    try:
+        return SafetensorsFile(file)
+    except SafetensorsError as err:
+        raise CheckpointError(str(err)) from None
+
+
 class _Tensors:
     """The tensors of a checkpoint directory, across shards, opened lazily."""
 
@@ -217,10 +225,7 @@ class _Tensors:
             file = self.path / filename
             if not file.exists():
                 raise CheckpointError(f"{file}: shard named by the index is missing")
-            try:
-                self._files[filename] = SafetensorsFile(file)
-            except SafetensorsError as err:
-                raise CheckpointError(str(err)) from None
+            self._files[filename] = open_safetensors(file)
         return self._files[filename]
 
     def get(self, name: str) -> np.ndarray:

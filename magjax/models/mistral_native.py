@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from magjax.models.hf import CheckpointError
-from magjax.models.safetensors_file import SafetensorsError, SafetensorsFile
+from magjax.models.hf import CheckpointError, open_safetensors
+from magjax.models.safetensors_file import SafetensorsFile
 
 PARAMS = "params.json"
 WEIGHTS = "consolidated.safetensors"  # the usual single file
@@ -128,10 +128,7 @@ class NativeTensors:
         self._native: dict[str, str] = {}  # Hugging Face name -> Mistral's
         self.where: dict[str, str] = {}  # Hugging Face name -> file, as for a sharded Hugging Face checkpoint
         for file in files:
-            try:
-                self._files[file.name] = opened = SafetensorsFile(file)
-            except SafetensorsError as err:
-                raise CheckpointError(str(err)) from None
+            self._files[file.name] = opened = open_safetensors(file)
             for name in opened.keys():
                 if name.startswith(VISION_PREFIXES):
                     continue
